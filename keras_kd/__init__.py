@@ -1,0 +1,17 @@
+"""keras_kd: knowledge distillation for Keras 3 on TensorFlow.
+
+    import keras_kd
+    distiller = keras_kd.Distiller(teacher, student, temperature=4.0, alpha=0.9)
+    distiller.compile(optimizer="adam", metrics=["accuracy"])
+    distiller.fit(train_ds, validation_data=val_ds, epochs=5)
+    distiller.student.save("student.keras")
+"""
+
+from keras_kd._backend import ensure_tensorflow_backend as _ensure
+
+_ensure()
+
+# (Distiller and losses are imported here once they exist)
+
+__version__ = "0.1.0"
+__all__ = ["Distiller", "losses", "__version__"]
