@@ -11,7 +11,8 @@ from keras_kd._backend import ensure_tensorflow_backend as _ensure
 
 _ensure()
 
-# (Distiller and losses are imported here once they exist)
+from keras_kd import losses  # noqa: E402
+from keras_kd.distiller import Distiller  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["Distiller", "losses", "__version__"]

@@ -1,0 +1,534 @@
+"""The Distiller: a ``keras.Model`` that trains a student from a frozen teacher.
+
+Loss per example (Hinton et al. 2015)::
+
+    loss_i = alpha · D(t_i, s_i; T) + (1 − alpha) · CE(y_i, s_i)
+
+``t_i`` / ``s_i`` are the teacher's / student's logits, ``D`` a distillation
+loss from :mod:`keras_kd.losses` (default ``"kl"`` = ``T² · KL(p‖q)``), ``CE``
+the student's softmax cross-entropy on the true labels (sparse ids or one-hot /
+soft label vectors). The batch loss is ``Σ_i w_i · loss_i / B_global`` — a sum
+over the *global* batch divided by its size (``tf.nn.compute_average_loss``),
+so a ``tf.distribute`` strategy with any number of replicas computes the same
+gradient as one device.
+
+Example::
+
+    import keras, keras_kd
+    teacher = ...   # a trained keras.Model that outputs logits
+    student = ...   # a smaller keras.Model, same input and number of classes
+    distiller = keras_kd.Distiller(teacher, student, temperature=4.0, alpha=0.9)
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+    distiller.fit(train_ds, validation_data=val_ds, epochs=10)
+    distiller.student.save("student.keras")      # ship the student alone
+
+Models whose last layer applies softmax (``Dense(..., activation="softmax")``,
+``Softmax()`` or ``Activation("softmax")``) are distilled from their
+pre-softmax output: keras_kd builds a logits view that shares their weights
+(functional and Sequential models; a subclassed model must return logits).
+The student itself is left unchanged, so it still outputs probabilities when
+saved.
+"""
+
+import numbers
+
+import keras
+import tensorflow as tf
+
+from keras_kd import losses as losses_lib
+
+__all__ = ["Distiller", "logits_model"]
+
+
+# ---------------------------------------------------------------------------
+# Logits views of models that end in softmax.
+
+
+def _is_softmax(fn):
+    return getattr(fn, "__name__", None) == "softmax"
+
+
+class _PreActivation(keras.layers.Layer):
+    """Calls a wrapped layer with its activation switched off (shared weights)."""
+
+    def __init__(self, layer, **kwargs):
+        super().__init__(name=f"{layer.name}_logits", **kwargs)
+        self.inner = layer
+
+    def call(self, inputs):
+        saved = self.inner.activation
+        self.inner.activation = keras.activations.linear
+        try:
+            return self.inner(inputs)
+        finally:
+            self.inner.activation = saved
+
+    def compute_output_spec(self, inputs):
+        return self.inner.compute_output_spec(inputs)
+
+
+def _is_functional(model):
+    try:
+        from keras.src.models.functional import Functional
+    except ImportError:  # pragma: no cover - Keras layout changed
+        return isinstance(model, keras.Sequential)
+    return isinstance(model, (Functional, keras.Sequential))
+
+
+def _ends_in_softmax(model):
+    """(True, kind) when the model's last layer applies softmax."""
+    layers = getattr(model, "layers", None) or []
+    if not layers:
+        return False, None
+    last = layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return True, "layer"
+    if isinstance(last, keras.layers.Activation) and _is_softmax(last.activation):
+        return True, "layer"
+    if _is_softmax(getattr(last, "activation", None)):
+        return True, "activation"
+    return False, None
+
+
+def logits_model(model, role="model"):
+    """Returns ``(view, recovered)``: a model computing ``model``'s logits.
+
+    If ``model`` ends in a softmax (a ``Softmax`` / ``Activation("softmax")``
+    layer, or a layer with ``activation="softmax"``), ``view`` is a functional
+    model over the same layers and weights that stops before the softmax, and
+    ``recovered`` is True. Otherwise ``view`` is ``model`` itself.
+
+    Raises:
+      ValueError: a subclassed model whose last tracked layer applies softmax
+        (its graph cannot be cut safely): return logits from ``call`` instead.
+    """
+    ends, kind = _ends_in_softmax(model)
+    if not ends:
+        return model, False
+    if not _is_functional(model):
+        raise ValueError(
+            f"the {role} {model.name!r} appears to end in a softmax, and it is a "
+            "subclassed model whose graph keras_kd cannot cut. keras_kd distils "
+            "logits, never probabilities. Fix: make its call() return the "
+            "pre-softmax logits (e.g. Dense(num_classes) with no activation)."
+        )
+    last = model.layers[-1]
+    try:
+        pre = last.input
+    except (AttributeError, ValueError) as err:
+        raise ValueError(
+            f"the {role} {model.name!r} ends in a softmax whose input cannot be "
+            f"found ({err}). Fix: build the {role} so it outputs logits."
+        ) from None
+    outputs = pre if kind == "layer" else _PreActivation(last)(pre)
+    view = keras.Model(model.inputs, outputs, name=f"{model.name}_logits")
+    return view, True
+
+
+# ---------------------------------------------------------------------------
+# Shape checks.
+
+
+def _static_io(model):
+    """(input shapes without batch, number of classes) or (None, None)."""
+    try:
+        inputs = [tuple(t.shape[1:]) for t in model.inputs]
+    except (AttributeError, TypeError, ValueError):
+        inputs = None
+    try:
+        out = model.outputs
+        classes = out[0].shape[-1] if out and len(out) == 1 else None
+    except (AttributeError, TypeError, ValueError):
+        classes = None
+    return inputs, classes
+
+
+def _shapes_compatible(a, b):
+    if len(a) != len(b):
+        return False
+    for sa, sb in zip(a, b):
+        if len(sa) != len(sb):
+            return False
+        if any(x is not None and y is not None and x != y for x, y in zip(sa, sb)):
+            return False
+    return True
+
+
+def _check_number(value, name, low, high, low_open):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}.")
+    value = float(value)
+    if value != value:  # NaN
+        raise ValueError(f"{name} must be a number, got NaN.")
+    if low_open and not value > low:
+        return False, value
+    if not low_open and not (low <= value <= high):
+        return False, value
+    return True, value
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class Distiller(keras.Model):
+    """Trains ``student`` to match a frozen ``teacher`` and the true labels.
+
+    Args:
+      teacher: a trained ``keras.Model`` returning logits (or ending in
+        softmax: see the module docstring). It is frozen (``trainable =
+        False``) and always called with ``training=False``; its weights never
+        change and no gradient flows into it.
+      student: the ``keras.Model`` to train; same input shape and number of
+        classes as the teacher.
+      temperature: ``T > 0`` of the soft targets ``softmax(z / T)``.
+      alpha: weight in ``[0, 1]`` of the distillation loss; ``1 − alpha``
+        weighs the student's cross-entropy on the labels. ``alpha = 1`` needs
+        no labels (unlabelled data may be passed as ``x`` alone).
+      distillation_loss: a name from ``keras_kd.losses.available()`` or a
+        callable ``fn(teacher_logits, student_logits, temperature)`` returning
+        a per-example loss (if it takes ``labels=``, the labels are passed).
+      evaluate_with_teacher: if True, ``evaluate`` (and validation in
+        ``fit``) also runs the teacher and logs ``distillation_loss`` and
+        ``teacher_agreement``, and its ``loss`` is the full distillation
+        objective. If False (default) evaluation costs one student pass and
+        its ``loss`` is the student's cross-entropy on the labels.
+
+    Training logs: ``loss`` (the total), ``distillation_loss``,
+    ``student_loss`` (cross-entropy), ``teacher_agreement`` (fraction of
+    examples whose top-1 class is the teacher's) and the compiled metrics,
+    which measure the student's logits against the labels.
+    ``distiller(x)`` / ``predict`` return the student's logits.
+    """
+
+    def __init__(
+        self,
+        teacher,
+        student,
+        temperature=4.0,
+        alpha=0.9,
+        distillation_loss="kl",
+        evaluate_with_teacher=False,
+        name="distiller",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        for role, model in (("teacher", teacher), ("student", student)):
+            if not isinstance(model, keras.Model):
+                raise ValueError(
+                    f"{role} must be a keras.Model, got {type(model).__name__}."
+                )
+        if teacher is student:
+            raise ValueError(
+                "teacher and student are the same model object; the teacher is "
+                "frozen, so nothing would train. Pass two different models."
+            )
+        ok, temperature = _check_number(temperature, "temperature", 0.0, None, True)
+        if not ok:
+            raise ValueError(
+                f"temperature must be > 0, got {temperature}. Fix: T = 1 gives "
+                "the plain softmax; T in 2-8 gives the soft targets of Hinton "
+                "et al. 2015."
+            )
+        ok, alpha = _check_number(alpha, "alpha", 0.0, 1.0, False)
+        if not ok:
+            raise ValueError(
+                f"alpha must be in [0, 1], got {alpha}: it weighs the "
+                "distillation loss, and 1 - alpha weighs the label loss."
+            )
+        self._loss_fn = losses_lib.get(distillation_loss)
+        self._loss_spec = distillation_loss
+        self._loss_takes_labels = losses_lib.accepts_labels(self._loss_fn)
+
+        self.temperature = temperature
+        self.alpha = alpha
+        self.evaluate_with_teacher = bool(evaluate_with_teacher)
+
+        teacher.trainable = False
+        self.teacher = teacher
+        self.student = student
+        self._teacher_logits_model, self.teacher_softmax_recovered = logits_model(
+            teacher, "teacher"
+        )
+        self._student_logits_model, self.student_softmax_recovered = logits_model(
+            student, "student"
+        )
+        self.num_classes = self._check_compatible()
+
+        self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
+        self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self.teacher_agreement_tracker = keras.metrics.Mean(name="teacher_agreement")
+        if teacher.built and student.built:
+            self.built = True
+
+    # -- construction checks -------------------------------------------------
+
+    def _check_compatible(self):
+        t_in, t_classes = _static_io(self._teacher_logits_model)
+        s_in, s_classes = _static_io(self._student_logits_model)
+        if t_in is not None and s_in is not None and not _shapes_compatible(t_in, s_in):
+            raise ValueError(
+                f"teacher and student take different inputs: teacher "
+                f"{t_in if len(t_in) > 1 else t_in[0]}, student "
+                f"{s_in if len(s_in) > 1 else s_in[0]}. Both must read the same "
+                "batch. Fix: build the student with the teacher's input shape "
+                "(or put a Resizing layer first in one of them)."
+            )
+        if t_classes is not None and s_classes is not None and t_classes != s_classes:
+            raise ValueError(
+                f"teacher and student disagree on the number of classes: the "
+                f"teacher outputs {t_classes} logits, the student {s_classes}. "
+                "Fix: give the student a final Dense(num_classes) matching the "
+                "teacher's."
+            )
+        classes = t_classes if t_classes is not None else s_classes
+        if classes is not None and classes < 2:
+            raise ValueError(
+                f"the models output {classes} logit(s); distillation needs a "
+                "softmax over at least 2 classes. For a binary task, output 2 "
+                "logits."
+            )
+        return classes
+
+    # -- Keras API -----------------------------------------------------------
+
+    def call(self, inputs, training=False):
+        """The student's logits."""
+        return self._student_logits_model(inputs, training=training)
+
+    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
+        """Like ``keras.Model.compile``; the loss is the Distiller's own.
+
+        ``metrics`` (and ``weighted_metrics``) measure the student's logits
+        against the labels, e.g. ``metrics=["accuracy"]``. Passing ``loss``
+        is an error: the label loss is the student's softmax cross-entropy
+        from logits, weighted by ``1 − alpha``.
+        """
+        if loss is not None:
+            raise ValueError(
+                "Distiller.compile() takes no loss: the loss is alpha * "
+                "distillation_loss + (1 - alpha) * cross-entropy of the "
+                "student's logits on the labels. Choose the distillation loss "
+                "with Distiller(distillation_loss=...), and drop loss=."
+            )
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+
+    def compile_from_config(self, config):
+        """Re-compiles after ``keras.saving.load_model`` (optimizer, metrics)."""
+        config = keras.saving.deserialize_keras_object(config)
+        config.pop("loss", None)
+        config.pop("loss_weights", None)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    # -- the math --------------------------------------------------------------
+
+    def _teacher_forward(self, x):
+        logits = self._teacher_logits_model(x, training=False)
+        return tf.stop_gradient(tf.cast(logits, tf.float32))
+
+    def _labels_kind(self, y, num_classes):
+        """'sparse' or 'dense' from the static shape of y."""
+        rank = y.shape.rank
+        if rank == 1 or (rank == 2 and y.shape[-1] == 1):
+            return "sparse"
+        if rank == 2 and y.shape[-1] == num_classes:
+            return "dense"
+        raise ValueError(
+            f"labels of shape {y.shape} do not fit {num_classes} classes: pass "
+            f"integer class ids of shape [batch] or one-hot / soft label "
+            f"vectors of shape [batch, {num_classes}]."
+        )
+
+    def _student_cross_entropy(self, y, logits):
+        """Per-example softmax cross-entropy of the logits on y, float32."""
+        num_classes = logits.shape[-1]
+        logits = tf.cast(logits, tf.float32)
+        if self._labels_kind(y, num_classes) == "sparse":
+            labels = tf.reshape(y, [-1])
+            if labels.dtype.is_floating:
+                labels = tf.cast(tf.round(labels), tf.int64)
+            labels = tf.cast(labels, tf.int64)
+            message = (
+                f"keras_kd: labels must be integer class ids in [0, {num_classes}) "
+                f"(the models output {num_classes} logits). Fix: check the "
+                "dataset's labels, or build the models with the right number "
+                "of classes."
+            )
+            checks = [
+                tf.debugging.assert_non_negative(labels, message=message),
+                tf.debugging.assert_less(
+                    labels, tf.constant(num_classes, tf.int64), message=message
+                ),
+            ]
+            with tf.control_dependencies(checks):
+                labels = tf.identity(labels)
+            return tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=labels, logits=logits
+            )
+        labels = tf.cast(y, tf.float32)
+        return tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+    def _distillation(self, teacher_logits, student_logits, y):
+        if self._loss_takes_labels:
+            return self._loss_fn(
+                teacher_logits, student_logits, self.temperature, labels=y
+            )
+        return self._loss_fn(teacher_logits, student_logits, self.temperature)
+
+    @staticmethod
+    def _weights(sample_weight, per_example):
+        if sample_weight is None:
+            return None
+        sw = tf.cast(sample_weight, tf.float32)
+        if sw.shape.rank == 2 and sw.shape[-1] == 1:
+            sw = tf.squeeze(sw, -1)
+        return tf.broadcast_to(sw, tf.shape(per_example))
+
+    def compute_losses(self, teacher_logits, student_logits, y=None):
+        """Per-example ``(total, distillation, cross_entropy)`` losses, float32.
+
+        ``cross_entropy`` is None when ``y`` is None (allowed only for
+        ``alpha == 1``).
+        """
+        distill = tf.cast(
+            self._distillation(teacher_logits, student_logits, y), tf.float32
+        )
+        if y is None:
+            if self.alpha != 1.0:
+                raise ValueError(
+                    f"the data has no labels, but alpha={self.alpha} gives the "
+                    "label loss a weight of 1 - alpha > 0. Fix: pass (x, y) "
+                    "batches, or set alpha=1.0 to distil from unlabelled data."
+                )
+            return distill, distill, None
+        ce = self._student_cross_entropy(y, student_logits)
+        total = self.alpha * distill + (1.0 - self.alpha) * ce
+        return total, distill, ce
+
+    def _average(self, per_example, sample_weight):
+        """Σ w·l / global batch size: the same value on 1 or N replicas."""
+        return tf.nn.compute_average_loss(per_example, sample_weight=sample_weight)
+
+    def _track_loss(self, loss, x):
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        batch = tf.shape(tf.nest.flatten(x)[0])[0]
+        self._loss_tracker.update_state(loss * replicas, sample_weight=batch)
+
+    @staticmethod
+    def _weighted(values, sw):
+        return values if sw is None else values * sw
+
+    def _logs(self, x, y, student_logits, sample_weight, with_teacher):
+        if y is not None:
+            self.compute_metrics(x, y, student_logits, sample_weight=sample_weight)
+        logs = {}
+        for metric in self.metrics:
+            if metric is self.distillation_loss_tracker or (
+                metric is self.teacher_agreement_tracker
+            ):
+                if not with_teacher:
+                    continue
+            if metric is self.student_loss_tracker and y is None:
+                continue
+            result = metric.result()
+            if isinstance(result, dict):
+                logs.update(result)
+            else:
+                logs[metric.name] = result
+        return logs
+
+    # -- steps -------------------------------------------------------------------
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        teacher_logits = self._teacher_forward(x)
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            student_logits = self._student_logits_model(x, training=True)
+            total, distill, ce = self.compute_losses(teacher_logits, student_logits, y)
+            sw = self._weights(sample_weight, total)
+            loss = self._average(total, sw)
+            if self._student_logits_model.losses:
+                loss += tf.nn.scale_regularization_loss(
+                    tf.add_n([tf.cast(l, tf.float32) for l in self._student_logits_model.losses])
+                )
+            scaled = self.optimizer.scale_loss(loss) if self.optimizer else loss
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply(gradients, variables)
+
+        self._track_loss(loss, x)
+        self.distillation_loss_tracker.update_state(self._weighted(distill, sw))
+        if ce is not None:
+            self.student_loss_tracker.update_state(self._weighted(ce, sw))
+        self.teacher_agreement_tracker.update_state(
+            _agreement(teacher_logits, student_logits)
+        )
+        return self._logs(x, y, student_logits, sample_weight, with_teacher=True)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        student_logits = self._student_logits_model(x, training=False)
+        if self.evaluate_with_teacher:
+            teacher_logits = self._teacher_forward(x)
+            total, distill, ce = self.compute_losses(teacher_logits, student_logits, y)
+            sw = self._weights(sample_weight, total)
+            self.distillation_loss_tracker.update_state(self._weighted(distill, sw))
+            self.teacher_agreement_tracker.update_state(
+                _agreement(teacher_logits, student_logits)
+            )
+        else:
+            if y is None:
+                raise ValueError(
+                    "evaluation without labels measures nothing: pass (x, y) "
+                    "batches, or build the Distiller with "
+                    "evaluate_with_teacher=True to measure agreement with the "
+                    "teacher."
+                )
+            total = ce = self._student_cross_entropy(y, student_logits)
+            sw = self._weights(sample_weight, total)
+        self._track_loss(self._average(total, sw), x)
+        if ce is not None:
+            self.student_loss_tracker.update_state(self._weighted(ce, sw))
+        return self._logs(
+            x, y, student_logits, sample_weight, with_teacher=self.evaluate_with_teacher
+        )
+
+    # -- serialisation -----------------------------------------------------------
+
+    def get_config(self):
+        loss = self._loss_spec
+        if callable(loss):
+            loss = losses_lib.name_of(loss) or keras.saving.serialize_keras_object(loss)
+        return {
+            "name": self.name,
+            "teacher": keras.saving.serialize_keras_object(self.teacher),
+            "student": keras.saving.serialize_keras_object(self.student),
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+            "distillation_loss": loss,
+            "evaluate_with_teacher": self.evaluate_with_teacher,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        for key in ("teacher", "student"):
+            config[key] = keras.saving.deserialize_keras_object(
+                config[key], custom_objects=custom_objects
+            )
+        loss = config.get("distillation_loss", "kl")
+        if isinstance(loss, dict):
+            config["distillation_loss"] = keras.saving.deserialize_keras_object(
+                loss, custom_objects=custom_objects
+            )
+        return cls(**config)
+
+
+def _agreement(teacher_logits, student_logits):
+    """1.0 where the student's top-1 class is the teacher's, else 0.0."""
+    return tf.cast(
+        tf.equal(
+            tf.argmax(teacher_logits, axis=-1),
+            tf.argmax(tf.cast(student_logits, tf.float32), axis=-1),
+        ),
+        tf.float32,
+    )

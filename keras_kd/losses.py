@@ -1,0 +1,287 @@
+"""Distillation losses: pure functions of logits.
+
+Every loss here has the signature::
+
+    loss(teacher_logits, student_logits, temperature) -> per-example loss, shape [batch]
+
+and takes *logits* (pre-softmax scores), never probabilities. The softmax and
+logarithm math runs in float32 through ``tf.nn.log_softmax`` whatever the
+input dtype (float16 ``log(softmax(z))`` underflows to ``log(0) = -inf``), and
+the result is float32. Reduction over the batch is the caller's job
+(:class:`keras_kd.Distiller` reduces over the *global* batch).
+
+Notation: ``t`` teacher logits, ``s`` student logits, ``T`` temperature,
+``p = softmax(t / T)`` the teacher's soft targets, ``q = softmax(s / T)`` the
+student's, ``N`` the number of classes.
+
+Scaling. Hinton et al. (2015, §2) multiply the soft-target loss by ``T²``: the
+gradient of ``KL(p‖q)`` with respect to ``s`` is ``(q − p) / T``, so without
+the factor the distillation term fades as ``1 / T²`` next to the hard-label
+term. ``kl_divergence``, ``soft_cross_entropy`` and ``mse_probs`` carry the
+``T²`` factor, so ``alpha`` weighs comparable magnitudes at any temperature;
+``mse_logits`` has no temperature, and is scaled so that it is the
+high-temperature limit of ``kl_divergence`` for zero-mean logits.
+
+>>> import numpy as np
+>>> t = np.array([[2.0, 0.5, -1.0]]); s = np.array([[1.0, 1.0, 0.0]])
+>>> float(kl_divergence(t, s, temperature=2.0)[0])  # doctest: +ELLIPSIS
+0.3579...
+>>> get("kl") is kl_divergence
+True
+
+A custom loss is any callable with the same signature (it may also take a
+``labels`` keyword: the Distiller then passes the true labels)::
+
+    def my_loss(teacher_logits, student_logits, temperature):
+        return keras_kd.losses.kl_divergence(teacher_logits, student_logits,
+                                             temperature) * 0.5
+    Distiller(teacher, student, distillation_loss=my_loss)
+"""
+
+import inspect
+import numbers
+
+import tensorflow as tf
+
+__all__ = [
+    "soft_targets",
+    "kl_divergence",
+    "soft_cross_entropy",
+    "mse_logits",
+    "mse_probs",
+    "get",
+    "register",
+    "name_of",
+    "accepts_labels",
+    "available",
+]
+
+
+def _check_temperature(temperature):
+    """Returns the temperature as a float32 tensor; rejects T <= 0 when known."""
+    if isinstance(temperature, bool):
+        raise TypeError("temperature must be a positive number, got a bool.")
+    if isinstance(temperature, numbers.Number):
+        if not temperature > 0:
+            raise ValueError(
+                f"temperature must be > 0, got {temperature}. Fix: use T = 1 "
+                "for plain softmax targets, or a larger T (e.g. 2-8) for "
+                "softer ones."
+            )
+    return tf.cast(temperature, tf.float32)
+
+
+def _as_f32(logits, name):
+    logits = tf.convert_to_tensor(logits)
+    if not logits.dtype.is_floating:
+        raise TypeError(
+            f"{name} must be floating-point logits, got dtype {logits.dtype.name}."
+        )
+    return tf.cast(logits, tf.float32)
+
+
+def _pair(teacher_logits, student_logits):
+    t = _as_f32(teacher_logits, "teacher_logits")
+    s = _as_f32(student_logits, "student_logits")
+    if t.shape.rank is not None and s.shape.rank is not None:
+        if t.shape.rank < 1 or t.shape[-1] != s.shape[-1] and None not in (
+            t.shape[-1],
+            s.shape[-1],
+        ):
+            raise ValueError(
+                "teacher and student logits must have the same number of "
+                f"classes on the last axis, got shapes {t.shape} and {s.shape}."
+            )
+    return t, s
+
+
+def soft_targets(logits, temperature):
+    """Temperature-softened probabilities ``softmax(z / T)``, in float32.
+
+    Args:
+      logits: ``[..., N]`` logits (any float dtype).
+      temperature: ``T > 0``; ``T = 1`` is the plain softmax, larger ``T``
+        gives a flatter distribution that shows the relative sizes of the
+        small probabilities ("dark knowledge").
+
+    Returns:
+      ``[..., N]`` float32 probabilities summing to 1 on the last axis.
+    """
+    temperature = _check_temperature(temperature)
+    return tf.nn.softmax(_as_f32(logits, "logits") / temperature, axis=-1)
+
+
+def kl_divergence(teacher_logits, student_logits, temperature):
+    """``T² · KL(p ‖ q) = T² · Σᵢ pᵢ (log pᵢ − log qᵢ)`` per example.
+
+    ``p = softmax(t/T)``, ``q = softmax(s/T)``. Its gradient with respect to
+    the student logits is ``T · (q − p)`` (Hinton et al. 2015, §2, times the
+    ``T²`` factor). It is 0 exactly when the two soft-target vectors agree,
+    and is the loss the distillation literature means by "KD".
+
+    Returns:
+      float32 ``[batch]`` (the logits' leading shape).
+    """
+    temperature = _check_temperature(temperature)
+    t, s = _pair(teacher_logits, student_logits)
+    log_p = tf.nn.log_softmax(t / temperature, axis=-1)
+    log_q = tf.nn.log_softmax(s / temperature, axis=-1)
+    kl = tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
+    return temperature * temperature * kl
+
+
+def soft_cross_entropy(teacher_logits, student_logits, temperature):
+    """``T² · H(p, q) = −T² · Σᵢ pᵢ log qᵢ`` per example.
+
+    Equals ``kl_divergence + T² · H(p)``: the teacher's entropy is a constant
+    for the student, so both give the same gradient ``T · (q − p)``; this one
+    does not reach 0 at the optimum (its minimum is ``T² · H(p)``).
+
+    Returns:
+      float32 ``[batch]``.
+    """
+    temperature = _check_temperature(temperature)
+    t, s = _pair(teacher_logits, student_logits)
+    p = tf.nn.softmax(t / temperature, axis=-1)
+    log_q = tf.nn.log_softmax(s / temperature, axis=-1)
+    return -temperature * temperature * tf.reduce_sum(p * log_q, axis=-1)
+
+
+def mse_logits(teacher_logits, student_logits, temperature=None):
+    """Logit matching (Ba & Caruana 2014): ``½ · (1/N) Σᵢ (sᵢ − tᵢ)²``.
+
+    ``temperature`` is accepted for a uniform signature and ignored. The
+    ``½ · mean`` scaling makes this the high-temperature limit of
+    ``kl_divergence`` for zero-mean logits (Hinton et al. 2015, §2.1:
+    ``T² · KL → (1/2N) Σ (sᵢ − tᵢ)²`` as ``T → ∞``), so ``alpha`` means the
+    same for both; the gradient is ``(s − t) / N``.
+
+    Returns:
+      float32 ``[batch]``.
+    """
+    del temperature
+    t, s = _pair(teacher_logits, student_logits)
+    return 0.5 * tf.reduce_mean(tf.square(s - t), axis=-1)
+
+
+def mse_probs(teacher_logits, student_logits, temperature):
+    """``T² · Σᵢ (qᵢ − pᵢ)²``: squared distance between the soft-target vectors.
+
+    The sum over classes (not the mean) is the Brier-score form: it lies in
+    ``[0, 2·T²]``. The ``T²`` factor offsets the ``1/T`` by which both the
+    probabilities' spread and their derivative shrink at high temperature,
+    as for ``kl_divergence``.
+
+    Returns:
+      float32 ``[batch]``.
+    """
+    temperature = _check_temperature(temperature)
+    t, s = _pair(teacher_logits, student_logits)
+    p = tf.nn.softmax(t / temperature, axis=-1)
+    q = tf.nn.softmax(s / temperature, axis=-1)
+    return temperature * temperature * tf.reduce_sum(tf.square(q - p), axis=-1)
+
+
+_REGISTRY = {
+    "kl": kl_divergence,
+    "soft_ce": soft_cross_entropy,
+    "mse_logits": mse_logits,
+    "mse_probs": mse_probs,
+}
+
+
+def available():
+    """The registered loss names, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
+def register(name, fn, *, overwrite=False):
+    """Adds ``fn`` to the registry under ``name`` (so ``get(name)`` finds it).
+
+    ``fn(teacher_logits, student_logits, temperature[, labels=...])`` must
+    return a per-example loss. Re-registering a taken name needs
+    ``overwrite=True``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a loss name must be a non-empty string, got {name!r}.")
+    if not callable(fn):
+        raise TypeError(f"loss {name!r} must be callable, got {type(fn).__name__}.")
+    if name in _REGISTRY and not overwrite and _REGISTRY[name] is not fn:
+        raise ValueError(
+            f"a distillation loss named {name!r} is already registered; pass "
+            "overwrite=True to replace it."
+        )
+    _REGISTRY[name] = fn
+    return fn
+
+
+def get(name_or_callable):
+    """Resolves a distillation loss by registry name, or passes a callable through.
+
+    Args:
+      name_or_callable: one of :func:`available` (``"kl"``, ``"soft_ce"``,
+        ``"mse_logits"``, ``"mse_probs"``, and any :func:`register`-ed name),
+        or a callable ``fn(teacher_logits, student_logits, temperature)``.
+
+    Raises:
+      ValueError: an unknown name; the message lists the valid ones.
+      TypeError: neither a string nor a callable.
+    """
+    if callable(name_or_callable):
+        _check_signature(name_or_callable)
+        return name_or_callable
+    if isinstance(name_or_callable, str):
+        key = name_or_callable.strip().lower()
+        if key in _REGISTRY:
+            return _REGISTRY[key]
+        raise ValueError(
+            f"unknown distillation loss {name_or_callable!r}. Valid names: "
+            f"{', '.join(available())}; or pass a callable "
+            "fn(teacher_logits, student_logits, temperature)."
+        )
+    raise TypeError(
+        "distillation_loss must be a registered name or a callable, got "
+        f"{type(name_or_callable).__name__}."
+    )
+
+
+def name_of(fn):
+    """The registry name of ``fn``, or None if it is not registered."""
+    for name, registered in _REGISTRY.items():
+        if registered is fn:
+            return name
+    return None
+
+
+def _positional_capacity(fn):
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature
+        return None
+    params = list(sig.parameters.values())
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return None
+    return sum(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params
+    )
+
+
+def _check_signature(fn):
+    capacity = _positional_capacity(fn)
+    if capacity is not None and capacity < 3:
+        raise TypeError(
+            f"a distillation loss must accept (teacher_logits, student_logits, "
+            f"temperature); {getattr(fn, '__name__', fn)!r} takes {capacity} "
+            "positional argument(s)."
+        )
+
+
+def accepts_labels(fn):
+    """True when ``fn`` takes a ``labels`` keyword (e.g. DKD needs the labels)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "labels" in params or any(
+        p.kind is p.VAR_KEYWORD for p in params.values()
+    )

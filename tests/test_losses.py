@@ -1,0 +1,218 @@
+"""Loss math against independent NumPy references and the papers' identities."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_kd import losses
+
+TEMPS = [0.5, 1.0, 2.0, 4.0, 10.0]
+
+
+# -- independent NumPy references (float64, written from the definitions) --
+
+
+def np_softmax(z, T):
+    z = np.asarray(z, np.float64) / T
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def np_kl(t, s, T):
+    p, q = np_softmax(t, T), np_softmax(s, T)
+    return T**2 * np.sum(p * (np.log(p) - np.log(q)), axis=-1)
+
+
+def np_soft_ce(t, s, T):
+    p, q = np_softmax(t, T), np_softmax(s, T)
+    return -(T**2) * np.sum(p * np.log(q), axis=-1)
+
+
+def np_mse_logits(t, s):
+    return 0.5 * np.mean((np.asarray(s, np.float64) - t) ** 2, axis=-1)
+
+
+def np_mse_probs(t, s, T):
+    return T**2 * np.sum((np_softmax(s, T) - np_softmax(t, T)) ** 2, axis=-1)
+
+
+@pytest.fixture
+def logits(rng):
+    t = rng.normal(0, 3, size=(16, 10)).astype(np.float32)
+    s = rng.normal(0, 3, size=(16, 10)).astype(np.float32)
+    return t, s
+
+
+@pytest.mark.parametrize("T", TEMPS)
+def test_soft_targets_matches_numpy(logits, T):
+    t, _ = logits
+    got = losses.soft_targets(t, T).numpy()
+    np.testing.assert_allclose(got, np_softmax(t, T), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("T", TEMPS)
+def test_kl_matches_numpy(logits, T):
+    t, s = logits
+    got = losses.kl_divergence(t, s, T).numpy()
+    assert got.shape == (16,)
+    np.testing.assert_allclose(got, np_kl(t, s, T), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("T", TEMPS)
+def test_soft_ce_matches_numpy_and_differs_from_kl_by_teacher_entropy(logits, T):
+    t, s = logits
+    got = losses.soft_cross_entropy(t, s, T).numpy()
+    np.testing.assert_allclose(got, np_soft_ce(t, s, T), rtol=1e-4, atol=1e-5)
+    p = np_softmax(t, T)
+    entropy = -np.sum(p * np.log(p), axis=-1)
+    np.testing.assert_allclose(
+        got - losses.kl_divergence(t, s, T).numpy(), T**2 * entropy, rtol=1e-3, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("T", TEMPS)
+def test_mse_losses_match_numpy(logits, T):
+    t, s = logits
+    np.testing.assert_allclose(
+        losses.mse_logits(t, s, T).numpy(), np_mse_logits(t, s), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        losses.mse_probs(t, s, T).numpy(), np_mse_probs(t, s, T), rtol=1e-4, atol=1e-7
+    )
+
+
+def test_mse_logits_ignores_temperature(logits):
+    t, s = logits
+    np.testing.assert_array_equal(
+        losses.mse_logits(t, s, 1.0).numpy(), losses.mse_logits(t, s, 7.0).numpy()
+    )
+
+
+def test_kl_is_zero_iff_soft_targets_agree(logits):
+    t, s = logits
+    np.testing.assert_allclose(losses.kl_divergence(t, t, 3.0).numpy(), 0.0, atol=1e-5)
+    # A constant shift of the logits does not change softmax: still zero.
+    np.testing.assert_allclose(
+        losses.kl_divergence(t, t + 5.0, 3.0).numpy(), 0.0, atol=1e-4
+    )
+    assert np.all(losses.kl_divergence(t, s, 3.0).numpy() > 1e-3)
+
+
+@pytest.mark.parametrize("T", [1.0, 2.0, 4.0, 8.0])
+def test_kl_gradient_is_T_times_q_minus_p(logits, T):
+    """Hinton et al. 2015 §2: dC/ds = (q - p)/T; times T² gives T·(q - p)."""
+    t, s = logits
+    s_var = tf.Variable(s)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(losses.kl_divergence(t, s_var, T))
+    grad = tape.gradient(loss, s_var).numpy()
+    expected = T * (np_softmax(s, T) - np_softmax(t, T))
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_soft_ce_has_the_same_gradient_as_kl(logits):
+    t, s = logits
+    s_var = tf.Variable(s)
+    with tf.GradientTape(persistent=True) as tape:
+        kl = tf.reduce_sum(losses.kl_divergence(t, s_var, 4.0))
+        ce = tf.reduce_sum(losses.soft_cross_entropy(t, s_var, 4.0))
+    np.testing.assert_allclose(
+        tape.gradient(kl, s_var).numpy(), tape.gradient(ce, s_var).numpy(), atol=1e-5
+    )
+
+
+def test_kl_tends_to_mse_logits_at_high_temperature(rng):
+    """Hinton et al. 2015 §2.1: for zero-mean logits, T²·KL → (1/2N)Σ(s−t)²."""
+    t = rng.normal(0, 1, size=(8, 10))
+    s = rng.normal(0, 1, size=(8, 10))
+    t -= t.mean(-1, keepdims=True)
+    s -= s.mean(-1, keepdims=True)
+    kl = losses.kl_divergence(t.astype(np.float32), s.astype(np.float32), 200.0).numpy()
+    mse = losses.mse_logits(t.astype(np.float32), s.astype(np.float32)).numpy()
+    np.testing.assert_allclose(kl, mse, rtol=3e-2)
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_low_precision_inputs_compute_in_float32(dtype):
+    """float16 log(softmax(z)) underflows to -inf; log_softmax in float32 does not."""
+    t = np.array([[30.0, -30.0, 0.0]], np.float32)
+    s = np.array([[-30.0, 30.0, 0.0]], np.float32)
+    naive = tf.math.log(tf.nn.softmax(tf.cast(s, tf.float16)))
+    assert not np.all(np.isfinite(naive.numpy()))  # the trap is real
+    for fn in (losses.kl_divergence, losses.soft_cross_entropy, losses.mse_probs):
+        got = fn(tf.cast(t, dtype), tf.cast(s, dtype), 1.0)
+        assert got.dtype == tf.float32
+        assert np.all(np.isfinite(got.numpy()))
+    ref = np_kl(tf.cast(t, dtype).numpy().astype(np.float64),
+                tf.cast(s, dtype).numpy().astype(np.float64), 1.0)
+    np.testing.assert_allclose(
+        losses.kl_divergence(tf.cast(t, dtype), tf.cast(s, dtype), 1.0).numpy(),
+        ref, rtol=1e-3,
+    )
+
+
+def test_keras_distillation_default_differs_and_ours_is_right():
+    """keras.distillation.LogitsDistillation() skips softmax and T²; we do not."""
+    keras = pytest.importorskip("keras")
+    if not hasattr(keras, "distillation"):
+        pytest.skip("this Keras has no keras.distillation")
+    rng = np.random.default_rng(3)
+    t = rng.normal(0, 4, size=(32, 10)).astype(np.float32)
+    s = rng.normal(0, 4, size=(32, 10)).astype(np.float32)
+    T = 4.0
+    ours = float(np.mean(losses.kl_divergence(t, s, T).numpy()))
+    np.testing.assert_allclose(ours, np.mean(np_kl(t, s, T)), rtol=1e-4)
+    theirs = float(keras.distillation.LogitsDistillation(temperature=T).compute_loss(t, s))
+    assert abs(theirs - ours) > 0.1 * ours
+    # Configured with a KLDivergence *object*, Keras applies softmax and T²:
+    fixed = float(
+        keras.distillation.LogitsDistillation(
+            temperature=T, loss=keras.losses.KLDivergence()
+        ).compute_loss(t, s)
+    )
+    np.testing.assert_allclose(fixed, ours, rtol=1e-3)
+
+
+def test_get_names_callables_and_errors():
+    assert losses.get("kl") is losses.kl_divergence
+    assert losses.get("soft_ce") is losses.soft_cross_entropy
+    assert losses.get("mse_logits") is losses.mse_logits
+    assert losses.get("mse_probs") is losses.mse_probs
+    assert losses.get("KL") is losses.kl_divergence
+
+    def custom(teacher_logits, student_logits, temperature):
+        return losses.kl_divergence(teacher_logits, student_logits, temperature)
+
+    assert losses.get(custom) is custom
+    with pytest.raises(ValueError) as err:
+        losses.get("kld")
+    for name in ("kl", "soft_ce", "mse_logits", "mse_probs"):
+        assert name in str(err.value)
+    with pytest.raises(TypeError):
+        losses.get(3)
+    with pytest.raises(TypeError, match="temperature"):
+        losses.get(lambda t, s: t)
+
+
+def test_accepts_labels():
+    assert not losses.accepts_labels(losses.kl_divergence)
+    assert losses.accepts_labels(lambda t, s, T, labels=None: t)
+
+
+@pytest.mark.parametrize("T", [0.0, -1.0])
+def test_nonpositive_temperature_rejected(logits, T):
+    t, s = logits
+    with pytest.raises(ValueError, match="temperature"):
+        losses.kl_divergence(t, s, T)
+
+
+def test_integer_logits_rejected():
+    with pytest.raises(TypeError, match="floating"):
+        losses.kl_divergence(np.ones((2, 3), np.int32), np.ones((2, 3), np.float32), 1.0)
+
+
+def test_class_mismatch_rejected():
+    with pytest.raises(ValueError, match="number of classes"):
+        losses.kl_divergence(np.ones((2, 3), np.float32), np.ones((2, 4), np.float32), 1.0)
