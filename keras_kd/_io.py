@@ -1,0 +1,76 @@
+"""Atomic file writes: a crash or a failed save never leaves half a file.
+
+Everything is first written to a temporary file in the destination's folder
+and then moved over the destination with ``os.replace`` (atomic on POSIX and
+Windows within one file system). A failure removes the temporary file and
+leaves any existing destination untouched.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+
+__all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "save_model"]
+
+
+def _check_dir(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise OSError(
+            f"cannot create the folder {folder!r} for {path!r}: {err.strerror}. "
+            "Fix: choose an output path in a writable folder."
+        ) from err
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(
+            f"the folder {folder!r} is not writable, so {os.path.basename(path)!r} "
+            "cannot be written there. Fix: choose a writable output path."
+        )
+    return folder
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path with ``path``'s suffix; on success moves it to ``path``."""
+    folder = _check_dir(path)
+    base = os.path.basename(path)
+    suffix = "".join(os.path.splitext(base)[1:]) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_bytes(path, data):
+    """Writes ``data`` to ``path`` atomically; returns ``path``."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return path
+
+
+def write_text(path, text):
+    """Writes UTF-8 ``text`` to ``path`` atomically; returns ``path``."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path, obj):
+    """Writes ``obj`` as indented JSON atomically; returns ``path``."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_model(model, path):
+    """``model.save(path)`` for a ``.keras`` path, atomically; returns ``path``."""
+    if not str(path).endswith(".keras"):
+        raise ValueError(f"a Keras model file must end in .keras, got {path!r}.")
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+    return path

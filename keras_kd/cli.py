@@ -1,0 +1,96 @@
+"""``keras-kd``: absl flags → :func:`keras_kd.job.run`. No logic of its own.
+
+    keras-kd                                    # the whole path on mnist5k
+    keras-kd --temperature=8 --alpha=0.5 --epochs=20
+    keras-kd --teacher=kd_runs/x/teacher.keras  # reuse a trained teacher
+    keras-kd --flagfile=run.flags
+    python -m keras_kd --helpfull
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from keras_kd import augment as _augment  # noqa: E402  (imports keras_kd first)
+from keras_kd import data as _data  # noqa: E402
+from keras_kd import job, losses  # noqa: E402
+
+_D = job.JobConfig()
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("dataset", _D.dataset, "mnist5k (embedded), tfds:<name> or folder:<path>.")
+flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir holding pre-downloaded data.")
+flags.DEFINE_string("image_size", None, "Resize images to H,W (needed for datasets of mixed sizes).")
+flags.DEFINE_string("teacher", None, "Path to a trained .keras teacher; empty trains one.")
+flags.DEFINE_string("teacher_arch", _D.teacher_arch, "Teacher architecture spec, e.g. cnn:width=2, mlp, resnet_cifar:depth=20.")
+flags.DEFINE_string("student_arch", _D.student_arch, "Student architecture spec, e.g. cnn:width=0.25, mlp:hidden=800x800.")
+flags.DEFINE_float("temperature", _D.temperature, "Softmax temperature T of the soft targets (> 0).")
+flags.DEFINE_float("alpha", _D.alpha, "Weight of the distillation loss; 1 - alpha weighs the label loss.")
+flags.DEFINE_string("distillation_loss", _D.distillation_loss, f"One of {', '.join(losses.available())}.")
+flags.DEFINE_enum("optimizer", _D.optimizer, list(job.OPTIMIZERS), "Optimizer for all three models.")
+flags.DEFINE_float("learning_rate", _D.learning_rate, "Learning rate.")
+flags.DEFINE_integer("epochs", _D.epochs, "Epochs for the baseline and the distilled student.")
+flags.DEFINE_integer("teacher_epochs", _D.teacher_epochs, "Epochs for training the teacher.")
+flags.DEFINE_integer("batch_size", _D.batch_size, "Batch size.")
+flags.DEFINE_string("augment", _D.augment, f"Augmentation policy for the students: {', '.join(sorted(_augment.POLICIES))}, options like jitter:pixels=2.")
+flags.DEFINE_string("teacher_augment", None, "Augmentation for teacher training (default: --augment).")
+flags.DEFINE_integer("seed", _D.seed, "Random seed.")
+flags.DEFINE_string("output_dir", None, "Output folder (default ./kd_runs/<timestamp>).")
+flags.DEFINE_bool("export", True, "Export and verify student.tflite.")
+flags.DEFINE_integer("verbose", _D.verbose, "Keras verbosity: 0 silent, 1 progress bars, 2 one line per epoch.")
+
+
+def config_from_flags():
+    """The :class:`keras_kd.job.JobConfig` the parsed flags describe."""
+    ours = {f.name for f in FLAGS.get_flags_for_module(__name__)}
+    used = {name: FLAGS[name].value for name in sorted(ours)}
+    return job.JobConfig(
+        dataset=FLAGS.dataset,
+        data_dir=FLAGS.data_dir,
+        image_size=_data.parse_image_size(FLAGS.image_size),
+        teacher=FLAGS.teacher or None,
+        teacher_arch=FLAGS.teacher_arch,
+        student_arch=FLAGS.student_arch,
+        temperature=FLAGS.temperature,
+        alpha=FLAGS.alpha,
+        distillation_loss=FLAGS.distillation_loss,
+        optimizer=FLAGS.optimizer,
+        learning_rate=FLAGS.learning_rate,
+        epochs=FLAGS.epochs,
+        teacher_epochs=FLAGS.teacher_epochs,
+        batch_size=FLAGS.batch_size,
+        augment=FLAGS.augment,
+        teacher_augment=FLAGS.teacher_augment,
+        seed=FLAGS.seed,
+        output_dir=FLAGS.output_dir,
+        export=FLAGS.export,
+        verbose=FLAGS.verbose,
+        flags_used=used,
+    )
+
+
+def main(argv):
+    """Runs the main job; bad flag values exit with a one-line error."""
+    if len(argv) > 1:
+        raise app.UsageError(
+            f"unexpected arguments {argv[1:]}; keras-kd takes only --flags "
+            "(see keras-kd --help)."
+        )
+    try:
+        job.run(config_from_flags())
+    except (ValueError, PermissionError, FileNotFoundError) as err:
+        print(f"keras-kd: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run():
+    """Console-script entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

