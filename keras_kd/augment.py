@@ -18,6 +18,10 @@ Policies are named by a spec string; ``+`` chains them::
     "jitter:pixels=3"         ... by up to 3 pixels
     "jitter:pixels=2,rotation=10,zoom=0.1"   plus ±10° rotation, ±10 % zoom
 
+keras-cv 0.9's vectorized layers ignore ``training=False`` and always
+augment, so these layers must never be placed inside a model that is
+evaluated or exported; keras_kd only maps them over the training dataset.
+
 All policies take raw pixel values (0–255, the convention of
 :mod:`keras_kd.data`) and return them in the same range. Every keras-cv
 reference lives in this module.

@@ -7,10 +7,7 @@
     python -m keras_kd --helpfull
 """
 
-import os
 import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
@@ -88,7 +85,11 @@ def main(argv):
 
 
 def run():
-    """Console-script entry point."""
+    """Console-script entry point (also ``python -m keras_kd``)."""
+    # absl's --help lists the main module's key flags; the main module is the
+    # console-script wrapper or keras_kd/__main__.py, so adopt ours there.
+    for flag in FLAGS.get_flags_for_module(__name__):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(main)
 
 
