@@ -130,6 +130,7 @@ def test_module_entry_point_help():
         [sys.executable, "-m", "keras_kd", "--help"],
         capture_output=True, text=True, timeout=120,
     )
-    assert result.returncode == 0
+    assert result.returncode in (0, 1)  # absl's --help exits with 1
+    assert "Traceback" not in result.stderr
     for flag in ("--temperature", "--alpha", "--teacher_arch", "--output_dir", "--flagfile"):
         assert flag in result.stdout + result.stderr, flag
