@@ -90,6 +90,9 @@ def run():
     # console-script wrapper or keras_kd/__main__.py, so adopt ours there.
     for flag in FLAGS.get_flags_for_module(__name__):
         FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    main_module = sys.modules.get("__main__")
+    if main_module is not None:
+        main_module.__doc__ = __doc__
     app.run(main)
 
 
