@@ -201,7 +201,10 @@ def run(config, log=print):
         _plain_compile(teacher, config)
         log(f"teacher: training {config.teacher_arch} for {config.teacher_epochs} epochs")
         if config.teacher_epochs:
-            teacher.fit(teacher_train, epochs=config.teacher_epochs, verbose=config.verbose)
+            teacher.fit(
+                teacher_train, epochs=config.teacher_epochs, verbose=config.verbose,
+                shuffle=False,  # the dataset is already shuffled
+            )
     timings["teacher_s"] = time.perf_counter() - t0
 
     # 2. The baseline: the student architecture alone, same schedule.
@@ -213,7 +216,7 @@ def run(config, log=print):
     initial_student_weights = baseline.get_weights()
     _plain_compile(baseline, config)
     log(f"baseline: training {config.student_arch} on the labels for {config.epochs} epochs")
-    baseline.fit(student_train, epochs=config.epochs, verbose=config.verbose)
+    baseline.fit(student_train, epochs=config.epochs, verbose=config.verbose, shuffle=False)
     timings["baseline_s"] = time.perf_counter() - t0
 
     # 3. The distilled student: same architecture and initial weights.
@@ -237,7 +240,9 @@ def run(config, log=print):
         f"distill: {config.student_arch} from the teacher, T={config.temperature:g}, "
         f"alpha={config.alpha:g}, loss={config.distillation_loss}, {config.epochs} epochs"
     )
-    history = distiller.fit(student_train, epochs=config.epochs, verbose=config.verbose)
+    history = distiller.fit(
+        student_train, epochs=config.epochs, verbose=config.verbose, shuffle=False
+    )
     timings["distill_s"] = time.perf_counter() - t0
 
     # 4. Evaluate, save, export.

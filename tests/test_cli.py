@@ -135,3 +135,42 @@ def test_module_entry_point_help():
     assert "keras-kd --teacher=" in result.stdout  # the usage text
     for flag in ("--temperature", "--alpha", "--teacher_arch", "--output_dir"):
         assert flag in result.stdout + result.stderr, flag
+
+
+def _png_folder(root, classes=3, per_class=8, size=(12, 12)):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, size=size + (3,), dtype=np.uint8)
+            pixels[..., c] += 150  # each class has its own dominant colour
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def test_main_job_on_a_folder_of_pngs(tmp_path):
+    root = _png_folder(tmp_path / "pngs")
+    out = tmp_path / "out"
+    assert run_cli(TINY + [f"--dataset=folder:{root}", "--teacher_arch=cnn:width=0.125",
+                           "--student_arch=mlp:hidden=4", f"--output_dir={out}",
+                           "--teacher_epochs=3", "--epochs=3", "--batch_size=8"]) == 0
+    with open(out / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["dataset"]["input_shape"] == [12, 12, 3]
+    assert metrics["dataset"]["num_classes"] == 3
+    assert (out / "student.labels.txt").read_text().split() == ["class_0", "class_1", "class_2"]
+
+
+def test_main_job_on_tfds_mock_data(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    out = tmp_path / "out"
+    with tfds.testing.mock_data(num_examples=64):
+        assert run_cli(TINY + ["--dataset=tfds:mnist", f"--output_dir={out}",
+                               "--batch_size=32"]) == 0
+    with open(out / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["dataset"]["input_shape"] == [28, 28, 1]
+    assert metrics["tflite"]["agreement"] >= 0.99
