@@ -83,15 +83,13 @@ def _as_f32(logits, name):
 def _pair(teacher_logits, student_logits):
     t = _as_f32(teacher_logits, "teacher_logits")
     s = _as_f32(student_logits, "student_logits")
-    if t.shape.rank is not None and s.shape.rank is not None:
-        if t.shape.rank < 1 or t.shape[-1] != s.shape[-1] and None not in (
-            t.shape[-1],
-            s.shape[-1],
-        ):
-            raise ValueError(
-                "teacher and student logits must have the same number of "
-                f"classes on the last axis, got shapes {t.shape} and {s.shape}."
-            )
+    t_classes = t.shape[-1] if t.shape.rank else None
+    s_classes = s.shape[-1] if s.shape.rank else None
+    if t_classes is not None and s_classes is not None and t_classes != s_classes:
+        raise ValueError(
+            "teacher and student logits must have the same number of "
+            f"classes on the last axis, got shapes {t.shape} and {s.shape}."
+        )
     return t, s
 
 
