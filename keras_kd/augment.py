@@ -104,13 +104,15 @@ def _jitter_layers(options, input_shape, seed):
     if options["rotation"] > 0:
         layers.append(
             keras_cv.layers.RandomRotation(
-                factor=options["rotation"] / 360.0, fill_mode="constant", seed=seed
+                factor=options["rotation"] / 360.0, fill_mode="constant",
+                seed=None if seed is None else seed + 1,
             )
         )
     if options["zoom"] > 0:
         layers.append(
             keras_cv.layers.RandomZoom(
-                height_factor=options["zoom"], fill_mode="constant", seed=seed
+                height_factor=options["zoom"], fill_mode="constant",
+                seed=None if seed is None else seed + 2,
             )
         )
     return layers

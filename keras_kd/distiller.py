@@ -30,99 +30,17 @@ The student itself is left unchanged, so it still outputs probabilities when
 saved.
 """
 
+import math
 import numbers
+import warnings
 
 import keras
 import tensorflow as tf
 
 from keras_kd import losses as losses_lib
+from keras_kd.models import logits_model
 
 __all__ = ["Distiller", "logits_model"]
-
-
-# ---------------------------------------------------------------------------
-# Logits views of models that end in softmax.
-
-
-def _is_softmax(fn):
-    return getattr(fn, "__name__", None) == "softmax"
-
-
-class _PreActivation(keras.layers.Layer):
-    """Calls a wrapped layer with its activation switched off (shared weights)."""
-
-    def __init__(self, layer, **kwargs):
-        super().__init__(name=f"{layer.name}_logits", **kwargs)
-        self.inner = layer
-
-    def call(self, inputs):
-        saved = self.inner.activation
-        self.inner.activation = keras.activations.linear
-        try:
-            return self.inner(inputs)
-        finally:
-            self.inner.activation = saved
-
-    def compute_output_spec(self, inputs):
-        return self.inner.compute_output_spec(inputs)
-
-
-def _is_functional(model):
-    try:
-        from keras.src.models.functional import Functional
-    except ImportError:  # pragma: no cover - Keras layout changed
-        return isinstance(model, keras.Sequential)
-    return isinstance(model, (Functional, keras.Sequential))
-
-
-def _ends_in_softmax(model):
-    """(True, kind) when the model's last layer applies softmax."""
-    layers = getattr(model, "layers", None) or []
-    if not layers:
-        return False, None
-    last = layers[-1]
-    if isinstance(last, keras.layers.Softmax):
-        return True, "layer"
-    if isinstance(last, keras.layers.Activation) and _is_softmax(last.activation):
-        return True, "layer"
-    if _is_softmax(getattr(last, "activation", None)):
-        return True, "activation"
-    return False, None
-
-
-def logits_model(model, role="model"):
-    """Returns ``(view, recovered)``: a model computing ``model``'s logits.
-
-    If ``model`` ends in a softmax (a ``Softmax`` / ``Activation("softmax")``
-    layer, or a layer with ``activation="softmax"``), ``view`` is a functional
-    model over the same layers and weights that stops before the softmax, and
-    ``recovered`` is True. Otherwise ``view`` is ``model`` itself.
-
-    Raises:
-      ValueError: a subclassed model whose last tracked layer applies softmax
-        (its graph cannot be cut safely): return logits from ``call`` instead.
-    """
-    ends, kind = _ends_in_softmax(model)
-    if not ends:
-        return model, False
-    if not _is_functional(model):
-        raise ValueError(
-            f"the {role} {model.name!r} appears to end in a softmax, and it is a "
-            "subclassed model whose graph keras_kd cannot cut. keras_kd distils "
-            "logits, never probabilities. Fix: make its call() return the "
-            "pre-softmax logits (e.g. Dense(num_classes) with no activation)."
-        )
-    last = model.layers[-1]
-    try:
-        pre = last.input
-    except (AttributeError, ValueError) as err:
-        raise ValueError(
-            f"the {role} {model.name!r} ends in a softmax whose input cannot be "
-            f"found ({err}). Fix: build the {role} so it outputs logits."
-        ) from None
-    outputs = pre if kind == "layer" else _PreActivation(last)(pre)
-    view = keras.Model(model.inputs, outputs, name=f"{model.name}_logits")
-    return view, True
 
 
 # ---------------------------------------------------------------------------
@@ -158,8 +76,8 @@ def _check_number(value, name, low, high, low_open):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number, got {value!r}.")
     value = float(value)
-    if value != value:  # NaN
-        raise ValueError(f"{name} must be a number, got NaN.")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}.")
     if low_open and not value > low:
         return False, value
     if not low_open and not (low <= value <= high):
@@ -293,14 +211,29 @@ class Distiller(keras.Model):
         """The student's logits."""
         return self._student_logits_model(inputs, training=training)
 
-    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
+    def compile(self, optimizer="adam", loss=None, metrics=None, jit_compile=False,
+                **kwargs):
         """Like ``keras.Model.compile``; the loss is the Distiller's own.
 
         ``metrics`` (and ``weighted_metrics``) measure the student's logits
         against the labels, e.g. ``metrics=["accuracy"]``. Passing ``loss``
         is an error: the label loss is the student's softmax cross-entropy
         from logits, weighted by ``1 − alpha``.
+
+        ``jit_compile`` defaults to False (Keras's ``"auto"`` turns XLA on for
+        any GPU): XLA compiles ``tf.debugging`` assertions away, so labels
+        outside ``[0, classes)`` would give a silent NaN instead of an error.
+        Pass ``jit_compile=True`` to trade that check for XLA's speed.
         """
+        if jit_compile == "auto":
+            jit_compile = False
+        if jit_compile:
+            warnings.warn(
+                "Distiller compiled with jit_compile=True: XLA removes the "
+                "label-range check, so labels outside [0, num_classes) give "
+                "NaN losses instead of an error.",
+                stacklevel=2,
+            )
         if loss is not None:
             raise ValueError(
                 "Distiller.compile() takes no loss: the loss is alpha * "
@@ -308,7 +241,9 @@ class Distiller(keras.Model):
                 "student's logits on the labels. Choose the distillation loss "
                 "with Distiller(distillation_loss=...), and drop loss=."
             )
-        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+        super().compile(
+            optimizer=optimizer, metrics=metrics, jit_compile=jit_compile, **kwargs
+        )
 
     def compile_from_config(self, config):
         """Re-compiles after ``keras.saving.load_model`` (optimizer, metrics)."""
@@ -344,8 +279,16 @@ class Distiller(keras.Model):
         logits = tf.cast(logits, tf.float32)
         if self._labels_kind(y, num_classes) == "sparse":
             labels = tf.reshape(y, [-1])
+            checks = []
             if labels.dtype.is_floating:
-                labels = tf.cast(tf.round(labels), tf.int64)
+                checks.append(tf.debugging.assert_equal(
+                    labels, tf.round(labels),
+                    message=(
+                        "keras_kd: sparse labels must be whole numbers (class "
+                        "ids); got a fractional value. Fix: pass integer ids, "
+                        f"or soft labels of shape [batch, {num_classes}]."
+                    ),
+                ))
             labels = tf.cast(labels, tf.int64)
             message = (
                 f"keras_kd: labels must be integer class ids in [0, {num_classes}) "
@@ -353,7 +296,7 @@ class Distiller(keras.Model):
                 "dataset's labels, or build the models with the right number "
                 "of classes."
             )
-            checks = [
+            checks += [
                 tf.debugging.assert_non_negative(labels, message=message),
                 tf.debugging.assert_less(
                     labels, tf.constant(num_classes, tf.int64), message=message
@@ -374,6 +317,21 @@ class Distiller(keras.Model):
             )
         return self._loss_fn(teacher_logits, student_logits, self.temperature)
 
+    def _per_example(self, values, logits):
+        """Checks a distillation loss returned shape [batch]; float32."""
+        values = tf.cast(values, tf.float32)
+        if values.shape.rank == 2 and values.shape[-1] == 1:
+            values = tf.squeeze(values, -1)
+        if values.shape.rank != 1:
+            raise ValueError(
+                f"the distillation loss {getattr(self._loss_fn, '__name__', self._loss_fn)!r} "
+                f"returned shape {values.shape}; it must return one value per "
+                f"example, shape [batch] (the logits have shape {logits.shape}). "
+                "Fix: reduce over the class axis only (e.g. "
+                "tf.reduce_sum(..., axis=-1)), not over the batch."
+            )
+        return values
+
     @staticmethod
     def _weights(sample_weight, per_example):
         if sample_weight is None:
@@ -389,8 +347,8 @@ class Distiller(keras.Model):
         ``cross_entropy`` is None when ``y`` is None (allowed only for
         ``alpha == 1``).
         """
-        distill = tf.cast(
-            self._distillation(teacher_logits, student_logits, y), tf.float32
+        distill = self._per_example(
+            self._distillation(teacher_logits, student_logits, y), student_logits
         )
         if y is None:
             if self.alpha != 1.0:
@@ -404,14 +362,42 @@ class Distiller(keras.Model):
         total = self.alpha * distill + (1.0 - self.alpha) * ce
         return total, distill, ce
 
-    def _average(self, per_example, sample_weight):
-        """Σ w·l / global batch size: the same value on 1 or N replicas."""
-        return tf.nn.compute_average_loss(per_example, sample_weight=sample_weight)
+    @staticmethod
+    def _global_batch_size(per_example):
+        """The number of examples in this step across all replicas (float32)."""
+        local = tf.cast(tf.shape(per_example)[0], tf.float32)
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync == 1:
+            return local
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
 
-    def _track_loss(self, loss, x):
+    def _average(self, per_example, sample_weight):
+        """``Σ w·l / B_global``: this replica's share of the global-batch mean.
+
+        Summed over replicas (as the optimizer sums gradients) it is the mean
+        over the whole global batch, also when the last batch splits unevenly
+        (``tf.nn.compute_average_loss`` would assume equal shares).
+        """
+        weighted = per_example if sample_weight is None else per_example * sample_weight
+        return tf.reduce_sum(weighted) / self._global_batch_size(per_example)
+
+    def _regularization(self):
+        """The student's regularization losses, split across replicas."""
+        if not self._student_logits_model.losses:
+            return 0.0
+        return tf.nn.scale_regularization_loss(
+            tf.add_n([tf.cast(l, tf.float32) for l in self._student_logits_model.losses])
+        )
+
+    def _track_loss(self, per_example, sample_weight, regularization):
+        """Logs the global mean loss (+ regularization), whatever the replicas."""
+        weighted = per_example if sample_weight is None else per_example * sample_weight
+        local = tf.cast(tf.shape(per_example)[0], tf.float32)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        batch = tf.shape(tf.nest.flatten(x)[0])[0]
-        self._loss_tracker.update_state(loss * replicas, sample_weight=batch)
+        mean = tf.math.divide_no_nan(tf.reduce_sum(weighted), local)
+        self._loss_tracker.update_state(
+            mean + regularization * replicas, sample_weight=local
+        )
 
     @staticmethod
     def _weighted(values, sw):
@@ -427,7 +413,22 @@ class Distiller(keras.Model):
             ):
                 if not with_teacher:
                     continue
-            if metric is self.student_loss_tracker and y is None:
+            if y is None and (
+                metric is self.student_loss_tracker or metric is self._compile_metrics
+            ):
+                continue
+            result = metric.result()
+            if isinstance(result, dict):
+                logs.update(result)
+            else:
+                logs[metric.name] = result
+        return logs
+
+    def get_metrics_result(self):
+        """Like Keras's, but skips compiled metrics never updated (no labels)."""
+        logs = {}
+        for metric in self.metrics:
+            if metric is self._compile_metrics and not getattr(metric, "built", True):
                 continue
             result = metric.result()
             if isinstance(result, dict):
@@ -446,16 +447,13 @@ class Distiller(keras.Model):
             student_logits = self._student_logits_model(x, training=True)
             total, distill, ce = self.compute_losses(teacher_logits, student_logits, y)
             sw = self._weights(sample_weight, total)
-            loss = self._average(total, sw)
-            if self._student_logits_model.losses:
-                loss += tf.nn.scale_regularization_loss(
-                    tf.add_n([tf.cast(l, tf.float32) for l in self._student_logits_model.losses])
-                )
-            scaled = self.optimizer.scale_loss(loss) if self.optimizer else loss
+            regularization = self._regularization()
+            loss = self._average(total, sw) + regularization
+            scaled = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply(gradients, variables)
 
-        self._track_loss(loss, x)
+        self._track_loss(total, sw, regularization)
         self.distillation_loss_tracker.update_state(self._weighted(distill, sw))
         if ce is not None:
             self.student_loss_tracker.update_state(self._weighted(ce, sw))
@@ -485,7 +483,7 @@ class Distiller(keras.Model):
                 )
             total = ce = self._student_cross_entropy(y, student_logits)
             sw = self._weights(sample_weight, total)
-        self._track_loss(self._average(total, sw), x)
+        self._track_loss(total, sw, self._regularization())
         if ce is not None:
             self.student_loss_tracker.update_state(self._weighted(ce, sw))
         return self._logs(

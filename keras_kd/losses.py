@@ -124,7 +124,9 @@ def kl_divergence(teacher_logits, student_logits, temperature):
     t, s = _pair(teacher_logits, student_logits)
     log_p = tf.nn.log_softmax(t / temperature, axis=-1)
     log_q = tf.nn.log_softmax(s / temperature, axis=-1)
-    kl = tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
+    # multiply_no_nan: a class the teacher rules out (logit -inf, p = 0)
+    # contributes 0, not 0 · (−inf − log q) = NaN.
+    kl = tf.reduce_sum(tf.math.multiply_no_nan(log_p - log_q, tf.exp(log_p)), axis=-1)
     return temperature * temperature * kl
 
 
@@ -142,7 +144,9 @@ def soft_cross_entropy(teacher_logits, student_logits, temperature):
     t, s = _pair(teacher_logits, student_logits)
     p = tf.nn.softmax(t / temperature, axis=-1)
     log_q = tf.nn.log_softmax(s / temperature, axis=-1)
-    return -temperature * temperature * tf.reduce_sum(p * log_q, axis=-1)
+    return -temperature * temperature * tf.reduce_sum(
+        tf.math.multiply_no_nan(log_q, p), axis=-1
+    )
 
 
 def mse_logits(teacher_logits, student_logits, temperature=None):
@@ -225,6 +229,14 @@ def get(name_or_callable):
       ValueError: an unknown name; the message lists the valid ones.
       TypeError: neither a string nor a callable.
     """
+    if _is_keras_loss(name_or_callable):
+        raise TypeError(
+            f"{type(name_or_callable).__name__} is a Keras Loss object: it "
+            "reduces over the batch, takes (y_true, y_pred, sample_weight) and, "
+            "like keras.losses.KLDivergence, expects probabilities. keras_kd "
+            "needs a per-example function of logits. Fix: use a name such as "
+            "'kl', or fn(teacher_logits, student_logits, temperature)."
+        )
     if callable(name_or_callable):
         _check_signature(name_or_callable)
         return name_or_callable
@@ -235,12 +247,22 @@ def get(name_or_callable):
         raise ValueError(
             f"unknown distillation loss {name_or_callable!r}. Valid names: "
             f"{', '.join(available())}; or pass a callable "
-            "fn(teacher_logits, student_logits, temperature)."
+            "fn(teacher_logits, student_logits, temperature). (A custom loss "
+            "saved by name must be registered with keras_kd.losses.register "
+            "before the model is loaded.)"
         )
     raise TypeError(
         "distillation_loss must be a registered name or a callable, got "
         f"{type(name_or_callable).__name__}."
     )
+
+
+def _is_keras_loss(obj):
+    try:
+        import keras
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, keras.losses.Loss)
 
 
 def name_of(fn):

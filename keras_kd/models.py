@@ -82,6 +82,7 @@ import keras
 
 __all__ = [
     "ARCHITECTURES",
+    "logits_model",
     "build",
     "parse_spec",
     "count_params",
@@ -604,3 +605,113 @@ def count_params(model) -> int:
             n *= int(d)
         total += n
     return total
+
+
+# --------------------------------------------------------------------------
+# Logits views of models that end in softmax
+# --------------------------------------------------------------------------
+
+
+def _is_softmax(fn):
+    return getattr(fn, "__name__", None) == "softmax"
+
+
+class _PreActivation(keras.layers.Layer):
+    """Calls a wrapped layer with its activation switched off (shared weights)."""
+
+    def __init__(self, layer, **kwargs):
+        super().__init__(name=f"{layer.name}_logits", **kwargs)
+        self.inner = layer
+
+    def call(self, inputs):
+        saved = self.inner.activation
+        self.inner.activation = keras.activations.linear
+        try:
+            return self.inner(inputs)
+        finally:
+            self.inner.activation = saved
+
+    def compute_output_spec(self, inputs):
+        return self.inner.compute_output_spec(inputs)
+
+
+def _is_functional(model):
+    try:
+        from keras.src.models.functional import Functional
+    except ImportError:  # pragma: no cover - Keras moved it
+        return isinstance(model, keras.Sequential)
+    return isinstance(model, (Functional, keras.Sequential))
+
+
+def _output_producer(model):
+    """(operation, its input tensor) that produced the single output, or None."""
+    outputs = getattr(model, "outputs", None)
+    if not outputs or len(outputs) != 1:
+        return None
+    try:
+        history = outputs[0]._keras_history
+        node = history.operation._inbound_nodes[history.node_index]
+        inputs = node.input_tensors
+    except (AttributeError, IndexError, TypeError):
+        return None
+    if len(inputs) != 1:
+        return None
+    return history.operation, inputs[0]
+
+
+def _pre_softmax(op, tensor):
+    """The pre-softmax output of ``op`` applied to ``tensor``, or None."""
+    if isinstance(op, keras.layers.Softmax) or (
+        isinstance(op, keras.layers.Activation) and _is_softmax(op.activation)
+    ):
+        return tensor
+    if type(op).__name__ == "Softmax" and type(op).__module__.startswith("keras"):
+        return tensor  # keras.ops.softmax(...) in a functional model
+    if isinstance(op, keras.layers.Layer) and _is_softmax(getattr(op, "activation", None)):
+        return _PreActivation(op)(tensor)
+    if isinstance(op, keras.Model) and _is_functional(op):
+        inner_view, recovered = logits_model(op)
+        if recovered:
+            return inner_view(tensor)
+    return None
+
+
+def logits_model(model, role="model"):
+    """Returns ``(view, recovered)``: a model computing ``model``'s logits.
+
+    keras_kd distils logits, never probabilities. If ``model``'s output is
+    produced by a softmax — a ``Softmax`` or ``Activation("softmax")`` layer,
+    a layer with ``activation="softmax"`` (e.g. ``Dense``), ``keras.ops.softmax``
+    in a functional model, or a nested functional/Sequential model that ends
+    in one of these — ``view`` is a functional model over the same layers and
+    weights that stops before the softmax, and ``recovered`` is True.
+    Otherwise ``view`` is ``model`` itself and ``recovered`` is False.
+
+    Raises:
+      ValueError: a subclassed model whose last tracked layer applies softmax:
+        its graph cannot be cut, so its ``call()`` must return logits. (A
+        subclassed model that applies softmax inside ``call()`` without such a
+        layer cannot be detected.)
+    """
+    if not _is_functional(model):
+        layers = getattr(model, "layers", None) or []
+        last = layers[-1] if layers else None
+        if last is not None and (
+            isinstance(last, keras.layers.Softmax)
+            or _is_softmax(getattr(last, "activation", None))
+        ):
+            raise ValueError(
+                f"the {role} {model.name!r} appears to end in a softmax, and it "
+                "is a subclassed model whose graph keras_kd cannot cut. keras_kd "
+                "distils logits, never probabilities. Fix: make its call() "
+                "return the pre-softmax logits (e.g. Dense(num_classes) with no "
+                "activation)."
+            )
+        return model, False
+    producer = _output_producer(model)
+    if producer is None:
+        return model, False
+    logits = _pre_softmax(*producer)
+    if logits is None:
+        return model, False
+    return keras.Model(model.inputs, logits, name=f"{model.name}_logits"), True

@@ -138,6 +138,7 @@ def test_teacher_runs_in_inference_mode(student, data):
 def test_alpha_zero_trains_exactly_like_a_plain_student(teacher, student, data):
     x, y = data
     plain = copy_of(student, "plain")
+    initial = weights_of(student)
     d = keras_kd.Distiller(teacher, student, alpha=0.0)
     d.compile(optimizer=keras.optimizers.SGD(0.1))
     d.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
@@ -148,12 +149,13 @@ def test_alpha_zero_trains_exactly_like_a_plain_student(teacher, student, data):
     plain.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
     for a, b in zip(student.get_weights(), plain.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(student.get_weights()[0], copy_of(plain, "x").get_weights()[0] * 0)
+    assert not np.allclose(student.get_weights()[0], initial[0])  # it did train
 
 
 def test_alpha_one_ignores_labels(teacher, student, data, rng):
     x, y = data
     other = copy_of(student, "other")
+    third = copy_of(student, "third")
     shuffled = rng.permutation(y)
     assert np.mean(shuffled != y) > 0.3
     for model, labels in ((student, y), (other, shuffled)):
@@ -163,11 +165,13 @@ def test_alpha_one_ignores_labels(teacher, student, data, rng):
     for a, b in zip(student.get_weights(), other.get_weights()):
         np.testing.assert_array_equal(a, b)
     # ... and it can run without any labels at all.
-    third = copy_of(student, "third")
     d = keras_kd.Distiller(teacher, third, alpha=1.0)
-    d.compile(optimizer=keras.optimizers.SGD(0.1))
-    logs = d.fit(x, batch_size=16, epochs=1, verbose=0).history
+    d.compile(optimizer=keras.optimizers.SGD(0.1), metrics=["accuracy"])
+    logs = d.fit(x, batch_size=16, epochs=2, shuffle=False, verbose=0).history
     assert "distillation_loss" in logs and "student_loss" not in logs
+    assert "accuracy" not in logs  # no labels, nothing to measure against
+    for a, b in zip(student.get_weights(), third.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_unlabelled_data_needs_alpha_one(teacher, student, data):
@@ -315,6 +319,11 @@ def test_evaluate_runs_the_teacher_only_when_asked(teacher, student, data):
     assert calls["n"] > 0
     t_logits = teacher.predict(x, verbose=0)
     np.testing.assert_allclose(
+        logs2["loss"],
+        0.5 * np_kl(t_logits, s_logits, 4.0).mean() + 0.5 * np_ce(y, s_logits).mean(),
+        rtol=1e-4,
+    )
+    np.testing.assert_allclose(
         logs2["distillation_loss"], np_kl(t_logits, s_logits, 4.0).mean(), rtol=1e-4
     )
     np.testing.assert_allclose(
@@ -351,6 +360,8 @@ def test_label_shape_errors(teacher, student, data):
         ({"alpha": 1.5}, r"alpha must be in \[0, 1\]"),
         ({"alpha": -0.1}, r"alpha must be in \[0, 1\]"),
         ({"alpha": "x"}, "alpha must be a number"),
+        ({"temperature": float("inf")}, "finite"),
+        ({"alpha": float("nan")}, "finite"),
         ({"distillation_loss": "kld"}, "Valid names: kl"),
     ],
 )
@@ -449,3 +460,150 @@ def test_whole_distiller_saves_and_loads(teacher, student, data, tmp_path):
     np.testing.assert_allclose(
         back.teacher.predict(x, verbose=0), teacher.predict(x, verbose=0), rtol=1e-6
     )
+
+
+def test_fractional_sparse_labels_are_refused(teacher, student, data):
+    x, y = data
+    d = keras_kd.Distiller(teacher, student)
+    d.compile(optimizer="sgd")
+    with pytest.raises(Exception, match="whole numbers"):
+        d.fit(x, y.astype(np.float32) + 0.4, batch_size=16, epochs=1, verbose=0)
+    # Whole-valued float labels (e.g. read from a CSV) are fine.
+    d.fit(x, y.astype(np.float32), batch_size=16, epochs=1, verbose=0)
+
+
+def test_xla_is_off_by_default_and_warned_about(teacher, student):
+    d = keras_kd.Distiller(teacher, student)
+    d.compile(optimizer="sgd")
+    assert d.jit_compile is False
+    with pytest.warns(UserWarning, match="label-range check"):
+        keras_kd.Distiller(teacher, student).compile(optimizer="sgd", jit_compile=True)
+
+
+def test_distillation_loss_must_be_per_example(teacher, student, data):
+    x, y = data
+
+    def batch_mean(t, s, T):
+        return tf.reduce_mean(losses.kl_divergence(t, s, T))
+
+    d = keras_kd.Distiller(teacher, student, distillation_loss=batch_mean)
+    d.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match=r"one value per\s+example"):
+        d.train_on_batch(x, y)
+
+    def column(t, s, T):  # [batch, 1] is accepted and squeezed
+        return losses.kl_divergence(t, s, T)[:, None]
+
+    t_logits = teacher.predict(x, verbose=0)
+    s_logits = student.predict(x, verbose=0)
+    d = keras_kd.Distiller(teacher, student, alpha=1.0, distillation_loss=column)
+    d.compile(optimizer=keras.optimizers.SGD(0.0))
+    logs = d.train_on_batch(x, y, return_dict=True)
+    np.testing.assert_allclose(logs["loss"], np_kl(t_logits, s_logits, 4.0).mean(), rtol=1e-4)
+
+
+def test_keras_loss_objects_are_refused(teacher, student):
+    with pytest.raises(TypeError, match="per-example function of logits"):
+        keras_kd.Distiller(teacher, student, distillation_loss=keras.losses.KLDivergence())
+
+
+def test_ops_softmax_and_nested_softmax_heads_are_recovered(data):
+    x, _ = data
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((FEATURES,))
+    dense = keras.layers.Dense(NUM_CLASSES)
+    functional = keras.Model(inputs, keras.ops.softmax(dense(inputs)))
+    view, recovered = keras_kd.models.logits_model(functional)
+    assert recovered
+    np.testing.assert_allclose(
+        view.predict(x, verbose=0),
+        x @ dense.kernel.numpy() + dense.bias.numpy(), rtol=1e-5, atol=1e-5,
+    )
+    head = keras.Sequential([keras.layers.Dense(NUM_CLASSES, activation="softmax")])
+    nested = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(8), head])
+    view, recovered = keras_kd.models.logits_model(nested)
+    assert recovered
+    logits = view.predict(x, verbose=0)
+    np.testing.assert_allclose(np_softmax(logits, 1.0), nested.predict(x, verbose=0), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(np_softmax(logits, 1.0).sum(-1), logits.sum(-1))  # logits, not probs
+
+
+def test_loaded_distiller_with_softmax_models_keeps_training(data, tmp_path):
+    x, y = data
+    t = mlp(32, "t", seed=1, softmax=True)
+    s = mlp(8, "s", seed=2, softmax=True)
+    d = keras_kd.Distiller(t, s, temperature=2.0, alpha=0.5)
+    d.compile(optimizer=keras.optimizers.Adam(0.01), metrics=["accuracy"])
+    d.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    d.save(tmp_path / "d.keras")
+    back = keras.saving.load_model(tmp_path / "d.keras")
+    assert back.teacher_softmax_recovered and back.student_softmax_recovered
+    h1 = d.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0).history
+    h2 = back.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0).history
+    np.testing.assert_allclose(h1["loss"], h2["loss"], rtol=1e-5)
+
+
+def test_fit_with_validation_data_logs_val_metrics(teacher, student, data):
+    x, y = data
+    d = keras_kd.Distiller(teacher, student)
+    d.compile(optimizer="adam", metrics=["accuracy"])
+    h = d.fit(x, y, validation_data=(x, y), batch_size=16, epochs=1, verbose=0).history
+    assert {"val_loss", "val_student_loss", "val_accuracy"} <= set(h)
+    assert "val_teacher_agreement" not in h
+
+
+_REPLICA_SCRIPT = r"""
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import numpy as np, keras, keras_kd
+
+def models():
+    keras.utils.set_random_seed(7)
+    def mlp(h, classes=3):
+        i = keras.Input((6,))
+        r = keras.regularizers.L2(1e-3)
+        return keras.Model(i, keras.layers.Dense(classes)(
+            keras.layers.Dense(h, activation="relu", kernel_regularizer=r)(i)))
+    return mlp(16), mlp(8)
+
+rng = np.random.default_rng(0)
+n = int(sys.argv[1])
+x = rng.normal(size=(n, 6)).astype("float32")
+y = rng.integers(0, 3, size=n).astype("int32")
+w = rng.uniform(0.2, 2.0, size=n).astype("float32")
+results = {}
+for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
+                       ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+    with strategy.scope():
+        t, s = models()
+        d = keras_kd.Distiller(t, s, temperature=3.0, alpha=0.7)
+        d.compile(optimizer=keras.optimizers.SGD(0.5))
+    ds = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(8)
+    h = d.fit(ds, epochs=2, verbose=0).history
+    results[name] = {"weights": [v.tolist() for v in s.get_weights()],
+                     "loss": h["loss"], "replicas": strategy.num_replicas_in_sync}
+print("RESULT" + json.dumps(results))
+"""
+
+
+@pytest.mark.parametrize("n", [24, 21])  # 21: the last batch of 5 splits 3/2
+def test_one_device_equals_two_replicas(tmp_path, n):
+    """The loss is reduced over the global batch: replicas change nothing."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "replicas.py"
+    script.write_text(_REPLICA_SCRIPT)
+    run = subprocess.run([sys.executable, str(script), str(n)], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    line = [l for l in run.stdout.splitlines() if l.startswith("RESULT")][-1]
+    res = json.loads(line[len("RESULT"):])
+    assert res["one"]["replicas"] == 1 and res["two"]["replicas"] == 2
+    for a, b in zip(res["one"]["weights"], res["two"]["weights"]):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(res["one"]["loss"], res["two"]["loss"], rtol=1e-5)

@@ -216,3 +216,22 @@ def test_integer_logits_rejected():
 def test_class_mismatch_rejected():
     with pytest.raises(ValueError, match="number of classes"):
         losses.kl_divergence(np.ones((2, 3), np.float32), np.ones((2, 4), np.float32), 1.0)
+
+
+def test_masked_teacher_classes_give_finite_losses():
+    """A class the teacher rules out (logit -inf, p = 0) contributes 0, not NaN."""
+    t = np.array([[0.0, -np.inf, 1.0]], np.float32)
+    s = np.array([[0.5, 0.2, 0.1]], np.float32)
+    kl = losses.kl_divergence(t, s, 2.0).numpy()
+    ce = losses.soft_cross_entropy(t, s, 2.0).numpy()
+    assert np.all(np.isfinite(kl)) and np.all(np.isfinite(ce))
+    t_ok, s_ok = t[:, [0, 2]], s
+    p = np_softmax(t_ok, 2.0)
+    q = np_softmax(s_ok, 2.0)[:, [0, 2]]
+    np.testing.assert_allclose(kl, 4.0 * np.sum(p * (np.log(p) - np.log(q)), -1), rtol=1e-5)
+
+
+def test_keras_loss_objects_are_refused():
+    keras = pytest.importorskip("keras")
+    with pytest.raises(TypeError, match="Keras Loss object"):
+        losses.get(keras.losses.KLDivergence())
