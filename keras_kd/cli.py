@@ -78,7 +78,7 @@ def main(argv):
         )
     try:
         job.run(config_from_flags())
-    except (ValueError, PermissionError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         print(f"keras-kd: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_kd import _io
+from keras_kd.models import logits_model
 
 __all__ = ["to_tflite", "verify", "labels_path"]
 
@@ -57,21 +58,27 @@ def to_tflite(model, path, *, probabilities=False, class_names=None):
       model: a ``keras.Model`` with a fixed input shape that outputs logits.
       path: destination ``.tflite`` path. Written atomically: a failed
         conversion leaves no file behind and an existing file untouched.
-      probabilities: append a softmax so the app receives probabilities.
+      probabilities: the file outputs probabilities (a softmax is appended;
+        a model that already ends in softmax is not softmaxed twice). By
+        default it outputs logits, also for a model that ends in softmax.
       class_names: written one per line to ``labels_path(path)``.
     """
     _check_model(model)
     if not str(path).endswith(".tflite"):
         raise ValueError(f"the export path must end in .tflite, got {path!r}.")
+    logits, ends_in_softmax = logits_model(model, "model")
     if probabilities:
-        outputs = keras.layers.Softmax(name="probabilities")(model.outputs[0])
-        model = keras.Model(model.inputs, outputs, name=f"{model.name}_probs")
+        outputs = keras.layers.Softmax(name="probabilities")(logits.outputs[0])
+        model = keras.Model(logits.inputs, outputs, name=f"{model.name}_probs")
+    elif ends_in_softmax:
+        model = logits  # the app gets logits unless it asks for probabilities
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     flatbuffer = converter.convert()
-    _io.write_bytes(path, flatbuffer)
+    # Convert first (in memory), then write: a failed conversion writes nothing.
     if class_names is not None:
         _io.write_text(labels_path(path), "".join(f"{c}\n" for c in class_names))
+    _io.write_bytes(path, flatbuffer)
     return path
 
 
@@ -83,8 +90,8 @@ def _interpreter(tflite_path, num_threads):
     return interpreter
 
 
-def verify(tflite_path, dataset, reference_model=None, *, max_examples=1000,
-           num_threads=1, warmup=5):
+def verify(tflite_path, dataset, reference_model=None, *, probabilities=False,
+           max_examples=1000, num_threads=1, warmup=5):
     """Runs the ``.tflite`` file on ``dataset`` and compares it with Keras.
 
     Args:
@@ -92,6 +99,8 @@ def verify(tflite_path, dataset, reference_model=None, *, max_examples=1000,
       dataset: batches of ``(images, labels)`` (labels sparse ids).
       reference_model: the Keras model it was exported from (for agreement
         and ``max_abs_diff``); optional.
+      probabilities: the file was exported with ``probabilities=True``; the
+        reference's logits are then turned into probabilities to compare.
       max_examples: stop after this many examples.
 
     Returns:
@@ -100,6 +109,8 @@ def verify(tflite_path, dataset, reference_model=None, *, max_examples=1000,
       (largest absolute difference of the outputs), ``latency_ms_median``
       (single-example ``invoke``, after ``warmup`` calls) and ``size_bytes``.
     """
+    if reference_model is not None:
+        reference_model, _ = logits_model(reference_model, "reference model")
     interpreter = _interpreter(tflite_path, num_threads)
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
@@ -109,7 +120,10 @@ def verify(tflite_path, dataset, reference_model=None, *, max_examples=1000,
         images, y = batch[0], batch[1]
         images = np.asarray(images, dtype=np.float32)
         if reference_model is not None:
-            refs.append(np.asarray(reference_model(images, training=False)))
+            ref = reference_model(images, training=False)
+            if probabilities:
+                ref = tf.nn.softmax(tf.cast(ref, tf.float32), axis=-1)
+            refs.append(np.asarray(ref))
         for image in images:
             interpreter.set_tensor(inp["index"], image[None])
             start = time.perf_counter()

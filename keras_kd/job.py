@@ -63,23 +63,35 @@ class JobConfig:
 
     def validate(self):
         """Raises ValueError for values the job cannot run with."""
-        if self.epochs < 1 or self.teacher_epochs < 0:
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be at least 1, got {self.epochs}.")
+        if self.teacher_epochs < 1 and not self.teacher:
             raise ValueError(
-                f"epochs must be ≥ 1 and teacher_epochs ≥ 0, got {self.epochs} "
-                f"and {self.teacher_epochs}."
+                f"--teacher_epochs={self.teacher_epochs} would distil from an "
+                "untrained teacher. Fix: train it (--teacher_epochs ≥ 1) or load "
+                "one with --teacher=path.keras."
             )
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}.")
+            raise ValueError(f"--batch_size must be at least 1, got {self.batch_size}.")
         if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+            raise ValueError(
+                f"--learning_rate must be > 0, got {self.learning_rate} "
+                "(e.g. 2e-3 for adam, 0.05 for sgd)."
+            )
         if self.optimizer.lower() not in OPTIMIZERS:
             raise ValueError(
                 f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}."
             )
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if not (self.temperature > 0 and self.temperature < float("inf")):
+            raise ValueError(
+                f"--temperature must be a finite number > 0, got {self.temperature} "
+                "(1 is the plain softmax; 2-8 gives soft targets)."
+            )
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}.")
+            raise ValueError(
+                f"--alpha must be in [0, 1], got {self.alpha}: it weighs the "
+                "distillation loss, and 1 - alpha the label loss."
+            )
         losses.get(self.distillation_loss)
         augment.parse(self.augment)
         augment.parse(self.teacher_augment)
@@ -93,8 +105,13 @@ class JobConfig:
 
 
 def default_output_dir():
-    """``./kd_runs/<YYYYmmdd-HHMMSS>``."""
-    return os.path.join("kd_runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    """``./kd_runs/<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``, … if it exists)."""
+    base = os.path.join("kd_runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    path, n = base, 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{base}-{n}"
+    return path
 
 
 def make_optimizer(name, learning_rate):
@@ -166,9 +183,17 @@ def run(config, log=print):
     """Runs the whole path and returns the results dict (also in metrics.json)."""
     config.validate()
     out = config.output_dir or default_output_dir()
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        raise OSError(
+            f"cannot create --output_dir={out!r}: {err.strerror}. Fix: pass a "
+            "folder path you can write to."
+        ) from err
     if not os.access(out, os.W_OK):
-        raise PermissionError(f"--output_dir={out!r} is not writable.")
+        raise PermissionError(
+            f"--output_dir={out!r} is not writable. Fix: pass a folder you can write to."
+        )
     keras.utils.set_random_seed(config.seed)
     started = time.perf_counter()
     timings = {}
@@ -206,6 +231,8 @@ def run(config, log=print):
                 shuffle=False,  # the dataset is already shuffled
             )
     timings["teacher_s"] = time.perf_counter() - t0
+    # Saved at once: a crash later in the run does not lose a trained teacher.
+    teacher_path = _io.save_model(teacher, os.path.join(out, "teacher.keras"))
 
     # 2. The baseline: the student architecture alone, same schedule.
     t0 = time.perf_counter()
@@ -251,7 +278,7 @@ def run(config, log=print):
         scores = _evaluate(model, val_ds)
         rows.append({"model": role, "params": models.count_params(model), **scores})
     paths = {
-        "teacher": _io.save_model(teacher, os.path.join(out, "teacher.keras")),
+        "teacher": teacher_path,
         "baseline": _io.save_model(baseline, os.path.join(out, "baseline.keras")),
         "student": _io.save_model(student, os.path.join(out, "student.keras")),
     }

@@ -174,3 +174,15 @@ def test_main_job_on_tfds_mock_data(tmp_path):
         metrics = json.load(f)
     assert metrics["dataset"]["input_shape"] == [28, 28, 1]
     assert metrics["tflite"]["agreement"] >= 0.99
+
+
+def test_output_dir_that_is_a_file(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert run_cli(TINY + [f"--output_dir={blocker}"]) == 2
+    assert "cannot create --output_dir" in capsys.readouterr().err
+
+
+def test_untrained_teacher_is_refused(tmp_path, capsys):
+    assert run_cli(TINY + ["--teacher_epochs=0", f"--output_dir={tmp_path}"]) == 2
+    assert "untrained teacher" in capsys.readouterr().err

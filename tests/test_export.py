@@ -128,3 +128,31 @@ def test_export_errors(trained, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(OSError, match="writable"):
         export.to_tflite(model, str(blocker / "s.tflite"))
+
+
+def test_softmax_ending_model_exports_logits_or_probabilities_once(trained, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    model, val, _ = trained
+    probs_model = keras.Model(model.inputs, keras.layers.Softmax()(model.outputs[0]))
+    image = next(iter(val))[0][:1].numpy()
+    logits = model.predict(image, verbose=0)
+    for probabilities, expected in ((False, logits), (True, tf.nn.softmax(logits).numpy())):
+        path = export.to_tflite(probs_model, str(tmp_path / f"{probabilities}.tflite"),
+                                probabilities=probabilities)
+        it = Interpreter(model_path=path)
+        it.allocate_tensors()
+        it.set_tensor(it.get_input_details()[0]["index"], image)
+        it.invoke()
+        got = it.get_tensor(it.get_output_details()[0]["index"])
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        check = export.verify(path, val, reference_model=probs_model, probabilities=probabilities)
+        assert check["agreement"] >= 0.99 and check["max_abs_diff"] < 1e-4
+
+
+def test_written_files_get_the_usual_permissions(trained, tmp_path):
+    model, _, _ = trained
+    path = export.to_tflite(model, str(tmp_path / "s.tflite"), class_names=["a"] * 10)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
