@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_kd import _io
-from keras_kd.models import logits_model
+from keras_kd.models import logits_model, model_inputs
 
 __all__ = ["to_tflite", "verify", "labels_path"]
 
@@ -69,7 +69,7 @@ def to_tflite(model, path, *, probabilities=False, class_names=None):
     logits, ends_in_softmax = logits_model(model, "model")
     if probabilities:
         outputs = keras.layers.Softmax(name="probabilities")(logits.outputs[0])
-        model = keras.Model(logits.inputs, outputs, name=f"{model.name}_probs")
+        model = keras.Model(model_inputs(logits), outputs, name=f"{model.name}_probs")
     elif ends_in_softmax:
         model = logits  # the app gets logits unless it asks for probabilities
     converter = tf.lite.TFLiteConverter.from_keras_model(model)

@@ -43,10 +43,10 @@ class JobConfig:
     data_dir: str | None = None
     image_size: tuple | None = None
     teacher: str | None = None  # path to a saved .keras teacher
-    teacher_arch: str = "cnn:width=2"
-    student_arch: str = "cnn:width=0.25"
-    temperature: float = 4.0
-    alpha: float = 0.9
+    teacher_arch: str = "cnn"
+    student_arch: str = "mlp:hidden=400x400"
+    temperature: float = 3.0
+    alpha: float = 0.7
     distillation_loss: str = "kl"
     optimizer: str = "adam"
     learning_rate: float = 2e-3
@@ -168,7 +168,7 @@ def _plain_compile(model, config):
     )
 
 
-def _evaluate(model, val_ds):
+def evaluate(model, val_ds):
     """Accuracy and error count of a logits model on the validation batches."""
     correct = total = 0
     for images, labels in val_ds:
@@ -275,7 +275,7 @@ def run(config, log=print):
     # 4. Evaluate, save, export.
     rows = []
     for role, model in (("teacher", teacher), ("baseline", baseline), ("distilled", student)):
-        scores = _evaluate(model, val_ds)
+        scores = evaluate(model, val_ds)
         rows.append({"model": role, "params": models.count_params(model), **scores})
     paths = {
         "teacher": teacher_path,

@@ -714,4 +714,11 @@ def logits_model(model, role="model"):
     logits = _pre_softmax(*producer)
     if logits is None:
         return model, False
-    return keras.Model(model.inputs, logits, name=f"{model.name}_logits"), True
+    return keras.Model(model_inputs(model), logits, name=f"{model.name}_logits"), True
+
+
+def model_inputs(model):
+    """``model.inputs``, unwrapped when there is one (calling with a tensor then
+    matches the model's input structure without a Keras warning)."""
+    inputs = model.inputs
+    return inputs[0] if len(inputs) == 1 else inputs
