@@ -37,6 +37,7 @@ flags.DEFINE_string("teacher_augment", None, "Augmentation for teacher training 
 flags.DEFINE_integer("seed", _D.seed, "Random seed.")
 flags.DEFINE_string("output_dir", None, "Output folder (default ./kd_runs/<timestamp>).")
 flags.DEFINE_bool("export", True, "Export and verify student.tflite.")
+flags.DEFINE_bool("deterministic", _D.deterministic, "TensorFlow op determinism and a seeded global RNG: the same --seed gives the same run.")
 flags.DEFINE_integer("verbose", _D.verbose, "Keras verbosity: 0 silent, 1 progress bars, 2 one line per epoch.")
 
 
@@ -64,6 +65,7 @@ def config_from_flags():
         seed=FLAGS.seed,
         output_dir=FLAGS.output_dir,
         export=FLAGS.export,
+        deterministic=FLAGS.deterministic,
         verbose=FLAGS.verbose,
         flags_used=used,
     )

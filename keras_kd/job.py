@@ -15,6 +15,7 @@ executes; the CLI only turns flags into a :class:`JobConfig`. Steps:
    it with the LiteRT interpreter; write ``metrics.json`` and ``report.md``.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -22,6 +23,7 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_kd import _io, augment, data, export, losses, models, report
 from keras_kd.distiller import Distiller
@@ -58,6 +60,7 @@ class JobConfig:
     seed: int = 0
     output_dir: str | None = None
     export: bool = True
+    deterministic: bool = True
     verbose: int = 1
     flags_used: dict = dataclasses.field(default_factory=dict)
 
@@ -126,6 +129,30 @@ def make_optimizer(name, learning_rate):
     raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}.")
 
 
+@contextlib.contextmanager
+def deterministic(seed, enabled=True):
+    """Runs the body with TensorFlow's op determinism and a seeded global RNG.
+
+    Same seed → same run, bit for bit (parallel ``tf.data`` maps otherwise
+    draw keras-cv's random numbers in a varying order). keras-cv's layers take
+    their randomness from ``tf.random``'s global generator, which must be set
+    explicitly under op determinism. The previous state is restored on exit.
+    """
+    if not enabled:
+        yield
+        return
+    from tensorflow.python.framework import config as tf_config
+
+    was_enabled = tf_config.is_op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    tf.random.set_global_generator(tf.random.Generator.from_seed(seed))
+    try:
+        yield
+    finally:
+        if not was_enabled:
+            tf_config.disable_op_determinism()
+
+
 def load_teacher(path, info):
     """Loads a saved Keras classifier and checks it fits the dataset."""
     try:
@@ -182,6 +209,11 @@ def evaluate(model, val_ds):
 def run(config, log=print):
     """Runs the whole path and returns the results dict (also in metrics.json)."""
     config.validate()
+    with deterministic(config.seed, config.deterministic):
+        return _run(config, log)
+
+
+def _run(config, log):
     out = config.output_dir or default_output_dir()
     try:
         os.makedirs(out, exist_ok=True)

@@ -186,3 +186,20 @@ def test_output_dir_that_is_a_file(tmp_path, capsys):
 def test_untrained_teacher_is_refused(tmp_path, capsys):
     assert run_cli(TINY + ["--teacher_epochs=0", f"--output_dir={tmp_path}"]) == 2
     assert "untrained teacher" in capsys.readouterr().err
+
+
+def test_same_seed_same_run(tmp_path):
+    """--deterministic (default): two runs with one seed agree bit for bit."""
+    results = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert run_cli(TINY + ["--seed=3", "--export=false", f"--output_dir={out}"]) == 0
+        with open(out / "metrics.json") as f:
+            metrics = json.load(f)
+        results.append((metrics["models"], metrics["distillation_history"]))
+    assert results[0] == results[1]
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    assert not tf_config.is_op_determinism_enabled()  # restored afterwards
+    del tf
