@@ -32,6 +32,11 @@ def main():
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     args = parser.parse_args()
 
+    with job.deterministic(args.seed):
+        _sweep(args)
+
+
+def _sweep(args):
     keras.utils.set_random_seed(args.seed)
     train, val, info = data.load("mnist5k", batch_size=64, seed=args.seed)
     train = augment.apply(train, "jitter", info.input_shape, seed=args.seed)
