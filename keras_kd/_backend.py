@@ -30,7 +30,7 @@ def ensure_tensorflow_backend():
             f"{requested!r}. Fix: set KERAS_BACKEND=tensorflow (or unset it) "
             "before Python imports keras or keras_kd."
         )
-    import keras  # noqa: E402  (deliberately after the environment is set)
+    import keras  # deliberately after KERAS_BACKEND is set above
 
     backend = keras.backend.backend()
     if backend != "tensorflow":

@@ -9,11 +9,11 @@
 
 import sys
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
-from keras_kd import augment as _augment  # noqa: E402  (imports keras_kd first)
-from keras_kd import data as _data  # noqa: E402
-from keras_kd import job, losses  # noqa: E402
+from keras_kd import augment as _augment
+from keras_kd import data as _data
+from keras_kd import job, losses
 
 _D = job.JobConfig()
 FLAGS = flags.FLAGS

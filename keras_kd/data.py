@@ -583,7 +583,7 @@ def _scan_folder(path, validation_split, image_size):
             with Image.open(f) as im:
                 w, h = im.size
                 channels = max(channels, _channels_of(im))
-        except Exception as err:  # noqa: BLE001 -- name the file, whatever failed
+        except Exception as err:
             raise ValueError(
                 f"Cannot read image {f!r} ({err}). Fix: remove or replace the file."
             ) from err

@@ -386,7 +386,7 @@ class Distiller(keras.Model):
         if not self._student_logits_model.losses:
             return 0.0
         return tf.nn.scale_regularization_loss(
-            tf.add_n([tf.cast(l, tf.float32) for l in self._student_logits_model.losses])
+            tf.add_n([tf.cast(loss, tf.float32) for loss in self._student_logits_model.losses])
         )
 
     def _track_loss(self, per_example, sample_weight, regularization):

@@ -157,7 +157,7 @@ def load_teacher(path, info):
     """Loads a saved Keras classifier and checks it fits the dataset."""
     try:
         model = keras.saving.load_model(path)
-    except Exception as err:  # noqa: BLE001 - re-raised with the fix
+    except Exception as err:
         raise ValueError(
             f"--teacher={path!r} could not be loaded as a Keras model ({err}). "
             "Fix: pass a file written by model.save('teacher.keras')."

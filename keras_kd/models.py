@@ -75,8 +75,9 @@ from __future__ import annotations
 
 import contextlib
 import random as _python_random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import keras
 

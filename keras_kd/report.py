@@ -72,7 +72,7 @@ def markdown(results):
             "## Exported student (`student.tflite`, float32)",
             "",
             _md_table(
-                ("size", "accuracy", "agreement with Keras", "max |Δ logit|", "latency (median, 1 thread)"),
+                ("size", "accuracy", "agreement with Keras", "max abs Δ logit", "latency (median, 1 thread)"),
                 [(
                     f"{tfl['size_bytes'] / 1024:.1f} KiB",
                     f"{100 * tfl['accuracy']:.2f}%",
@@ -97,6 +97,6 @@ def markdown(results):
         ]
     flags = results.get("flags") or results.get("config") or {}
     parts += ["## Flags used", "", "```"]
-    parts += [f"--{k}={v}" for k, v in sorted(flags.items())]
+    parts += [f"--{k}={v}" for k, v in sorted(flags.items()) if v is not None]
     parts += ["```", ""]
     return "\n".join(parts)

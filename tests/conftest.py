@@ -5,11 +5,11 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import numpy as np
+import pytest
 
-import keras_kd  # noqa: E402,F401  (checks the backend once)
-import keras  # noqa: E402
+import keras_kd  # noqa: F401  (checks the backend once)
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,8 @@
 """Augmentation policies, and consistent teaching: both models see one view."""
 
+import keras
 import numpy as np
 import pytest
-import keras
 import tensorflow as tf
 
 import keras_kd
@@ -52,7 +52,7 @@ def test_jitter_translates_by_at_most_the_given_pixels():
     layer = augment.build("jitter:pixels=2", info.input_shape, seed=1)
     out = layer(images, training=True).numpy()
     assert out.shape == images.shape and out.dtype == np.float32
-    assert 0.0 <= out.min() and out.max() <= 255.0 + 1e-3  # raw pixel range kept
+    assert out.min() >= 0.0 and out.max() <= 255.0 + 1e-3  # raw pixel range kept
     changed = np.mean(np.abs(out - images), axis=(1, 2, 3)) > 1.0
     assert changed.mean() > 0.5
     # Each output is best explained by a shift of its input of at most 2

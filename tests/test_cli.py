@@ -5,9 +5,9 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
-import keras
 
 from keras_kd import cli
 
@@ -203,3 +203,18 @@ def test_same_seed_same_run(tmp_path):
 
     assert not tf_config.is_op_determinism_enabled()  # restored afterwards
     del tf
+
+
+def test_report_tables_are_well_formed_markdown(tiny_run):
+    """Every row of each markdown table has its header's number of cells."""
+    lines = (tiny_run / "report.md").read_text().splitlines()
+    width = None
+    for line in lines:
+        if not line.startswith("|"):
+            width = None
+            continue
+        cells = line.count("|") - 1
+        if width is None:
+            width = cells
+        assert cells == width, line
+    assert "=None" not in "\n".join(lines)

@@ -18,7 +18,6 @@ from PIL import Image
 
 from keras_kd import data
 
-
 # ---------------------------------------------------------------- helpers
 
 

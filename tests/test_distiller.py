@@ -1,14 +1,13 @@
 """Distiller behaviour: loss values, invariants, label forms, errors, saving."""
 
+import keras
 import numpy as np
 import pytest
-import keras
 import tensorflow as tf
+from test_losses import np_kl, np_softmax
 
 import keras_kd
 from keras_kd import losses
-
-from test_losses import np_kl, np_softmax
 
 NUM_CLASSES = 3
 FEATURES = 6
@@ -25,7 +24,7 @@ def mlp(hidden, name, seed, softmax=False, classes=NUM_CLASSES, features=FEATURE
 def copy_of(model, name):
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
-    clone.name = name  # noqa
+    clone.name = name
     return clone
 
 

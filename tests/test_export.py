@@ -2,9 +2,9 @@
 
 import os
 
+import keras
 import numpy as np
 import pytest
-import keras
 import tensorflow as tf
 
 from keras_kd import data, export, models

@@ -14,7 +14,7 @@ def test_readme_notebook_example_runs(tmp_path, monkeypatch):
     code = code.replace("epochs=12", "epochs=1")
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    exec(compile(code, "README.md", "exec"), namespace)
     assert os.path.getsize(tmp_path / "student.tflite") > 1000
     assert (tmp_path / "student.keras").exists()
 
