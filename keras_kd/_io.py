@@ -11,24 +11,33 @@ import json
 import os
 import tempfile
 
-__all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "save_model"]
+__all__ = ["ensure_dir", "atomic_path", "write_bytes", "write_text", "write_json", "save_model"]
 
 
-def _check_dir(path):
-    folder = os.path.dirname(os.path.abspath(path))
+def ensure_dir(folder, what=None):
+    """Creates ``folder`` if needed and checks it is writable; returns it.
+
+    Raises ``OSError`` / ``PermissionError`` naming ``what`` (e.g.
+    ``"--output_dir"``, default the folder itself) and the fix.
+    """
+    what = what or f"the folder {folder!r}"
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
         raise OSError(
-            f"cannot create the folder {folder!r} for {path!r}: {err.strerror}. "
-            "Fix: choose an output path in a writable folder."
+            f"cannot create {what} ({folder!r}): {err.strerror}. Fix: choose a "
+            "path in a folder you can write to."
         ) from err
     if not os.access(folder, os.W_OK):
         raise PermissionError(
-            f"the folder {folder!r} is not writable, so {os.path.basename(path)!r} "
-            "cannot be written there. Fix: choose a writable output path."
+            f"{what} ({folder!r}) is not writable. Fix: choose a folder you can "
+            "write to."
         )
     return folder
+
+
+def _check_dir(path):
+    return ensure_dir(os.path.dirname(os.path.abspath(path)))
 
 
 @contextlib.contextmanager

@@ -404,31 +404,26 @@ class Distiller(keras.Model):
         return values if sw is None else values * sw
 
     def _logs(self, x, y, student_logits, sample_weight, with_teacher):
+        """The step's logs: only the metrics this step could measure."""
+        skip = []
         if y is not None:
             self.compute_metrics(x, y, student_logits, sample_weight=sample_weight)
-        logs = {}
-        for metric in self.metrics:
-            if metric is self.distillation_loss_tracker or (
-                metric is self.teacher_agreement_tracker
-            ):
-                if not with_teacher:
-                    continue
-            if y is None and (
-                metric is self.student_loss_tracker or metric is self._compile_metrics
-            ):
-                continue
-            result = metric.result()
-            if isinstance(result, dict):
-                logs.update(result)
-            else:
-                logs[metric.name] = result
-        return logs
+        else:
+            skip += [self.student_loss_tracker, self._compile_metrics]
+        if not with_teacher:
+            skip += [self.distillation_loss_tracker, self.teacher_agreement_tracker]
+        return self._results(skip)
 
     def get_metrics_result(self):
         """Like Keras's, but skips compiled metrics never updated (no labels)."""
+        return self._results()
+
+    def _results(self, skip=()):
         logs = {}
         for metric in self.metrics:
-            if metric is self._compile_metrics and not getattr(metric, "built", True):
+            if any(metric is m for m in skip) or (
+                metric is self._compile_metrics and not getattr(metric, "built", True)
+            ):
                 continue
             result = metric.result()
             if isinstance(result, dict):

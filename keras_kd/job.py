@@ -214,18 +214,7 @@ def run(config, log=print):
 
 
 def _run(config, log):
-    out = config.output_dir or default_output_dir()
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as err:
-        raise OSError(
-            f"cannot create --output_dir={out!r}: {err.strerror}. Fix: pass a "
-            "folder path you can write to."
-        ) from err
-    if not os.access(out, os.W_OK):
-        raise PermissionError(
-            f"--output_dir={out!r} is not writable. Fix: pass a folder you can write to."
-        )
+    out = _io.ensure_dir(config.output_dir or default_output_dir(), "--output_dir")
     keras.utils.set_random_seed(config.seed)
     started = time.perf_counter()
     timings = {}
