@@ -13,7 +13,7 @@ from absl import app, flags
 
 from keras_kd import augment as _augment
 from keras_kd import data as _data
-from keras_kd import job, losses
+from keras_kd import distribute, job, losses
 
 _D = job.JobConfig()
 FLAGS = flags.FLAGS
@@ -38,6 +38,9 @@ flags.DEFINE_integer("seed", _D.seed, "Random seed.")
 flags.DEFINE_string("output_dir", None, "Output folder (default ./kd_runs/<timestamp>).")
 flags.DEFINE_bool("export", True, "Export and verify student.tflite.")
 flags.DEFINE_bool("deterministic", _D.deterministic, "TensorFlow op determinism and a seeded global RNG: the same --seed gives the same run.")
+flags.DEFINE_enum("strategy", _D.strategy, list(distribute.STRATEGIES), "tf.distribute strategy: auto, mirrored, one_device, multi_worker (TF_CONFIG), tpu.")
+flags.DEFINE_integer("num_cpu_devices", None, "Split the CPU into N logical devices (multi-replica runs without GPUs).")
+flags.DEFINE_enum("mixed_precision", _D.mixed_precision, list(distribute.MIXED_PRECISION), "Keras dtype policy for training.")
 flags.DEFINE_integer("verbose", _D.verbose, "Keras verbosity: 0 silent, 1 progress bars, 2 one line per epoch.")
 
 
@@ -66,6 +69,9 @@ def config_from_flags():
         output_dir=FLAGS.output_dir,
         export=FLAGS.export,
         deterministic=FLAGS.deterministic,
+        strategy=FLAGS.strategy,
+        num_cpu_devices=FLAGS.num_cpu_devices,
+        mixed_precision=FLAGS.mixed_precision,
         verbose=FLAGS.verbose,
         flags_used=used,
     )
@@ -80,7 +86,7 @@ def main(argv):
         )
     try:
         job.run(config_from_flags())
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         print(f"keras-kd: error: {err}", file=sys.stderr)
         return 2
     return 0

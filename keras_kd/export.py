@@ -16,6 +16,8 @@ a file whose outputs were NaN/inf on TF 2.21 (see BUILD_NOTES.md), which is
 why every export here is followed by a check on real data.
 """
 
+import contextlib
+import io
 import os
 import time
 
@@ -51,11 +53,30 @@ def _check_model(model):
     return shape
 
 
+def _float32_copy(model):
+    """``model`` itself if it computes in float32, else a float32 clone.
+
+    A model trained under ``mixed_float16`` computes in float16, which the
+    builtin TFLite kernels (e.g. ``MatMul``) do not take; its variables are
+    float32, so a float32 clone with the same weights exports cleanly.
+    """
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model._flatten_layers()):
+        return model
+
+    def float32_layer(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    clone = keras.models.clone_model(model, clone_function=float32_layer)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
 def to_tflite(model, path, *, probabilities=False, class_names=None):
     """Converts ``model`` to a float32 TFLite file at ``path``; returns ``path``.
 
     Args:
-      model: a ``keras.Model`` with a fixed input shape that outputs logits.
+      model: a ``keras.Model`` with a fixed input shape that outputs logits
+        (one trained under a mixed-precision policy is exported in float32).
       path: destination ``.tflite`` path. Written atomically: a failed
         conversion leaves no file behind and an existing file untouched.
       probabilities: the file outputs probabilities (a softmax is appended;
@@ -66,6 +87,7 @@ def to_tflite(model, path, *, probabilities=False, class_names=None):
     _check_model(model)
     if not str(path).endswith(".tflite"):
         raise ValueError(f"the export path must end in .tflite, got {path!r}.")
+    model = _float32_copy(model)
     logits, ends_in_softmax = logits_model(model, "model")
     if probabilities:
         outputs = keras.layers.Softmax(name="probabilities")(logits.outputs[0])
@@ -74,7 +96,8 @@ def to_tflite(model, path, *, probabilities=False, class_names=None):
         model = logits  # the app gets logits unless it asks for probabilities
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    flatbuffer = converter.convert()
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints its SavedModel
+        flatbuffer = converter.convert()
     # Convert first (in memory), then write: a failed conversion writes nothing.
     if class_names is not None:
         _io.write_text(labels_path(path), "".join(f"{c}\n" for c in class_names))

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_kd import _io, augment, data, export, losses, models, report
+from keras_kd import _io, augment, data, distribute, export, losses, models, report
 from keras_kd.distiller import Distiller
 
 __all__ = ["JobConfig", "run", "default_output_dir", "make_optimizer"]
@@ -61,6 +61,9 @@ class JobConfig:
     output_dir: str | None = None
     export: bool = True
     deterministic: bool = True
+    strategy: str = "auto"
+    num_cpu_devices: int | None = None
+    mixed_precision: str = "float32"
     verbose: int = 1
     flags_used: dict = dataclasses.field(default_factory=dict)
 
@@ -96,6 +99,16 @@ class JobConfig:
                 "distillation loss, and 1 - alpha the label loss."
             )
         losses.get(self.distillation_loss)
+        if self.strategy not in distribute.STRATEGIES:
+            raise ValueError(
+                f"unknown --strategy={self.strategy!r}; valid: "
+                f"{', '.join(distribute.STRATEGIES)}."
+            )
+        if self.mixed_precision not in distribute.MIXED_PRECISION:
+            raise ValueError(
+                f"unknown --mixed_precision={self.mixed_precision!r}; valid: "
+                f"{', '.join(distribute.MIXED_PRECISION)}."
+            )
         augment.parse(self.augment)
         augment.parse(self.teacher_augment)
         models.parse_spec(self.teacher_arch)
@@ -207,13 +220,20 @@ def evaluate(model, val_ds):
 
 
 def run(config, log=print):
-    """Runs the whole path and returns the results dict (also in metrics.json)."""
+    """Runs the whole path and returns the results dict (also in metrics.json).
+
+    Models are built, compiled and trained inside the chosen
+    ``tf.distribute`` strategy's scope and dtype policy; the export runs
+    outside both, on the float32-variable student.
+    """
     config.validate()
+    distribute.configure_cpu_devices(config.num_cpu_devices)
+    strategy = distribute.get_strategy(config.strategy)
     with deterministic(config.seed, config.deterministic):
-        return _run(config, log)
+        return _run(config, log, strategy)
 
 
-def _run(config, log):
+def _run(config, log, strategy):
     out = _io.ensure_dir(config.output_dir or default_output_dir(), "--output_dir")
     keras.utils.set_random_seed(config.seed)
     started = time.perf_counter()
@@ -234,64 +254,69 @@ def _run(config, log):
         f"validation images of {tuple(info.input_shape)}, {info.num_classes} classes"
     )
 
-    # 1. The teacher.
-    t0 = time.perf_counter()
-    if config.teacher:
-        teacher = load_teacher(config.teacher, info)
-        log(f"teacher: loaded {config.teacher}")
-    else:
-        teacher = models.build(
-            config.teacher_arch, info.input_shape, info.num_classes,
-            name="teacher", seed=config.seed,
-        )
-        _plain_compile(teacher, config)
-        log(f"teacher: training {config.teacher_arch} for {config.teacher_epochs} epochs")
-        if config.teacher_epochs:
-            teacher.fit(
-                teacher_train, epochs=config.teacher_epochs, verbose=config.verbose,
-                shuffle=False,  # the dataset is already shuffled
-            )
-    timings["teacher_s"] = time.perf_counter() - t0
-    # Saved at once: a crash later in the run does not lose a trained teacher.
-    teacher_path = _io.save_model(teacher, os.path.join(out, "teacher.keras"))
-
-    # 2. The baseline: the student architecture alone, same schedule.
-    t0 = time.perf_counter()
-    baseline = models.build(
-        config.student_arch, info.input_shape, info.num_classes,
-        name="baseline", seed=config.seed + 1,
-    )
-    initial_student_weights = baseline.get_weights()
-    _plain_compile(baseline, config)
-    log(f"baseline: training {config.student_arch} on the labels for {config.epochs} epochs")
-    baseline.fit(student_train, epochs=config.epochs, verbose=config.verbose, shuffle=False)
-    timings["baseline_s"] = time.perf_counter() - t0
-
-    # 3. The distilled student: same architecture and initial weights.
-    t0 = time.perf_counter()
-    student = models.build(
-        config.student_arch, info.input_shape, info.num_classes,
-        name="student", seed=config.seed + 1,
-    )
-    student.set_weights(initial_student_weights)
-    distiller = Distiller(
-        teacher, student,
-        temperature=config.temperature,
-        alpha=config.alpha,
-        distillation_loss=config.distillation_loss,
-    )
-    distiller.compile(
-        optimizer=make_optimizer(config.optimizer, config.learning_rate),
-        metrics=["accuracy"],
-    )
     log(
-        f"distill: {config.student_arch} from the teacher, T={config.temperature:g}, "
-        f"alpha={config.alpha:g}, loss={config.distillation_loss}, {config.epochs} epochs"
+        f"strategy: {type(strategy).__name__} with {strategy.num_replicas_in_sync} "
+        f"replica(s); dtype policy {config.mixed_precision}"
     )
-    history = distiller.fit(
-        student_train, epochs=config.epochs, verbose=config.verbose, shuffle=False
-    )
-    timings["distill_s"] = time.perf_counter() - t0
+    with distribute.mixed_precision(config.mixed_precision), strategy.scope():
+        # 1. The teacher.
+        t0 = time.perf_counter()
+        if config.teacher:
+            teacher = load_teacher(config.teacher, info)
+            log(f"teacher: loaded {config.teacher}")
+        else:
+            teacher = models.build(
+                config.teacher_arch, info.input_shape, info.num_classes,
+                name="teacher", seed=config.seed,
+            )
+            _plain_compile(teacher, config)
+            log(f"teacher: training {config.teacher_arch} for {config.teacher_epochs} epochs")
+            if config.teacher_epochs:
+                teacher.fit(
+                    teacher_train, epochs=config.teacher_epochs, verbose=config.verbose,
+                    shuffle=False,  # the dataset is already shuffled
+                )
+        timings["teacher_s"] = time.perf_counter() - t0
+        # Saved at once: a crash later in the run does not lose a trained teacher.
+        teacher_path = _io.save_model(teacher, os.path.join(out, "teacher.keras"))
+
+        # 2. The baseline: the student architecture alone, same schedule.
+        t0 = time.perf_counter()
+        baseline = models.build(
+            config.student_arch, info.input_shape, info.num_classes,
+            name="baseline", seed=config.seed + 1,
+        )
+        initial_student_weights = baseline.get_weights()
+        _plain_compile(baseline, config)
+        log(f"baseline: training {config.student_arch} on the labels for {config.epochs} epochs")
+        baseline.fit(student_train, epochs=config.epochs, verbose=config.verbose, shuffle=False)
+        timings["baseline_s"] = time.perf_counter() - t0
+
+        # 3. The distilled student: same architecture and initial weights.
+        t0 = time.perf_counter()
+        student = models.build(
+            config.student_arch, info.input_shape, info.num_classes,
+            name="student", seed=config.seed + 1,
+        )
+        student.set_weights(initial_student_weights)
+        distiller = Distiller(
+            teacher, student,
+            temperature=config.temperature,
+            alpha=config.alpha,
+            distillation_loss=config.distillation_loss,
+        )
+        distiller.compile(
+            optimizer=make_optimizer(config.optimizer, config.learning_rate),
+            metrics=["accuracy"],
+        )
+        log(
+            f"distill: {config.student_arch} from the teacher, T={config.temperature:g}, "
+            f"alpha={config.alpha:g}, loss={config.distillation_loss}, {config.epochs} epochs"
+        )
+        history = distiller.fit(
+            student_train, epochs=config.epochs, verbose=config.verbose, shuffle=False
+        )
+        timings["distill_s"] = time.perf_counter() - t0
 
     # 4. Evaluate, save, export.
     rows = []
@@ -327,6 +352,11 @@ def _run(config, log):
         "distillation_history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
         "tflite": tflite,
         "timings": {k: round(v, 2) for k, v in timings.items()},
+        "distribution": {
+            "strategy": type(strategy).__name__,
+            "replicas": strategy.num_replicas_in_sync,
+            "mixed_precision": config.mixed_precision,
+        },
         "config": {
             k: v for k, v in dataclasses.asdict(config).items() if k != "flags_used"
         },

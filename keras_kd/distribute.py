@@ -1,0 +1,206 @@
+"""Choosing and entering a ``tf.distribute`` strategy; mixed precision.
+
+    from keras_kd import distribute
+    distribute.configure_cpu_devices(2)          # before TensorFlow starts
+    strategy = distribute.get_strategy("mirrored")
+    with strategy.scope():
+        teacher, student = ..., ...              # build the models inside
+        distiller = keras_kd.Distiller(teacher, student)
+        distiller.compile(optimizer="adam")
+    distiller.fit(dataset)                       # batches are *global* batches
+
+The Distiller reduces its loss over the global batch (see
+:mod:`keras_kd.distiller`), so the number of replicas changes nothing but
+speed: the 1-device == 2-replica equality is tested.
+
+Strategies by name:
+
+``auto``
+    ``MirroredStrategy`` over the GPUs when more than one is visible, over
+    the logical CPU devices when ``configure_cpu_devices(N > 1)`` made
+    several, else TensorFlow's default (no-op) strategy.
+``mirrored``
+    ``MirroredStrategy`` over all GPUs, or all logical CPU devices if there
+    is no GPU.
+``one_device``
+    ``OneDeviceStrategy`` on the first GPU, else the CPU.
+``multi_worker``
+    ``MultiWorkerMirroredStrategy`` configured by the ``TF_CONFIG``
+    environment variable (validated here, with clear errors).
+``tpu``
+    ``TPUStrategy`` on the TPU found by ``TPUClusterResolver``.
+"""
+
+import contextlib
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+__all__ = [
+    "STRATEGIES",
+    "MIXED_PRECISION",
+    "configure_cpu_devices",
+    "get_strategy",
+    "parse_tf_config",
+    "mixed_precision",
+]
+
+STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker", "tpu")
+MIXED_PRECISION = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def configure_cpu_devices(n):
+    """Splits the CPU into ``n`` logical devices (to develop multi-replica code
+    without GPUs). Must run before TensorFlow initialises its devices.
+
+    ``n`` of None or 1 changes nothing. Calling it again with the ``n`` already
+    in force is allowed.
+
+    Raises:
+      ValueError: ``n < 1``.
+      RuntimeError: TensorFlow already initialised its devices with another
+        layout (names the fix).
+    """
+    if n is None or n == 1:
+        return
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"--num_cpu_devices must be a positive integer, got {n!r}.")
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current is not None and len(current) == n:
+        return
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)]
+        )
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"cannot split the CPU into {n} logical devices: TensorFlow has "
+            "already initialised its devices in this process. Fix: call "
+            "keras_kd.distribute.configure_cpu_devices (or pass "
+            "--num_cpu_devices) before any model, tensor or dataset is created."
+        ) from err
+
+
+def _logical(kind):
+    return [d.name for d in tf.config.list_logical_devices(kind)]
+
+
+def parse_tf_config(text=None):
+    """Validates ``TF_CONFIG`` and returns it as a dict.
+
+    ``{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker",
+    "index": i}}`` (a ``chief`` entry is allowed too).
+
+    Raises:
+      ValueError: missing, not JSON, or missing/inconsistent fields; the
+        message shows the expected form.
+    """
+    example = (
+        'TF_CONFIG=\'{"cluster": {"worker": ["localhost:12345", '
+        '"localhost:23456"]}, "task": {"type": "worker", "index": 0}}\''
+    )
+    text = os.environ.get("TF_CONFIG") if text is None else text
+    if not text:
+        raise ValueError(
+            "--strategy=multi_worker needs the TF_CONFIG environment variable "
+            f"on every worker, e.g. {example}."
+        )
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({err}). Expected e.g. {example}.") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"TF_CONFIG must be a JSON object, e.g. {example}.")
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not any(
+        isinstance(cluster.get(k), list) and cluster.get(k) for k in ("worker", "chief")
+    ):
+        raise ValueError(
+            'TF_CONFIG needs "cluster" with a non-empty "worker" (or "chief") '
+            f"list of host:port addresses, e.g. {example}."
+        )
+    if not isinstance(task, dict) or task.get("type") not in cluster:
+        raise ValueError(
+            f'TF_CONFIG "task" must name one of the cluster\'s jobs '
+            f"({', '.join(sorted(cluster))}), e.g. {example}."
+        )
+    index = task.get("index")
+    if not isinstance(index, int) or not 0 <= index < len(cluster[task["type"]]):
+        raise ValueError(
+            f'TF_CONFIG "task.index" must be an integer in [0, '
+            f'{len(cluster[task["type"]])}) for job {task["type"]!r}, got {index!r}.'
+        )
+    for job, addresses in cluster.items():
+        for address in addresses:
+            host, _, port = str(address).rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(
+                    f"TF_CONFIG address {address!r} in job {job!r} is not host:port."
+                )
+    return config
+
+
+def get_strategy(name="auto"):
+    """A ``tf.distribute.Strategy`` by name (see the module docstring).
+
+    Raises:
+      ValueError: an unknown name (lists the valid ones), a malformed
+        ``TF_CONFIG`` for ``multi_worker``, or no TPU for ``tpu``.
+    """
+    name = (name or "auto").strip().lower()
+    if name not in STRATEGIES:
+        raise ValueError(
+            f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}."
+        )
+    gpus, cpus = _logical("GPU"), _logical("CPU")
+    if name == "auto":
+        if len(gpus) > 1:
+            return tf.distribute.MirroredStrategy(gpus)
+        if not gpus and len(cpus) > 1:
+            return tf.distribute.MirroredStrategy(cpus)
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(gpus or cpus)
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy((gpus or cpus)[0])
+    if name == "multi_worker":
+        parse_tf_config()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as err:
+        raise ValueError(
+            f"--strategy=tpu found no TPU ({str(err).splitlines()[0][:200]}). "
+            "Fix: run on a TPU VM (or set TPU_NAME), or choose another "
+            f"strategy: {', '.join(s for s in STRATEGIES if s != 'tpu')}."
+        ) from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+@contextlib.contextmanager
+def mixed_precision(policy):
+    """Sets Keras's global dtype policy for the body, then restores it.
+
+    ``mixed_float16`` / ``mixed_bfloat16`` compute layers in 16 bits and keep
+    float32 variables. keras_kd's losses always run in float32, and
+    ``compile`` wraps the optimizer in a ``LossScaleOptimizer`` under
+    ``mixed_float16`` (the Distiller's step calls ``optimizer.scale_loss``),
+    so small float16 gradients do not underflow to zero.
+    """
+    policy = policy or "float32"
+    if policy not in MIXED_PRECISION:
+        raise ValueError(
+            f"unknown mixed precision policy {policy!r}; valid: "
+            f"{', '.join(MIXED_PRECISION)}."
+        )
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

@@ -1,0 +1,148 @@
+"""Strategies by name, TF_CONFIG validation, mixed precision, multi-replica CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_kd
+from keras_kd import distribute
+
+
+def test_unknown_strategy_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="valid: auto, mirrored, one_device, multi_worker, tpu"):
+        distribute.get_strategy("horovod")
+
+
+def test_auto_on_one_cpu_is_the_default_strategy():
+    import tensorflow as tf
+
+    assert distribute.get_strategy("auto") is tf.distribute.get_strategy()
+    assert distribute.get_strategy("one_device").num_replicas_in_sync == 1
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", "needs the TF_CONFIG"),
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"cluster": {}, "task": {"type": "worker", "index": 0}}', "non-empty"),
+        ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "ps", "index": 0}}',
+         "must name one of"),
+        ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 1}}',
+         r"\[0, 1\)"),
+        ('{"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}',
+         "host:port"),
+    ],
+)
+def test_malformed_tf_config(text, match):
+    with pytest.raises(ValueError, match=match):
+        distribute.parse_tf_config(text)
+
+
+def test_valid_tf_config():
+    config = distribute.parse_tf_config(json.dumps({
+        "cluster": {"worker": ["localhost:1234", "localhost:2345"]},
+        "task": {"type": "worker", "index": 1}}))
+    assert config["task"]["index"] == 1
+
+
+def test_multi_worker_without_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="needs the TF_CONFIG"):
+        distribute.get_strategy("multi_worker")
+
+
+def test_tpu_without_a_tpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="found no TPU"):
+        distribute.get_strategy("tpu")
+
+
+def test_cpu_devices_after_initialisation_is_a_clear_error():
+    import tensorflow as tf
+
+    tf.constant(1.0)  # devices are initialised by now in this test process
+    with pytest.raises(RuntimeError, match="before any model"):
+        distribute.configure_cpu_devices(3)
+    with pytest.raises(ValueError, match="positive integer"):
+        distribute.configure_cpu_devices(0)
+
+
+def _tiny_models(seed):
+    keras.utils.set_random_seed(seed)
+
+    def mlp(hidden):
+        inputs = keras.Input((6,))
+        h = keras.layers.Dense(hidden, activation="relu")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(3, dtype="float32")(h))
+
+    return mlp(32), mlp(8)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_moves_weights_like_float32(policy, rng):
+    x = rng.normal(size=(64, 6)).astype(np.float32)
+    y = rng.integers(0, 3, size=64)
+    moved = {}
+    for name in ("float32", policy):
+        with distribute.mixed_precision(name):
+            teacher, student = _tiny_models(0)
+            before = [w.copy() for w in student.get_weights()]
+            d = keras_kd.Distiller(teacher, student, temperature=2.0, alpha=0.5)
+            d.compile(optimizer=keras.optimizers.SGD(0.1))
+            if name == "mixed_float16":
+                assert isinstance(d.optimizer, keras.optimizers.LossScaleOptimizer)
+            assert keras.config.dtype_policy().name == name
+        history = d.fit(x, y, batch_size=16, epochs=2, verbose=0).history
+        assert all(np.isfinite(history["loss"]))
+        after = student.get_weights()
+        assert all(np.all(np.isfinite(w)) for w in after)
+        moved[name] = sum(float(np.abs(a - b).sum()) for a, b in zip(after, before))
+    assert keras.config.dtype_policy().name == "float32"  # restored
+    ratio = moved[policy] / moved["float32"]
+    assert 0.5 < ratio < 2.0, moved
+
+
+def test_unknown_policy():
+    with pytest.raises(ValueError, match="mixed_float16"):
+        with distribute.mixed_precision("float8"):
+            pass
+
+
+def test_cli_mirrored_on_two_cpu_devices(tmp_path):
+    """`keras-kd --strategy=mirrored --num_cpu_devices=2` runs the whole path."""
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_kd", "--strategy=mirrored", "--num_cpu_devices=2",
+         "--epochs=1", "--teacher_epochs=1", "--teacher_arch=cnn:width=0.25",
+         "--student_arch=mlp:hidden=8", "--batch_size=128", "--verbose=0",
+         f"--output_dir={out}"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["distribution"] == {
+        "strategy": "MirroredStrategy", "replicas": 2, "mixed_precision": "float32"}
+    assert metrics["tflite"]["agreement"] >= 0.99
+    assert "Saved artifact" not in result.stdout  # the converter's chatter is hidden
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_cli_mixed_precision_trains_and_exports_float32(policy, tmp_path):
+    from test_cli import TINY, run_cli
+
+    out = tmp_path / policy
+    assert run_cli(TINY + [f"--mixed_precision={policy}", f"--output_dir={out}"]) == 0
+    with open(out / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["distribution"]["mixed_precision"] == policy
+    assert all(np.isfinite(metrics["distillation_history"]["loss"]))
+    assert metrics["tflite"]["agreement"] >= 0.97  # 16-bit Keras vs float32 file
+    assert keras.config.dtype_policy().name == "float32"
