@@ -41,6 +41,8 @@ flags.DEFINE_bool("deterministic", _D.deterministic, "TensorFlow op determinism 
 flags.DEFINE_enum("strategy", _D.strategy, list(distribute.STRATEGIES), "tf.distribute strategy: auto, mirrored, one_device, multi_worker (TF_CONFIG), tpu.")
 flags.DEFINE_integer("num_cpu_devices", None, "Split the CPU into N logical devices (multi-replica runs without GPUs).")
 flags.DEFINE_enum("mixed_precision", _D.mixed_precision, list(distribute.MIXED_PRECISION), "Keras dtype policy for training.")
+flags.DEFINE_string("checkpoint_dir", None, "Back up every epoch here; rerunning the same command after a crash or kill resumes from the last backup.")
+flags.DEFINE_bool("jit_compile", _D.jit_compile, "XLA-compile the train steps (one replica only; off under multi-replica strategies). XLA drops the label-range check. Often slower on CPU (issue 7 measures it).")
 flags.DEFINE_integer("verbose", _D.verbose, "Keras verbosity: 0 silent, 1 progress bars, 2 one line per epoch.")
 
 
@@ -72,6 +74,8 @@ def config_from_flags():
         strategy=FLAGS.strategy,
         num_cpu_devices=FLAGS.num_cpu_devices,
         mixed_precision=FLAGS.mixed_precision,
+        checkpoint_dir=FLAGS.checkpoint_dir,
+        jit_compile=FLAGS.jit_compile,
         verbose=FLAGS.verbose,
         flags_used=used,
     )

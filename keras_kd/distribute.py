@@ -45,6 +45,7 @@ __all__ = [
     "get_strategy",
     "parse_tf_config",
     "mixed_precision",
+    "resolve_jit_compile",
 ]
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker", "tpu")
@@ -180,6 +181,24 @@ def get_strategy(name="auto"):
             f"strategy: {', '.join(s for s in STRATEGIES if s != 'tpu')}."
         ) from None
     return tf.distribute.TPUStrategy(resolver)
+
+
+def resolve_jit_compile(requested, strategy):
+    """``(jit_compile, note)``: XLA only where it works.
+
+    XLA compiles the train step on one replica. Under a multi-replica
+    strategy Keras's ``"auto"`` already turns it off, and an explicit
+    ``jit_compile=True`` under ``MirroredStrategy`` fails on cross-device
+    resources, so keras_kd turns it off there and says so in ``note``.
+    """
+    if not requested:
+        return False, None
+    if strategy.num_replicas_in_sync > 1:
+        return False, (
+            f"--jit_compile ignored: XLA does not compile the step under "
+            f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replicas."
+        )
+    return True, None
 
 
 @contextlib.contextmanager

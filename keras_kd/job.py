@@ -18,14 +18,16 @@ executes; the CLI only turns flags into a :class:`JobConfig`. Steps:
 import contextlib
 import dataclasses
 import datetime
+import json
 import os
 import time
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_kd import _io, augment, data, distribute, export, losses, models, report
+from keras_kd import _io, augment, checkpoint, data, distribute, export, losses, models, report
 from keras_kd.distiller import Distiller
 
 __all__ = ["JobConfig", "run", "default_output_dir", "make_optimizer"]
@@ -64,6 +66,8 @@ class JobConfig:
     strategy: str = "auto"
     num_cpu_devices: int | None = None
     mixed_precision: str = "float32"
+    checkpoint_dir: str | None = None
+    jit_compile: bool = False
     verbose: int = 1
     flags_used: dict = dataclasses.field(default_factory=dict)
 
@@ -200,11 +204,12 @@ def check_fits(model, info, role):
         )
 
 
-def _plain_compile(model, config):
+def _plain_compile(model, config, jit_compile=False):
     model.compile(
         optimizer=make_optimizer(config.optimizer, config.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        jit_compile=jit_compile,
     )
 
 
@@ -219,6 +224,90 @@ def evaluate(model, val_ds):
     return {"accuracy": correct / total, "errors": total - correct, "examples": total}
 
 
+# Flags that may differ between a run and its resumption.
+_RESUME_IGNORES = ("output_dir", "verbose", "checkpoint_dir", "flags_used", "export")
+
+
+def _check_resumable(config):
+    """Ties --checkpoint_dir to one configuration; refuses a different one."""
+    if not config.checkpoint_dir:
+        return
+    _io.ensure_dir(config.checkpoint_dir, "--checkpoint_dir")
+    path = os.path.join(config.checkpoint_dir, "config.json")
+    current = {
+        k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUME_IGNORES
+    }
+    current["image_size"] = list(current["image_size"] or []) or None
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if saved != current:
+            changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            raise ValueError(
+                f"--checkpoint_dir={config.checkpoint_dir!r} holds a run with other "
+                f"settings ({', '.join(changed)} differ), so it cannot be resumed "
+                "with these flags. Fix: use a new --checkpoint_dir, or delete it to "
+                "start over."
+            )
+    else:
+        _io.write_json(path, current)
+
+
+def _phase_fit(model, dataset, config, phase, epochs):
+    """``model.fit`` that, with --checkpoint_dir, resumes after a kill.
+
+    Returns the full history (all epochs, also across restarts).
+    """
+    callbacks = []
+    if config.checkpoint_dir:
+        # The history row is written before the backup moves on: a kill in
+        # between repeats that epoch, and _read_history keeps its last row.
+        callbacks = [
+            keras.callbacks.CSVLogger(
+                os.path.join(config.checkpoint_dir, f"{phase}_history.csv"), append=True
+            ),
+            checkpoint.AtomicBackupAndRestore(
+                os.path.join(config.checkpoint_dir, f"{phase}_backup")
+            ),
+        ]
+    history = model.fit(
+        dataset, epochs=epochs, verbose=config.verbose, shuffle=False,
+        callbacks=callbacks,
+    ).history
+    if config.checkpoint_dir:
+        history = _read_history(os.path.join(config.checkpoint_dir, f"{phase}_history.csv"))
+    return history
+
+
+def _read_history(path):
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        by_epoch = {}
+        for row in csv.DictReader(f):
+            if row.get("epoch") == "epoch":  # a header repeated by append mode
+                continue
+            by_epoch[int(row["epoch"])] = row  # a repeated epoch: keep the last
+        rows = [by_epoch[e] for e in sorted(by_epoch)]
+    keys = [k for k in (rows[0] if rows else {}) if k != "epoch"]
+    # CSVLogger writes "NA" for keys an epoch did not log (e.g. no validation).
+    keys = [k for k in keys if any(r[k] != "NA" for r in rows)]
+    return {k: [float(r[k]) for r in rows] for k in keys}
+
+
+def _phase_done(config, name):
+    """Path of a finished phase's model in --checkpoint_dir, if it exists."""
+    if not config.checkpoint_dir:
+        return None
+    path = os.path.join(config.checkpoint_dir, f"{name}.keras")
+    return path if os.path.exists(path) else None
+
+
+def _mark_done(config, name, model):
+    if config.checkpoint_dir:
+        _io.save_model(model, os.path.join(config.checkpoint_dir, f"{name}.keras"))
+
+
 def run(config, log=print):
     """Runs the whole path and returns the results dict (also in metrics.json).
 
@@ -227,6 +316,7 @@ def run(config, log=print):
     outside both, on the float32-variable student.
     """
     config.validate()
+    _check_resumable(config)
     distribute.configure_cpu_devices(config.num_cpu_devices)
     strategy = distribute.get_strategy(config.strategy)
     with deterministic(config.seed, config.deterministic):
@@ -254,28 +344,29 @@ def _run(config, log, strategy):
         f"validation images of {tuple(info.input_shape)}, {info.num_classes} classes"
     )
 
+    jit, note = distribute.resolve_jit_compile(config.jit_compile, strategy)
     log(
         f"strategy: {type(strategy).__name__} with {strategy.num_replicas_in_sync} "
-        f"replica(s); dtype policy {config.mixed_precision}"
+        f"replica(s); dtype policy {config.mixed_precision}; XLA {'on' if jit else 'off'}"
     )
+    if note:
+        log(note)
     with distribute.mixed_precision(config.mixed_precision), strategy.scope():
         # 1. The teacher.
         t0 = time.perf_counter()
-        if config.teacher:
-            teacher = load_teacher(config.teacher, info)
-            log(f"teacher: loaded {config.teacher}")
+        if config.teacher or _phase_done(config, "teacher"):
+            path = config.teacher or _phase_done(config, "teacher")
+            teacher = load_teacher(path, info)
+            log(f"teacher: loaded {path}")
         else:
             teacher = models.build(
                 config.teacher_arch, info.input_shape, info.num_classes,
                 name="teacher", seed=config.seed,
             )
-            _plain_compile(teacher, config)
+            _plain_compile(teacher, config, jit)
             log(f"teacher: training {config.teacher_arch} for {config.teacher_epochs} epochs")
-            if config.teacher_epochs:
-                teacher.fit(
-                    teacher_train, epochs=config.teacher_epochs, verbose=config.verbose,
-                    shuffle=False,  # the dataset is already shuffled
-                )
+            _phase_fit(teacher, teacher_train, config, "teacher", config.teacher_epochs)
+            _mark_done(config, "teacher", teacher)
         timings["teacher_s"] = time.perf_counter() - t0
         # Saved at once: a crash later in the run does not lose a trained teacher.
         teacher_path = _io.save_model(teacher, os.path.join(out, "teacher.keras"))
@@ -287,9 +378,15 @@ def _run(config, log, strategy):
             name="baseline", seed=config.seed + 1,
         )
         initial_student_weights = baseline.get_weights()
-        _plain_compile(baseline, config)
-        log(f"baseline: training {config.student_arch} on the labels for {config.epochs} epochs")
-        baseline.fit(student_train, epochs=config.epochs, verbose=config.verbose, shuffle=False)
+        if _phase_done(config, "baseline"):
+            baseline = keras.saving.load_model(_phase_done(config, "baseline"))
+            log(f"baseline: loaded {_phase_done(config, 'baseline')}")
+        else:
+            _plain_compile(baseline, config, jit)
+            log(f"baseline: training {config.student_arch} on the labels for "
+                f"{config.epochs} epochs")
+            _phase_fit(baseline, student_train, config, "baseline", config.epochs)
+            _mark_done(config, "baseline", baseline)
         timings["baseline_s"] = time.perf_counter() - t0
 
         # 3. The distilled student: same architecture and initial weights.
@@ -305,17 +402,18 @@ def _run(config, log, strategy):
             alpha=config.alpha,
             distillation_loss=config.distillation_loss,
         )
-        distiller.compile(
-            optimizer=make_optimizer(config.optimizer, config.learning_rate),
-            metrics=["accuracy"],
-        )
+        with warnings.catch_warnings():  # the label-check caveat is in --help
+            warnings.simplefilter("ignore", UserWarning)
+            distiller.compile(
+                optimizer=make_optimizer(config.optimizer, config.learning_rate),
+                metrics=["accuracy"],
+                jit_compile=jit,
+            )
         log(
             f"distill: {config.student_arch} from the teacher, T={config.temperature:g}, "
             f"alpha={config.alpha:g}, loss={config.distillation_loss}, {config.epochs} epochs"
         )
-        history = distiller.fit(
-            student_train, epochs=config.epochs, verbose=config.verbose, shuffle=False
-        )
+        history = _phase_fit(distiller, student_train, config, "distill", config.epochs)
         timings["distill_s"] = time.perf_counter() - t0
 
     # 4. Evaluate, save, export.
@@ -349,13 +447,14 @@ def _run(config, log, strategy):
             "num_validation": info.num_validation,
         },
         "models": rows,
-        "distillation_history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "distillation_history": {k: [float(v) for v in vs] for k, vs in history.items()},
         "tflite": tflite,
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "distribution": {
             "strategy": type(strategy).__name__,
             "replicas": strategy.num_replicas_in_sync,
             "mixed_precision": config.mixed_precision,
+            "jit_compile": jit,
         },
         "config": {
             k: v for k, v in dataclasses.asdict(config).items() if k != "flags_used"

@@ -129,7 +129,8 @@ def test_cli_mirrored_on_two_cpu_devices(tmp_path):
     with open(out / "metrics.json") as f:
         metrics = json.load(f)
     assert metrics["distribution"] == {
-        "strategy": "MirroredStrategy", "replicas": 2, "mixed_precision": "float32"}
+        "strategy": "MirroredStrategy", "replicas": 2, "mixed_precision": "float32",
+        "jit_compile": False}
     assert metrics["tflite"]["agreement"] >= 0.99
     assert "Saved artifact" not in result.stdout  # the converter's chatter is hidden
 
@@ -146,3 +147,24 @@ def test_cli_mixed_precision_trains_and_exports_float32(policy, tmp_path):
     assert all(np.isfinite(metrics["distillation_history"]["loss"]))
     assert metrics["tflite"]["agreement"] >= 0.97  # 16-bit Keras vs float32 file
     assert keras.config.dtype_policy().name == "float32"
+
+
+def test_jit_compile_is_dropped_under_several_replicas():
+    class Fake:
+        num_replicas_in_sync = 2
+
+    jit, note = distribute.resolve_jit_compile(True, Fake())
+    assert jit is False and "2 replicas" in note
+    assert distribute.resolve_jit_compile(True, distribute.get_strategy("auto")) == (True, None)
+    assert distribute.resolve_jit_compile(False, Fake()) == (False, None)
+
+
+def test_cli_jit_compile_on_one_device(tmp_path):
+    from test_cli import TINY, run_cli
+
+    out = tmp_path / "xla"
+    assert run_cli(TINY + ["--jit_compile", "--export=false", f"--output_dir={out}"]) == 0
+    with open(out / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["distribution"]["jit_compile"] is True
+    assert all(np.isfinite(metrics["distillation_history"]["loss"]))
