@@ -46,6 +46,7 @@ __all__ = [
     "parse_tf_config",
     "mixed_precision",
     "resolve_jit_compile",
+    "build_distiller",
 ]
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker", "tpu")
@@ -181,6 +182,56 @@ def get_strategy(name="auto"):
             f"strategy: {', '.join(s for s in STRATEGIES if s != 'tpu')}."
         ) from None
     return tf.distribute.TPUStrategy(resolver)
+
+
+def _created_in(strategy, variable):
+    """True when a (Keras) variable was created under ``strategy``'s scope."""
+    return strategy.extended.variable_created_in_scope(getattr(variable, "value", variable))
+
+
+def _in_scope(strategy, model, role):
+    """``model`` itself if its variables belong to ``strategy``, else a copy.
+
+    ``model`` may also be a zero-argument callable that builds the model (it
+    is then called inside the scope).
+    """
+    if callable(model) and not isinstance(model, keras.Model):
+        model = model()
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"{role} must be a keras.Model or a function building one.")
+    if all(_created_in(strategy, v) for v in model.variables):
+        return model
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def build_distiller(strategy, teacher, student, *, optimizer="adam", metrics=None,
+                    compile_kwargs=None, **distiller_kwargs):
+    """A compiled :class:`keras_kd.Distiller` whose models live in ``strategy``.
+
+    Under a strategy, variables must be created inside ``strategy.scope()``.
+    ``teacher`` and ``student`` may be models (a model built outside the
+    scope, e.g. a teacher trained earlier, is copied into it with its
+    weights) or zero-argument functions that build them. Use
+    ``distiller.student`` afterwards: it may be such a copy.
+
+        strategy = distribute.get_strategy("mirrored")
+        distiller = distribute.build_distiller(
+            strategy, teacher, lambda: models.build("mlp", shape, 10),
+            temperature=3.0, alpha=0.7, optimizer="adam", metrics=["accuracy"])
+        distiller.fit(global_batches)
+    """
+    from keras_kd.distiller import Distiller
+
+    with strategy.scope():
+        teacher = _in_scope(strategy, teacher, "teacher")
+        student = _in_scope(strategy, student, "student")
+        distiller = Distiller(teacher, student, **distiller_kwargs)
+        if isinstance(optimizer, str):
+            optimizer = keras.optimizers.get(optimizer)
+        distiller.compile(optimizer=optimizer, metrics=metrics, **(compile_kwargs or {}))
+    return distiller
 
 
 def resolve_jit_compile(requested, strategy):

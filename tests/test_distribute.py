@@ -168,3 +168,24 @@ def test_cli_jit_compile_on_one_device(tmp_path):
         metrics = json.load(f)
     assert metrics["distribution"]["jit_compile"] is True
     assert all(np.isfinite(metrics["distillation_history"]["loss"]))
+
+
+def test_build_distiller_moves_models_into_the_strategy(rng):
+    import tensorflow as tf
+
+    teacher, student = _tiny_models(1)  # built outside any strategy
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    assert not distribute._created_in(strategy, teacher.variables[0])
+    d = distribute.build_distiller(
+        strategy, teacher, lambda: _tiny_models(2)[1], temperature=2.0, alpha=0.5,
+        optimizer=keras.optimizers.SGD(0.1), metrics=["accuracy"])
+    assert d.teacher is not teacher
+    for a, b in zip(d.teacher.get_weights(), teacher.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert all(distribute._created_in(strategy, v) for v in d.variables)
+    x = rng.normal(size=(32, 6)).astype(np.float32)
+    y = rng.integers(0, 3, size=32)
+    history = d.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0]) and "accuracy" in history
+    with pytest.raises(ValueError, match="keras.Model or a function"):
+        distribute.build_distiller(strategy, "teacher.keras", student)
