@@ -245,6 +245,21 @@ class Distiller(keras.Model):
             optimizer=optimizer, metrics=metrics, jit_compile=jit_compile, **kwargs
         )
 
+    def fit(self, x=None, y=None, **kwargs):
+        """``keras.Model.fit``; under ``MultiWorkerMirroredStrategy`` (where
+        Keras 3.15's own ``fit`` fails) a loop over ``strategy.run`` with the
+        same callbacks (:func:`keras_kd.distribute.fit_loop`)."""
+        from keras_kd import distribute
+
+        if distribute.is_multi_worker(self.distribute_strategy):
+            if y is not None:
+                raise ValueError(
+                    "under multi-worker training pass a tf.data.Dataset of (x, y) "
+                    "batches, not separate x and y."
+                )
+            return distribute.fit_loop(self, x, **kwargs)
+        return super().fit(x, y, **kwargs)
+
     def compile_from_config(self, config):
         """Re-compiles after ``keras.saving.load_model`` (optimizer, metrics)."""
         config = keras.saving.deserialize_keras_object(config)

@@ -47,6 +47,9 @@ __all__ = [
     "mixed_precision",
     "resolve_jit_compile",
     "build_distiller",
+    "is_multi_worker",
+    "fit",
+    "fit_loop",
 ]
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker", "tpu")
@@ -157,6 +160,13 @@ def get_strategy(name="auto"):
         raise ValueError(
             f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}."
         )
+    if name == "multi_worker":
+        # Before anything lists devices: collective ops must be configured
+        # at TensorFlow's start-up.
+        parse_tf_config()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        return _tpu_strategy()
     gpus, cpus = _logical("GPU"), _logical("CPU")
     if name == "auto":
         if len(gpus) > 1:
@@ -166,11 +176,10 @@ def get_strategy(name="auto"):
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy(gpus or cpus)
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy((gpus or cpus)[0])
-    if name == "multi_worker":
-        parse_tf_config()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.OneDeviceStrategy((gpus or cpus)[0])
+
+
+def _tpu_strategy():
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.config.experimental_connect_to_cluster(resolver)
@@ -274,3 +283,92 @@ def mixed_precision(policy):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def is_multi_worker(strategy):
+    """True for ``MultiWorkerMirroredStrategy`` (where Keras 3.15's fit fails)."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def fit(model, dataset, **kwargs):
+    """``model.fit(dataset, **kwargs)``, or :func:`fit_loop` under multi-worker."""
+    if is_multi_worker(model.distribute_strategy):
+        return fit_loop(model, dataset, **kwargs)
+    return model.fit(dataset, **kwargs)
+
+
+def fit_loop(model, dataset, *, epochs=1, callbacks=None, verbose=1,
+             validation_data=None, shuffle=None, initial_epoch=0):
+    """A ``fit`` for strategies where Keras's own fails (multi-worker).
+
+    Keras 3.15's ``Model.fit`` raises under ``MultiWorkerMirroredStrategy``
+    (keras-team/keras#20585: it converts ``PerReplica`` values to tensors).
+    This loop runs ``strategy.run(model.train_step, ...)`` over
+    ``strategy.experimental_distribute_dataset(dataset)`` — public APIs — and
+    drives Keras callbacks (progress bar, History, checkpoints) as ``fit``
+    does. ``dataset`` is a ``tf.data.Dataset`` of *global* batches; each
+    worker reads its shard (auto-shard by data). Returns a ``History``.
+
+    One Keras internal is used: ``model._symbolic_build`` (what ``fit`` calls
+    to build the optimizer and compiled metrics before the first step);
+    ``tests/test_distribute.py`` runs two real workers and fails if it changes.
+    """
+    del shuffle  # a tf.data.Dataset carries its own shuffling
+    if not isinstance(dataset, tf.data.Dataset):
+        raise ValueError(
+            "under multi-worker training, pass a tf.data.Dataset of (x, y) "
+            "global batches (keras_kd.data.load returns one)."
+        )
+    strategy = model.distribute_strategy
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    dataset = dataset.with_options(options)
+    with strategy.scope():
+        model._symbolic_build(data_batch=next(iter(dataset)))
+    distributed = strategy.experimental_distribute_dataset(dataset)
+    val = None
+    if validation_data is not None:
+        val = strategy.experimental_distribute_dataset(validation_data.with_options(options))
+
+    @tf.function
+    def train_step(batch):
+        return strategy.run(model.train_step, args=(batch,))
+
+    @tf.function
+    def test_step(batch):
+        return strategy.run(model.test_step, args=(batch,))
+
+    if not isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks = keras.callbacks.CallbackList(
+            callbacks, add_history=True, add_progbar=verbose != 0,
+            verbose=verbose, epochs=epochs, steps=None, model=model,
+        )
+    model.stop_training = False
+    callbacks.on_train_begin()
+    start = model._initial_epoch or initial_epoch
+    logs = {}
+    for epoch in range(start, epochs):
+        model.reset_metrics()
+        callbacks.on_epoch_begin(epoch)
+        for step, batch in enumerate(distributed):
+            callbacks.on_train_batch_begin(step)
+            train_step(batch)
+            logs = {k: float(v) for k, v in model.get_metrics_result().items()}
+            callbacks.on_train_batch_end(step, logs)
+            if model.stop_training:
+                break
+        epoch_logs = dict(logs)
+        if val is not None:
+            model.reset_metrics()
+            for batch in val:
+                test_step(batch)
+            epoch_logs.update(
+                {f"val_{k}": float(v) for k, v in model.get_metrics_result().items()}
+            )
+        callbacks.on_epoch_end(epoch, epoch_logs)
+        if model.stop_training:
+            break
+    callbacks.on_train_end(logs)
+    return model.history

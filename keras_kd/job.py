@@ -108,6 +108,12 @@ class JobConfig:
                 f"unknown --strategy={self.strategy!r}; valid: "
                 f"{', '.join(distribute.STRATEGIES)}."
             )
+        if self.strategy == "multi_worker" and self.checkpoint_dir:
+            raise ValueError(
+                "--checkpoint_dir is not supported with --strategy=multi_worker "
+                "yet (every worker would write the same backups). Fix: drop "
+                "--checkpoint_dir, or use one worker."
+            )
         if self.mixed_precision not in distribute.MIXED_PRECISION:
             raise ValueError(
                 f"unknown --mixed_precision={self.mixed_precision!r}; valid: "
@@ -270,8 +276,8 @@ def _phase_fit(model, dataset, config, phase, epochs):
                 os.path.join(config.checkpoint_dir, f"{phase}_backup")
             ),
         ]
-    history = model.fit(
-        dataset, epochs=epochs, verbose=config.verbose, shuffle=False,
+    history = distribute.fit(
+        model, dataset, epochs=epochs, verbose=config.verbose, shuffle=False,
         callbacks=callbacks,
     ).history
     if config.checkpoint_dir:
@@ -308,6 +314,13 @@ def _mark_done(config, name, model):
         _io.save_model(model, os.path.join(config.checkpoint_dir, f"{name}.keras"))
 
 
+def _worker_index(strategy):
+    """This worker's index under multi-worker training, else 0."""
+    if not distribute.is_multi_worker(strategy):
+        return 0
+    return strategy.cluster_resolver.task_id or 0
+
+
 def run(config, log=print):
     """Runs the whole path and returns the results dict (also in metrics.json).
 
@@ -324,7 +337,11 @@ def run(config, log=print):
 
 
 def _run(config, log, strategy):
-    out = _io.ensure_dir(config.output_dir or default_output_dir(), "--output_dir")
+    out = config.output_dir or default_output_dir()
+    worker = _worker_index(strategy)
+    if worker:  # only worker 0 writes the run's files; the others keep theirs apart
+        out = os.path.join(out, f"worker-{worker}")
+    out = _io.ensure_dir(out, "--output_dir")
     keras.utils.set_random_seed(config.seed)
     started = time.perf_counter()
     timings = {}
@@ -451,7 +468,8 @@ def _run(config, log, strategy):
         "tflite": tflite,
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "distribution": {
-            "strategy": type(strategy).__name__,
+            "strategy": config.strategy,
+            "strategy_class": type(strategy).__name__,
             "replicas": strategy.num_replicas_in_sync,
             "mixed_precision": config.mixed_precision,
             "jit_compile": jit,

@@ -129,8 +129,8 @@ def test_cli_mirrored_on_two_cpu_devices(tmp_path):
     with open(out / "metrics.json") as f:
         metrics = json.load(f)
     assert metrics["distribution"] == {
-        "strategy": "MirroredStrategy", "replicas": 2, "mixed_precision": "float32",
-        "jit_compile": False}
+        "strategy": "mirrored", "strategy_class": "MirroredStrategy", "replicas": 2,
+        "mixed_precision": "float32", "jit_compile": False}
     assert metrics["tflite"]["agreement"] >= 0.99
     assert "Saved artifact" not in result.stdout  # the converter's chatter is hidden
 
@@ -189,3 +189,97 @@ def test_build_distiller_moves_models_into_the_strategy(rng):
     assert np.isfinite(history["loss"][0]) and "accuracy" in history
     with pytest.raises(ValueError, match="keras.Model or a function"):
         distribute.build_distiller(strategy, "teacher.keras", student)
+
+
+_WORKER = r"""
+import json, os, sys
+mode, index, ports = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
+if mode == "multi":
+    os.environ["TF_CONFIG"] = json.dumps({
+        "cluster": {"worker": [f"localhost:{p}" for p in ports]},
+        "task": {"type": "worker", "index": index}})
+import numpy as np, tensorflow as tf, keras, keras_kd
+from keras_kd import distribute
+strategy = distribute.get_strategy("multi_worker" if mode == "multi" else "auto")
+keras.utils.set_random_seed(7)
+def mlp(h):
+    i = keras.Input((6,))
+    return keras.Model(i, keras.layers.Dense(3)(keras.layers.Dense(h, activation="relu")(i)))
+with strategy.scope():
+    d = keras_kd.Distiller(mlp(16), mlp(8), temperature=3.0, alpha=0.7)
+    d.compile(optimizer=keras.optimizers.SGD(0.5), metrics=["accuracy"])
+rng = np.random.default_rng(0)
+x = rng.normal(size=(48, 6)).astype("float32")
+y = rng.integers(0, 3, size=48).astype("int32")
+ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+h = d.fit(ds, epochs=2, verbose=0, validation_data=ds).history
+print("RESULT" + json.dumps({"weights": [w.tolist() for w in d.student.get_weights()],
+                             "loss": h["loss"], "val": h["val_loss"],
+                             "replicas": strategy.num_replicas_in_sync}), flush=True)
+"""
+
+
+def _free_ports(n):
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _result(stdout):
+    line = [l for l in stdout.splitlines() if l.startswith("RESULT")][-1]
+    return json.loads(line[len("RESULT"):])
+
+
+def test_two_workers_train_like_one_process(tmp_path):
+    """Multi-worker (2 processes on localhost) == single process, via Distiller.fit."""
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    ports = ",".join(str(p) for p in _free_ports(2))
+    procs = [subprocess.Popen([sys.executable, str(script), "multi", str(i), ports],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    single = subprocess.run([sys.executable, str(script), "single", "0", ports],
+                            capture_output=True, text=True, timeout=240)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ref = _result(single.stdout)
+    for out, _ in outs:
+        res = _result(out)
+        assert res["replicas"] == 2
+        for a, b in zip(res["weights"], ref["weights"]):
+            np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(res["loss"], ref["loss"], rtol=1e-5)
+        np.testing.assert_allclose(res["val"], ref["val"], rtol=1e-5)
+
+
+def test_cli_multi_worker_two_processes(tmp_path):
+    ports = _free_ports(2)
+    cluster = [f"localhost:{p}" for p in ports]
+    out = tmp_path / "run"
+    procs = []
+    for i in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps(
+            {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": i}})}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "keras_kd", "--strategy=multi_worker", "--epochs=1",
+             "--teacher_epochs=1", "--teacher_arch=cnn:width=0.25",
+             "--student_arch=mlp:hidden=8", "--batch_size=128", "--verbose=0",
+             f"--output_dir={out}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    results = [p.communicate(timeout=400) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err[-3000:]
+    with open(out / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["distribution"]["strategy"] == "multi_worker"
+    assert metrics["distribution"]["replicas"] == 2
+    assert (out / "worker-1" / "metrics.json").exists()  # worker 1 wrote apart
+    assert metrics["tflite"]["agreement"] >= 0.99
