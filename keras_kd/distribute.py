@@ -48,6 +48,7 @@ __all__ = [
     "resolve_jit_compile",
     "build_distiller",
     "is_multi_worker",
+    "check_global_batch",
     "fit",
     "fit_loop",
 ]
@@ -241,6 +242,22 @@ def build_distiller(strategy, teacher, student, *, optimizer="adam", metrics=Non
             optimizer = keras.optimizers.get(optimizer)
         distiller.compile(optimizer=optimizer, metrics=metrics, **(compile_kwargs or {}))
     return distiller
+
+
+def check_global_batch(batch_size, replicas):
+    """Raises ValueError unless ``batch_size`` splits evenly over ``replicas``.
+
+    ``batch_size`` is the global batch. A short *last* batch is fine (the
+    Distiller divides by the real global batch), but Keras 3.15's ``fit``
+    crashes when the *first* batch splits unevenly across replicas.
+    """
+    if replicas > 1 and batch_size % replicas:
+        lower = max(replicas, batch_size - batch_size % replicas)
+        raise ValueError(
+            f"the global batch size {batch_size} does not split evenly over "
+            f"{replicas} replicas. Fix: use a multiple of {replicas}, e.g. "
+            f"--batch_size={lower}."
+        )
 
 
 def resolve_jit_compile(requested, strategy):

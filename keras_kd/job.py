@@ -337,6 +337,7 @@ def run(config, log=print):
 
 
 def _run(config, log, strategy):
+    distribute.check_global_batch(config.batch_size, strategy.num_replicas_in_sync)
     out = config.output_dir or default_output_dir()
     worker = _worker_index(strategy)
     if worker:  # only worker 0 writes the run's files; the others keep theirs apart

@@ -283,3 +283,10 @@ def test_cli_multi_worker_two_processes(tmp_path):
     assert metrics["distribution"]["replicas"] == 2
     assert (out / "worker-1" / "metrics.json").exists()  # worker 1 wrote apart
     assert metrics["tflite"]["agreement"] >= 0.99
+
+
+def test_global_batch_must_split_over_replicas():
+    distribute.check_global_batch(64, 2)
+    distribute.check_global_batch(7, 1)
+    with pytest.raises(ValueError, match="--batch_size=62"):
+        distribute.check_global_batch(63, 2)
