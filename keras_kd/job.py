@@ -230,8 +230,12 @@ def evaluate(model, val_ds):
     return {"accuracy": correct / total, "errors": total - correct, "examples": total}
 
 
-# Flags that may differ between a run and its resumption.
-_RESUME_IGNORES = ("output_dir", "verbose", "checkpoint_dir", "flags_used", "export")
+# Flags that may differ between a run and its resumption: where and how it
+# runs, not what it trains (e.g. resume a CPU run on several GPUs).
+_RESUME_IGNORES = (
+    "output_dir", "verbose", "checkpoint_dir", "flags_used", "export",
+    "strategy", "num_cpu_devices", "jit_compile", "mixed_precision", "deterministic",
+)
 
 
 def _check_resumable(config):

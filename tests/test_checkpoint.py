@@ -116,3 +116,14 @@ def test_corrupt_backup_is_a_clear_error_not_a_restart(tmp_path, rng):
     (backup / "latest.json").write_text("{oops")
     with pytest.raises(CorruptCheckpointError, match="unreadable"):
         _model().fit(x, y, epochs=2, verbose=0, callbacks=[AtomicBackupAndRestore(backup)])
+
+
+def test_how_it_runs_may_change_between_resumptions(tmp_path):
+    from test_cli import TINY, run_cli
+
+    ckpt = tmp_path / "ckpt"
+    assert run_cli(TINY + ["--export=false", f"--checkpoint_dir={ckpt}",
+                           f"--output_dir={tmp_path / 'a'}"]) == 0
+    assert run_cli(TINY + ["--export=false", "--mixed_precision=mixed_bfloat16",
+                           "--nodeterministic", f"--checkpoint_dir={ckpt}",
+                           f"--output_dir={tmp_path / 'b'}"]) == 0
