@@ -393,7 +393,7 @@ class Distiller(keras.Model):
         over the whole global batch, also when the last batch splits unevenly
         (``tf.nn.compute_average_loss`` would assume equal shares).
         """
-        weighted = per_example if sample_weight is None else per_example * sample_weight
+        weighted = self._weighted(per_example, sample_weight)
         return tf.reduce_sum(weighted) / self._global_batch_size(per_example)
 
     def _regularization(self):
@@ -406,7 +406,7 @@ class Distiller(keras.Model):
 
     def _track_loss(self, per_example, sample_weight, regularization):
         """Logs the global mean loss (+ regularization), whatever the replicas."""
-        weighted = per_example if sample_weight is None else per_example * sample_weight
+        weighted = self._weighted(per_example, sample_weight)
         local = tf.cast(tf.shape(per_example)[0], tf.float32)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         mean = tf.math.divide_no_nan(tf.reduce_sum(weighted), local)

@@ -376,10 +376,10 @@ def _run(config, log, strategy):
     with distribute.mixed_precision(config.mixed_precision), strategy.scope():
         # 1. The teacher.
         t0 = time.perf_counter()
-        if config.teacher or _phase_done(config, "teacher"):
-            path = config.teacher or _phase_done(config, "teacher")
-            teacher = load_teacher(path, info)
-            log(f"teacher: loaded {path}")
+        teacher_file = config.teacher or _phase_done(config, "teacher")
+        if teacher_file:
+            teacher = load_teacher(teacher_file, info)
+            log(f"teacher: loaded {teacher_file}")
         else:
             teacher = models.build(
                 config.teacher_arch, info.input_shape, info.num_classes,
@@ -400,9 +400,10 @@ def _run(config, log, strategy):
             name="baseline", seed=config.seed + 1,
         )
         initial_student_weights = baseline.get_weights()
-        if _phase_done(config, "baseline"):
-            baseline = keras.saving.load_model(_phase_done(config, "baseline"))
-            log(f"baseline: loaded {_phase_done(config, 'baseline')}")
+        baseline_file = _phase_done(config, "baseline")
+        if baseline_file:
+            baseline = keras.saving.load_model(baseline_file)
+            log(f"baseline: loaded {baseline_file}")
         else:
             _plain_compile(baseline, config, jit)
             log(f"baseline: training {config.student_arch} on the labels for "
