@@ -15,10 +15,11 @@ new one, never a mix. A backup that exists but cannot be read raises
 import json
 import os
 import shutil
+import tempfile
 
 import keras
 
-from keras_kd import _io
+from keras_kd import _io, distribute
 
 __all__ = ["AtomicBackupAndRestore", "CorruptCheckpointError"]
 
@@ -37,6 +38,12 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
 
     On ``fit`` start, if a backup exists, the model's weights and optimizer
     state are restored and training continues from the epoch after it.
+
+    Under multi-worker training every worker restores from ``backup_dir``,
+    which must therefore be storage they all see (a shared or network file
+    system), and only the chief keeps backups (the others save into a scratch
+    folder, because saving is a collective): the workers step in lockstep, so
+    the chief's backup is every worker's state.
     """
 
     def __init__(self, backup_dir, delete_on_end=True):
@@ -81,7 +88,17 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
             ) from err
         self.model._initial_epoch = epoch
 
+    def _writes(self):
+        return distribute.is_chief(self.model.distribute_strategy)
+
     def on_epoch_end(self, epoch, logs=None):
+        if not self._writes():
+            # Reading some variables (metrics, sync-on-read) is a collective
+            # under multi-worker training: every worker saves, the others
+            # into a scratch folder they then delete (as TensorFlow does).
+            with tempfile.TemporaryDirectory() as scratch:
+                self.model.save_weights(os.path.join(scratch, "model.weights.h5"))
+            return
         done = epoch + 1
         folder_name = f"epoch-{done:06d}"
         folder = os.path.join(self.backup_dir, folder_name)
@@ -97,5 +114,5 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.model._initial_epoch = None  # a later fit() starts from its own epoch
-        if self.delete_on_end and os.path.exists(self.backup_dir):
+        if self.delete_on_end and self._writes() and os.path.exists(self.backup_dir):
             shutil.rmtree(self.backup_dir, ignore_errors=True)

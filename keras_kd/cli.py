@@ -7,6 +7,7 @@
     python -m keras_kd --helpfull
 """
 
+import os
 import sys
 
 from absl import app, flags
@@ -42,6 +43,7 @@ flags.DEFINE_enum("strategy", _D.strategy, list(distribute.STRATEGIES), "tf.dist
 flags.DEFINE_integer("num_cpu_devices", None, "Split the CPU into N logical devices (multi-replica runs without GPUs).")
 flags.DEFINE_enum("mixed_precision", _D.mixed_precision, list(distribute.MIXED_PRECISION), "Keras dtype policy for training.")
 flags.DEFINE_string("checkpoint_dir", None, "Back up every epoch here; rerunning the same command after a crash or kill resumes from the last backup.")
+flags.DEFINE_integer("max_restarts", 3, "With --strategy=multi_worker: when another worker stops, restart this one (up to N times) to wait for it and resume from --checkpoint_dir.")
 flags.DEFINE_bool("jit_compile", _D.jit_compile, "XLA-compile the train steps (one replica only; off under multi-replica strategies). XLA drops the label-range check. Often slower on CPU (issue 7 measures it).")
 flags.DEFINE_integer("verbose", _D.verbose, "Keras verbosity: 0 silent, 1 progress bars, 2 one line per epoch.")
 
@@ -90,6 +92,21 @@ def main(argv):
         )
     try:
         job.run(config_from_flags())
+    except distribute.WorkerLostError as err:
+        print(f"keras-kd: {err}", file=sys.stderr)
+        restarts = int(os.environ.get(distribute.RESTARTS_ENV, "0") or 0)
+        if restarts < FLAGS.max_restarts:
+            print(
+                f"keras-kd: restarting this worker to wait for the others "
+                f"(restart {restarts + 1} of at most {FLAGS.max_restarts}).",
+                file=sys.stderr, flush=True,
+            )
+            distribute.restart_process(FLAGS.max_restarts)
+        print(
+            f"keras-kd: error: gave up after {restarts} restarts (--max_restarts).",
+            file=sys.stderr,
+        )
+        return 3
     except (ValueError, OSError, RuntimeError) as err:
         print(f"keras-kd: error: {err}", file=sys.stderr)
         return 2

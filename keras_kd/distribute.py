@@ -34,8 +34,10 @@ Strategies by name:
 import contextlib
 import json
 import os
+import sys
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 __all__ = [
@@ -48,7 +50,13 @@ __all__ = [
     "resolve_jit_compile",
     "build_distiller",
     "is_multi_worker",
+    "is_chief",
+    "worker_index",
+    "gather_from_workers",
     "check_global_batch",
+    "WorkerLostError",
+    "is_worker_lost",
+    "restart_process",
     "fit",
     "fit_loop",
 ]
@@ -305,6 +313,95 @@ def mixed_precision(policy):
 def is_multi_worker(strategy):
     """True for ``MultiWorkerMirroredStrategy`` (where Keras 3.15's fit fails)."""
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def worker_index(strategy):
+    """This process's task index under multi-worker training, else 0."""
+    if not is_multi_worker(strategy):
+        return 0
+    return strategy.cluster_resolver.task_id or 0
+
+
+def is_chief(strategy):
+    """True where this process writes the shared files (backups, markers).
+
+    Always true outside multi-worker training. Under it: the ``chief`` task,
+    or worker 0 when ``TF_CONFIG`` has no ``chief`` job (TensorFlow's rule).
+    """
+    if not is_multi_worker(strategy):
+        return True
+    resolver = strategy.cluster_resolver
+    if resolver.task_type == "chief":
+        return True
+    cluster = resolver.cluster_spec().as_dict()
+    return "chief" not in cluster and resolver.task_type == "worker" and not resolver.task_id
+
+
+def gather_from_workers(strategy, values):
+    """Every replica's copy of the int vector ``values``, as a NumPy array.
+
+    Returns shape ``[replicas, len(values)]``; outside multi-worker training,
+    just ``[values]``. A collective: every worker must call it, in the same
+    order. Used to check that all workers see the same checkpoint folder.
+    """
+    values = np.asarray(values, dtype=np.int64).reshape(-1)
+    if not is_multi_worker(strategy):
+        return values[None, :]
+    local = tf.constant(values)
+
+    @tf.function
+    def gather():
+        return strategy.run(
+            lambda: tf.distribute.get_replica_context().all_gather(local[None, :], axis=0)
+        )
+
+    result = strategy.experimental_local_results(gather())[0]
+    return np.asarray(result)
+
+
+class WorkerLostError(RuntimeError):
+    """Another worker of a multi-worker job stopped (killed, preempted, crashed).
+
+    TensorFlow cannot continue a collective job that lost a worker in the
+    same process ("Restart your program to reset"): every surviving worker
+    must restart too. ``keras-kd`` does that itself (:func:`restart_process`);
+    with ``--checkpoint_dir`` the job then resumes from its last backup.
+    """
+
+
+def is_worker_lost(err):
+    """True when ``err`` is TensorFlow reporting a lost (or restarted) peer."""
+    if isinstance(err, (tf.errors.UnavailableError, tf.errors.AbortedError)):
+        return True
+    text = str(err)
+    return isinstance(err, tf.errors.OpError) and any(
+        s in text for s in (
+            "unhealthy", "incarnation", "Socket closed", "Connection reset",
+            "failed to connect",
+        )
+    )
+
+
+RESTARTS_ENV = "KERAS_KD_RESTARTS"
+
+
+def restart_process(max_restarts):
+    """Replaces this process by a fresh run of the same command line.
+
+    Used by a surviving worker after :class:`WorkerLostError`: the new
+    process waits at start-up until every worker is back (restart the
+    stopped one with its own command), then resumes from the checkpoint.
+    Counts restarts in the ``KERAS_KD_RESTARTS`` environment variable and
+    returns False, restarting nothing, once ``max_restarts`` is reached.
+    """
+    done = int(os.environ.get(RESTARTS_ENV, "0") or 0)
+    if done >= max_restarts:
+        return False
+    os.environ[RESTARTS_ENV] = str(done + 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    return True  # not reached
 
 
 def fit(model, dataset, **kwargs):

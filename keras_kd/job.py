@@ -20,8 +20,11 @@ import dataclasses
 import datetime
 import json
 import os
+import re
+import tempfile
 import time
 import warnings
+import zlib
 
 import keras
 import numpy as np
@@ -107,12 +110,6 @@ class JobConfig:
             raise ValueError(
                 f"unknown --strategy={self.strategy!r}; valid: "
                 f"{', '.join(distribute.STRATEGIES)}."
-            )
-        if self.strategy == "multi_worker" and self.checkpoint_dir:
-            raise ValueError(
-                "--checkpoint_dir is not supported with --strategy=multi_worker "
-                "yet (every worker would write the same backups). Fix: drop "
-                "--checkpoint_dir, or use one worker."
             )
         if self.mixed_precision not in distribute.MIXED_PRECISION:
             raise ValueError(
@@ -238,8 +235,12 @@ _RESUME_IGNORES = (
 )
 
 
-def _check_resumable(config):
-    """Ties --checkpoint_dir to one configuration; refuses a different one."""
+def _check_resumable(config, strategy):
+    """Ties --checkpoint_dir to one configuration; refuses a different one.
+
+    Under multi-worker training all workers must see the same folder (shared
+    storage): they compare what they find before the chief writes anything.
+    """
     if not config.checkpoint_dir:
         return
     _io.ensure_dir(config.checkpoint_dir, "--checkpoint_dir")
@@ -248,6 +249,7 @@ def _check_resumable(config):
         k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUME_IGNORES
     }
     current["image_size"] = list(current["image_size"] or []) or None
+    _check_workers_share(config, strategy)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
@@ -259,8 +261,44 @@ def _check_resumable(config):
                 "with these flags. Fix: use a new --checkpoint_dir, or delete it to "
                 "start over."
             )
-    else:
+    if not os.path.exists(path) and distribute.is_chief(strategy):
         _io.write_json(path, current)
+
+
+def _checkpoint_state(folder):
+    """Integers summarising what a checkpoint folder holds (for comparison)."""
+    try:
+        with open(os.path.join(folder, "config.json"), "rb") as f:
+            state = [zlib.crc32(f.read())]
+    except OSError:
+        state = [-1]
+    for phase in ("teacher", "baseline"):
+        state.append(int(os.path.exists(os.path.join(folder, f"{phase}.keras"))))
+    for phase in ("teacher", "baseline", "distill"):
+        try:
+            with open(os.path.join(folder, f"{phase}_backup", "latest.json"), encoding="utf-8") as f:
+                state.append(int(json.load(f)["epoch"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            state.append(-1)
+    return state
+
+
+def _check_workers_share(config, strategy):
+    """Raises ValueError if the workers see different --checkpoint_dir contents.
+
+    Each worker would otherwise resume from a different point, and the
+    collectives would hang. A no-op outside multi-worker training.
+    """
+    if not distribute.is_multi_worker(strategy):
+        return
+    seen = distribute.gather_from_workers(strategy, _checkpoint_state(config.checkpoint_dir))
+    if (seen != seen[0]).any():
+        raise ValueError(
+            f"the workers see different contents in --checkpoint_dir="
+            f"{config.checkpoint_dir!r} (per worker: {seen.tolist()}). Under "
+            "--strategy=multi_worker every worker must pass the same folder on "
+            "storage they all share (a network file system or a mounted bucket)."
+        )
 
 
 def _phase_fit(model, dataset, config, phase, epochs):
@@ -313,16 +351,14 @@ def _phase_done(config, name):
     return path if os.path.exists(path) else None
 
 
-def _mark_done(config, name, model):
-    if config.checkpoint_dir:
+def _mark_done(config, name, model, strategy):
+    if not config.checkpoint_dir:
+        return
+    if distribute.is_chief(strategy):
         _io.save_model(model, os.path.join(config.checkpoint_dir, f"{name}.keras"))
-
-
-def _worker_index(strategy):
-    """This worker's index under multi-worker training, else 0."""
-    if not distribute.is_multi_worker(strategy):
-        return 0
-    return strategy.cluster_resolver.task_id or 0
+    else:  # saving is a collective under multi-worker: save, then discard
+        with tempfile.TemporaryDirectory() as scratch:
+            _io.save_model(model, os.path.join(scratch, f"{name}.keras"))
 
 
 def run(config, log=print):
@@ -333,19 +369,39 @@ def run(config, log=print):
     outside both, on the float32-variable student.
     """
     config.validate()
-    _check_resumable(config)
     distribute.configure_cpu_devices(config.num_cpu_devices)
     strategy = distribute.get_strategy(config.strategy)
+    _check_resumable(config, strategy)
     with deterministic(config.seed, config.deterministic):
-        return _run(config, log, strategy)
+        try:
+            return _run(config, log, strategy)
+        except tf.errors.OpError as err:
+            if distribute.is_multi_worker(strategy) and distribute.is_worker_lost(err):
+                resume = (
+                    "it resumes from the last epoch backup in --checkpoint_dir"
+                    if config.checkpoint_dir else
+                    "it starts over (pass --checkpoint_dir to resume instead)"
+                )
+                raise distribute.WorkerLostError(
+                    f"another worker stopped ({_short(err)}). "
+                    "Fix: restart every stopped worker with its same command; "
+                    f"{resume}."
+                ) from err
+            raise
+
+
+def _short(err, limit=300):
+    """A TensorFlow error's message on one line, without the op prefix."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", " ".join(str(err).split()))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _run(config, log, strategy):
     distribute.check_global_batch(config.batch_size, strategy.num_replicas_in_sync)
     out = config.output_dir or default_output_dir()
-    worker = _worker_index(strategy)
-    if worker:  # only worker 0 writes the run's files; the others keep theirs apart
-        out = os.path.join(out, f"worker-{worker}")
+    if not distribute.is_chief(strategy):  # the chief writes the run's files;
+        # the other workers keep theirs apart
+        out = os.path.join(out, f"worker-{distribute.worker_index(strategy)}")
     out = _io.ensure_dir(out, "--output_dir")
     keras.utils.set_random_seed(config.seed)
     started = time.perf_counter()
@@ -388,7 +444,7 @@ def _run(config, log, strategy):
             _plain_compile(teacher, config, jit)
             log(f"teacher: training {config.teacher_arch} for {config.teacher_epochs} epochs")
             _phase_fit(teacher, teacher_train, config, "teacher", config.teacher_epochs)
-            _mark_done(config, "teacher", teacher)
+            _mark_done(config, "teacher", teacher, strategy)
         timings["teacher_s"] = time.perf_counter() - t0
         # Saved at once: a crash later in the run does not lose a trained teacher.
         teacher_path = _io.save_model(teacher, os.path.join(out, "teacher.keras"))
@@ -409,7 +465,7 @@ def _run(config, log, strategy):
             log(f"baseline: training {config.student_arch} on the labels for "
                 f"{config.epochs} epochs")
             _phase_fit(baseline, student_train, config, "baseline", config.epochs)
-            _mark_done(config, "baseline", baseline)
+            _mark_done(config, "baseline", baseline, strategy)
         timings["baseline_s"] = time.perf_counter() - t0
 
         # 3. The distilled student: same architecture and initial weights.

@@ -1,5 +1,6 @@
 """Runs survive being killed: atomic backups, resumed phases, clear errors."""
 
+import contextlib
 import json
 import os
 import signal
@@ -127,3 +128,89 @@ def test_how_it_runs_may_change_between_resumptions(tmp_path):
     assert run_cli(TINY + ["--export=false", "--mixed_precision=mixed_bfloat16",
                            "--nodeterministic", f"--checkpoint_dir={ckpt}",
                            f"--output_dir={tmp_path / 'b'}"]) == 0
+
+
+def _worker_cmd(ports, index, ckpt, out, epochs):
+    env = {**os.environ, "TF_CONFIG": json.dumps({
+        "cluster": {"worker": [f"localhost:{p}" for p in ports]},
+        "task": {"type": "worker", "index": index}})}
+    env.pop("KERAS_KD_RESTARTS", None)
+    argv = [sys.executable, "-m", "keras_kd", "--strategy=multi_worker",
+            f"--checkpoint_dir={ckpt}", f"--output_dir={out}",
+            *[a for a in ARGS if not a.startswith("--epochs")], f"--epochs={epochs}"]
+    return argv, env
+
+
+def _kill_and_restart(procs, pointer, ports, ckpt, out, epochs):
+    """Kills worker 1 at distillation epoch >= 2, reruns it; (epoch, result)."""
+    try:
+        deadline = time.time() + 240
+        while not (pointer.exists() and json.loads(pointer.read_text())["epoch"] >= 2):
+            assert procs[1].poll() is None, "finished before it could be killed"
+            assert time.time() < deadline, "the distillation never reached epoch 2"
+            time.sleep(0.05)
+        os.kill(procs[1].pid, signal.SIGKILL)
+        procs[1].wait()
+        killed_at = json.loads(pointer.read_text())["epoch"]
+        assert killed_at < epochs
+        assert not (ckpt / "worker-1").exists() and not list(ckpt.glob("*/worker*"))
+        argv, env = _worker_cmd(ports, 1, ckpt, out, epochs)
+        restarted = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert restarted.returncode == 0, restarted.stdout[-2000:] + restarted.stderr[-3000:]
+        assert procs[0].wait(timeout=120) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return killed_at, restarted
+
+
+def test_multi_worker_killed_worker_restarted_job_resumes(tmp_path):
+    """SIGKILL worker 1 mid-distillation; restart only it: the job finishes.
+
+    The surviving chief sees the lost peer, restarts itself and waits; both
+    resume from the chief's backup, and every epoch is recorded once.
+    """
+    from test_distribute import _free_ports
+
+    ckpt, out, epochs = tmp_path / "ckpt", tmp_path / "out", 5
+    pointer = ckpt / "distill_backup" / "latest.json"
+    ports = _free_ports(2)
+    procs = []
+    with contextlib.ExitStack() as stack:
+        for i in range(2):
+            log = stack.enter_context(open(tmp_path / f"worker{i}.log", "w"))
+            argv, env = _worker_cmd(ports, i, ckpt, out, epochs)
+            procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+        killed_at, restarted = _kill_and_restart(procs, pointer, ports, ckpt, out, epochs)
+    chief = (tmp_path / "worker0.log").read_text()
+    assert "another worker stopped" in chief and "restarting this worker" in chief
+    after = chief.split("restarting this worker", 1)[1]
+    for text in (after, restarted.stdout):
+        assert "teacher: loaded" in text and "baseline: loaded" in text
+        assert f"Epoch {killed_at + 1}/{epochs}" in text
+        assert f"Epoch 1/{epochs}" not in text  # resumed, not restarted
+    with open(out / "metrics.json") as f:
+        history = json.load(f)["distillation_history"]
+    assert len(history["loss"]) == epochs
+    assert (out / "worker-1" / "metrics.json").exists()
+
+
+def test_multi_worker_checkpoint_dirs_must_be_shared(tmp_path):
+    """Workers that see different checkpoint contents stop with a clear error."""
+    from test_distribute import _free_ports
+
+    ports = _free_ports(2)
+    shared = tmp_path / "ckpt0"
+    shared.mkdir()
+    (shared / "config.json").write_text("{}")  # a run only worker 0 can see
+    procs = []
+    for i in range(2):
+        argv, env = _worker_cmd(ports, i, tmp_path / f"ckpt{i}", tmp_path / "out", 2)
+        procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    results = [p.communicate(timeout=240) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 2, err[-2000:]
+        assert "the workers see different contents in --checkpoint_dir" in err
+        assert "storage they all share" in err
