@@ -5,6 +5,8 @@
     keras-kd --teacher=kd_runs/x/teacher.keras  # reuse a trained teacher
     keras-kd --flagfile=run.flags
     python -m keras_kd --helpfull
+    keras-kd export --model=student.keras --quantization=int8 --dataset=mnist5k
+    keras-kd export --help                      # the export subcommand's flags
 """
 
 import os
@@ -14,7 +16,7 @@ from absl import app, flags
 
 from keras_kd import augment as _augment
 from keras_kd import data as _data
-from keras_kd import distribute, job, losses
+from keras_kd import distribute, export, job, losses
 
 _D = job.JobConfig()
 FLAGS = flags.FLAGS
@@ -38,6 +40,8 @@ flags.DEFINE_string("teacher_augment", None, "Augmentation for teacher training 
 flags.DEFINE_integer("seed", _D.seed, "Random seed.")
 flags.DEFINE_string("output_dir", None, "Output folder (default ./kd_runs/<timestamp>).")
 flags.DEFINE_bool("export", True, "Export and verify student.tflite.")
+flags.DEFINE_enum("export_quantization", _D.export_quantization, ["auto", *export.QUANTIZATIONS], "Quantization of student.tflite: none (float32), float16, dynamic (int8 weights), int8 (full integer, calibrated on training images), or auto: the first of int8, dynamic, float16, none whose top-1 agreement with the Keras student on the validation split is at least --min_agreement (default 0.99).")
+flags.DEFINE_float("min_agreement", None, "Fail the export if student.tflite agrees with the Keras student (top-1, validation split) less often than this fraction, e.g. 0.99; also the bar of --export_quantization=auto.")
 flags.DEFINE_bool("deterministic", _D.deterministic, "TensorFlow op determinism and a seeded global RNG: the same --seed gives the same run.")
 flags.DEFINE_enum("strategy", _D.strategy, list(distribute.STRATEGIES), "tf.distribute strategy: auto, mirrored, one_device, multi_worker (TF_CONFIG), tpu.")
 flags.DEFINE_integer("num_cpu_devices", None, "Split the CPU into N logical devices (multi-replica runs without GPUs).")
@@ -72,6 +76,8 @@ def config_from_flags():
         seed=FLAGS.seed,
         output_dir=FLAGS.output_dir,
         export=FLAGS.export,
+        export_quantization=FLAGS.export_quantization,
+        min_agreement=FLAGS.min_agreement,
         deterministic=FLAGS.deterministic,
         strategy=FLAGS.strategy,
         num_cpu_devices=FLAGS.num_cpu_devices,
@@ -86,9 +92,11 @@ def config_from_flags():
 def main(argv):
     """Runs the main job; bad flag values exit with a one-line error."""
     if len(argv) > 1:
+        hint = (" The export subcommand comes first: keras-kd export --model=... "
+                "(see keras-kd export --help).") if "export" in argv[1:] else ""
         raise app.UsageError(
             f"unexpected arguments {argv[1:]}; keras-kd takes only --flags "
-            "(see keras-kd --help)."
+            f"(see keras-kd --help).{hint}"
         )
     try:
         job.run(config_from_flags())
@@ -113,8 +121,77 @@ def main(argv):
     return 0
 
 
+EXPORT_USAGE = """keras-kd export: a saved Keras classifier -> a verified .tflite (LiteRT).
+
+Converts --model, checks the file with the LiteRT interpreter on --dataset's
+validation split (accuracy, top-1 agreement with the Keras model, latency)
+and only then writes it, with its .json description and .labels.txt beside
+it. int8 is calibrated on a few hundred of --dataset's training images.
+
+    keras-kd export --model=kd_runs/x/student.keras --quantization=int8 --dataset=mnist5k
+    keras-kd export --model=m.keras --dataset=folder:/data/flowers --image_size=96,96 \\
+        --min_agreement=0.99 --output=app/flowers.tflite
+"""
+
+# keras-kd export has flags of its own (a separate FlagValues), so that plain
+# keras-kd, its flags and its --help stay as they are.
+EXPORT_FLAGS = flags.FlagValues()
+_E = {"flag_values": EXPORT_FLAGS}
+flags.DEFINE_string("model", None, "Path of the saved Keras classifier (.keras) to export.", **_E)
+flags.DEFINE_enum("quantization", "auto", ["auto", *export.QUANTIZATIONS], "none (float32), float16, dynamic (int8 weights), int8 (full integer), or auto: the first of int8, dynamic, float16, none whose top-1 agreement with the Keras model is at least --min_agreement (default 0.99).", **_E)
+flags.DEFINE_string("dataset", _D.dataset, "The model's data: mnist5k, tfds:<name> or folder:<path> (validation split: the check; training images: int8 calibration; class names).", **_E)
+flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir holding pre-downloaded data.", **_E)
+flags.DEFINE_string("image_size", None, "Resize images to H,W (as for training).", **_E)
+flags.DEFINE_string("output", None, "The .tflite path to write (default: --model with .tflite).", **_E)
+flags.DEFINE_float("min_agreement", None, "Fail (exit 2, nothing written) if the file agrees with the Keras model less often than this fraction, e.g. 0.99.", **_E)
+flags.DEFINE_bool("probabilities", False, "The file outputs probabilities (a softmax appended); default logits.", **_E)
+flags.DEFINE_bool("allow_flex", False, "Accept TensorFlow (Select TF / Flex) ops that LiteRT's builtins lack; the file is then not verified here.", **_E)
+flags.DEFINE_bool("int8_io", False, "With --quantization=int8: int8 input and output tensors (default float32).", **_E)
+
+
+def export_main(argv):
+    """Runs ``keras-kd export`` on the parsed :data:`EXPORT_FLAGS`; returns the exit code."""
+    f = EXPORT_FLAGS
+    try:
+        if len(argv) > 1:
+            raise ValueError(f"unexpected arguments {argv[1:]}; keras-kd export takes only --flags.")
+        if not f.model:
+            raise ValueError("--model is required: the saved Keras classifier to export, "
+                             "e.g. --model=kd_runs/x/student.keras.")
+        job.export_saved_model(
+            f.model, dataset=f.dataset, data_dir=f.data_dir,
+            image_size=_data.parse_image_size(f.image_size), output=f.output,
+            quantization=f.quantization, min_agreement=f.min_agreement,
+            probabilities=f.probabilities, allow_flex=f.allow_flex, int8_io=f.int8_io,
+        )
+    except (ValueError, OSError, RuntimeError) as err:
+        print(f"keras-kd export: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _parse_export_flags(argv):
+    """absl flags parser for ``keras-kd export ...`` (``argv[1] == "export"``)."""
+    args = [argv[0], *argv[2:]]
+    if any(a in ("-h", "-?", "--help", "--helpshort", "--helpfull") for a in args[1:]):
+        print(EXPORT_USAGE)
+        print(EXPORT_FLAGS.get_help())
+        sys.exit(0)
+    try:
+        rest = EXPORT_FLAGS(args)
+    except flags.Error as err:
+        sys.stderr.write(f"FATAL Flags parsing error: {err}\n"
+                         "Pass --help to see the flags of keras-kd export.\n")
+        sys.exit(1)
+    FLAGS(argv[:1])  # absl's own flags (logging) at their defaults
+    return rest
+
+
 def run():
     """Console-script entry point (also ``python -m keras_kd``)."""
+    if len(sys.argv) > 1 and sys.argv[1] == "export":
+        app.run(export_main, flags_parser=_parse_export_flags)
+        return
     # absl's --help lists the main module's key flags; the main module is the
     # console-script wrapper or keras_kd/__main__.py, so adopt ours there.
     for flag in FLAGS.get_flags_for_module(__name__):

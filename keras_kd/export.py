@@ -1,14 +1,64 @@
-"""TFLite (LiteRT) export of a trained student, and a check that it behaves.
+"""TFLite (LiteRT) export of a trained classifier, quantized, checked on real data.
 
-``to_tflite`` converts a Keras classifier to a float32 ``.tflite`` file,
-written atomically, with a ``<name>.labels.txt`` file beside it (one class
-name per line, in logit order). ``verify`` runs the file with the LiteRT
-interpreter (``ai_edge_litert``) on real examples and compares it with the
-Keras model.
+Three steps, each usable alone:
 
-The exported model takes what the Keras model takes: float32 raw pixel values
-(0–255) of shape ``[1, H, W, C]`` (the normalisation layer is inside the
-model) and returns logits (or probabilities with ``probabilities=True``).
+- :func:`to_tflite` converts a Keras classifier to a ``.tflite`` file in one of
+  four quantization modes, with builtin ops only (unless ``allow_flex``);
+- :func:`verify` runs the file with the LiteRT interpreter (``ai_edge_litert``)
+  on real examples and compares it with the Keras model;
+- :func:`export_verified` does both and moves the files into place only if
+  the check passes (``quantization="auto"`` picks the smallest mode that agrees
+  with Keras). The main job and ``keras-kd export`` use it.
+
+Quantization modes (``w`` a float weight, ``q`` its integer code):
+
+- ``"none"``: float32 weights and activations; the reference.
+- ``"float16"``: weights stored as float16 (half the size); the CPU
+  dequantizes them to float32 at load and computes in float32.
+- ``"dynamic"``: dynamic-range quantization. Weights of matmuls/convolutions
+  are stored as int8 with a symmetric scale, ``w ≈ s·q``, ``s = max|w| / 127``
+  (per output channel for convolutions); activations stay float32 and are
+  quantized on the fly, per inference, for the int8 kernels. About 4× smaller;
+  no calibration data needed.
+- ``"int8"``: full-integer quantization. Weights as in ``dynamic``;
+  activations int8 with an affine map ``r = s·(q − z)`` whose ``(s, z)`` come
+  from the ranges seen on ``representative_data`` (a few hundred real
+  training examples; at most :data:`REPRESENTATIVE_LIMIT` are used). Every op
+  runs an int8 kernel. The input and output tensors stay float32 (a quantize
+  op at the input, a dequantize op at the output) unless ``int8_io=True``,
+  which makes them int8: the app then feeds ``q = round(x / s) + z`` and reads
+  ``r = s·(q − z)``; the ``(s, z)`` of each are in the metadata below (for
+  raw 0–255 pixels calibrated on real images, typically ``s = 1, z = −128``,
+  i.e. ``q = pixel − 128``).
+
+What is written, for ``path = "student.tflite"``:
+
+- ``student.tflite``: the LiteRT flatbuffer. One signature (``serving_default``),
+  one input ``[1, H, W, C]`` (NHWC) of raw pixel values in ``input_range``
+  (default 0–255: keras_kd models normalise inside), float32 (int8 with
+  ``int8_io``); one output ``[1, K]``: logits, or probabilities with
+  ``probabilities=True``. The file also carries a metadata entry named
+  ``"keras_kd"`` holding the JSON below (:func:`read_metadata` reads it).
+- ``student.json`` (:func:`metadata_path`): the same JSON, plus
+  ``"verification"`` (the :func:`verify` figures) when written by
+  :func:`export_verified`::
+
+      {"format": "keras_kd.tflite/1", "model_file": "student.tflite",
+       "quantization": "int8",
+       "input": {"name": "pixels", "shape": [1, 28, 28, 1], "layout": "NHWC",
+                 "dtype": "float32", "value_range": [0, 255],
+                 "quantization": null},        # or {"scale": s, "zero_point": z}
+       "output": {"name": "output_0", "shape": [1, 10], "dtype": "float32",
+                  "kind": "logits", "quantization": null},
+       "class_names": ["0", ..., "9"], "labels_file": "student.labels.txt",
+       "flex_ops": [], "representative_examples": 300,   # int8 calibration
+       "source": {"model": "student", "keras_kd": "0.1.0", "tensorflow": "2.21.0"}}
+
+- ``student.labels.txt`` (:func:`labels_path`): class names, one per line, in
+  output order (when ``class_names`` is given).
+
+Every file is written atomically (``keras_kd._io``): a failed conversion or
+check writes nothing and leaves earlier files untouched.
 
 Why ``TFLiteConverter.from_keras_model``: converting a ``tf.function``'s
 concrete function of a Keras 3 model (``from_concrete_functions``) produced
@@ -18,8 +68,13 @@ why every export here is followed by a check on real data.
 
 import contextlib
 import io
+import json
 import os
+import re
+import shutil
+import tempfile
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -28,13 +83,51 @@ import tensorflow as tf
 from keras_kd import _io
 from keras_kd.models import logits_model, model_inputs
 
-__all__ = ["to_tflite", "verify", "labels_path"]
+__all__ = [
+    "QUANTIZATIONS", "AUTO_ORDER", "AUTO_MIN_AGREEMENT", "REPRESENTATIVE_LIMIT",
+    "AgreementError", "RuntimeCheckError", "to_tflite", "verify", "export_verified", "read_metadata",
+    "labels_path", "metadata_path",
+]
+
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+# quantization="auto" tries these in order (smallest and fastest first) and
+# keeps the first whose top-1 agreement with Keras is at least the bar.
+AUTO_ORDER = ("int8", "dynamic", "float16", "none")
+AUTO_MIN_AGREEMENT = 0.99
+REPRESENTATIVE_LIMIT = 300
+METADATA_NAME = "keras_kd"
+FORMAT = "keras_kd.tflite/1"
+
+
+class AgreementError(ValueError):
+    """The exported file agrees with the Keras model less often than required."""
+
+
+class RuntimeCheckError(ValueError):
+    """The converted file does not run in the LiteRT interpreter."""
+
+
+def _does_not_run(what, err):
+    return RuntimeCheckError(
+        f"{what} does not run in the LiteRT interpreter ({' '.join(str(err).split())}). "
+        "With int8 this happens when calibration sees an activation that is always "
+        "zero (e.g. every ReLU of a layer dead on the representative data): its "
+        "scale degenerates and LiteRT's default CPU delegate (XNNPACK) refuses it. "
+        "Fix: calibrate on more varied real training images, train the model "
+        "longer, or use quantization='dynamic'."
+    )
 
 
 def labels_path(tflite_path):
     """The class-names file written beside ``tflite_path``."""
     root, _ = os.path.splitext(tflite_path)
     return root + ".labels.txt"
+
+
+def metadata_path(tflite_path):
+    """The JSON description written beside ``tflite_path`` (``x.tflite`` → ``x.json``)."""
+    root, _ = os.path.splitext(tflite_path)
+    return root + ".json"
 
 
 def _check_model(model):
@@ -48,9 +141,31 @@ def _check_model(model):
         raise ValueError(
             f"the model's input shape {shape} is not fully fixed; a phone "
             "runtime needs fixed height, width and channels. Fix: build the "
-            "model with keras.Input(shape=(H, W, C))."
+            "model with keras.Input(shape=(H, W, C)), or wrap it: "
+            "inp = keras.Input((H, W, C)); keras.Model(inp, model(inp))."
         )
     return shape
+
+
+def _check_path(path):
+    """Checks the destination before the (slow) conversion; returns its folder."""
+    if not str(path).endswith(".tflite"):
+        raise ValueError(f"the export path must end in .tflite, got {path!r}.")
+    return _io.ensure_dir(os.path.dirname(os.path.abspath(path)),
+                          f"the folder of the export path {str(path)!r}")
+
+
+def _check_quantization(quantization, int8_io):
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(
+            f"unknown quantization {quantization!r}; valid: {', '.join(QUANTIZATIONS)}"
+            " (and 'auto' for export_verified)."
+        )
+    if int8_io and quantization != "int8":
+        raise ValueError(
+            f"int8_io=True needs quantization='int8', got {quantization!r}: only a "
+            "fully integer model has int8 input and output tensors."
+        )
 
 
 def _float32_copy(model):
@@ -71,22 +186,270 @@ def _float32_copy(model):
     return clone
 
 
-def to_tflite(model, path, *, probabilities=False, class_names=None):
-    """Converts ``model`` to a float32 TFLite file at ``path``; returns ``path``.
+def _representative_examples(data, input_shape, limit=REPRESENTATIVE_LIMIT):
+    """Up to ``limit`` float32 examples ``[n, H, W, C]`` from ``data``.
+
+    ``data``: an array ``[N, H, W, C]``; a ``(images, labels)`` tuple; a
+    ``tf.data.Dataset`` (or any iterable) of image batches, of ``(images,
+    labels)`` batches, or of single examples.
+    """
+    input_shape = tuple(input_shape)
+    if isinstance(data, tuple) and data and np.ndim(data[0]) == len(input_shape) + 1:
+        data = data[0]  # (images, labels)
+    if isinstance(data, (np.ndarray, tf.Tensor)):
+        data = [data]
+    examples, seen = [], 0
+    for element in data:
+        images = element[0] if isinstance(element, (tuple, list)) else element
+        images = np.asarray(images, dtype=np.float32)
+        if images.shape == input_shape:
+            images = images[None]
+        if images.shape[1:] != input_shape:
+            raise ValueError(
+                f"representative_data holds examples of shape {images.shape[1:]}, "
+                f"but the model takes {input_shape}. Fix: pass training images "
+                "of the model's input shape (raw pixels, as the model takes them)."
+            )
+        examples.append(images[: limit - seen])
+        seen += len(examples[-1])
+        if seen >= limit:
+            break
+    if not seen:
+        raise ValueError(
+            "representative_data is empty. Fix: pass a few hundred real "
+            "training examples, e.g. train_ds.take(5) or x_train[:300]."
+        )
+    return np.concatenate(examples)
+
+
+def _converter(model, quantization, examples, allow_flex, int8_io):
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    builtins = tf.lite.OpsSet.TFLITE_BUILTINS
+    if quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantization == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([x[None]] for x in examples)
+        builtins = tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    ops = [builtins]
+    if allow_flex:
+        ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+    converter.target_spec.supported_ops = ops
+    return converter
+
+
+def _ops_in_message(message, label):
+    """The op names after ``label`` (e.g. ``"TF Select ops:"``) in a converter error."""
+    names = []
+    for found in re.findall(re.escape(label) + r"\s*([^\n]*)", message):
+        names += [n.strip() for n in found.split(",") if n.strip()]
+    return sorted(set(names))
+
+
+def _where(message, ops):
+    """Graph locations of ``ops`` in a converter error, e.g. ``functional/lambda/Cumprod``."""
+    places = []
+    for op, place in re.findall(r'fused\["(\w+):", "([^"@]+)@', message):
+        if op in ops and place not in places:
+            places.append(place)
+    return places
+
+
+def _convert(model, quantization, examples, allow_flex, int8_io):
+    """The converted flatbuffer, made quietly, with clear errors for unsupported ops."""
+    try:
+        # The converter prints its SavedModel and warns about int8 input
+        # statistics it does not need (the calibration gives them).
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+            return _converter(model, quantization, examples, allow_flex, int8_io).convert()
+    except Exception as err:
+        message = str(err)
+        flex = _ops_in_message(message, "TF Select ops:")
+        custom = _ops_in_message(message, "Custom ops:")
+        if flex and not allow_flex:
+            places = _where(message, flex)
+            raise ValueError(
+                f"the model needs TensorFlow ops that LiteRT's builtin kernels do not "
+                f"have: {', '.join(flex)}"
+                + (f" (at {', '.join(places)})" if places else "")
+                + ". Only the Flex delegate runs them: the app must link "
+                "tensorflow-lite-select-tf-ops (several MB), and ai-edge-litert's "
+                "interpreter cannot check the file. Fix: replace the layers that use "
+                "them with builtin ones, or accept Flex ops with allow_flex=True "
+                "(keras-kd export --allow_flex)."
+            ) from err
+        if custom:
+            places = _where(message, custom)
+            raise ValueError(
+                f"the model uses ops that neither LiteRT's builtins nor the Flex "
+                f"delegate have: {', '.join(custom)}"
+                + (f" (at {', '.join(places)})" if places else "")
+                + ". Fix: replace the layers that use them with builtin ops."
+            ) from err
+        raise
+
+
+def _tensor_type_names():
+    from ai_edge_litert import schema_py_generated as schema
+
+    return {
+        value: name.lower()
+        for name, value in vars(schema.TensorType).items()
+        if not name.startswith("_")
+    }
+
+
+def _tensor_info(model, index):
+    tensor = model.subgraphs[0].tensors[index]
+    q = tensor.quantization
+    scale = [] if q is None or q.scale is None else list(q.scale)
+    quant = None
+    if len(scale) == 1 and scale[0] != 0:
+        quant = {"scale": float(scale[0]), "zero_point": int(q.zeroPoint[0])}
+    name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
+    return {
+        "name": name,
+        "shape": [int(d) for d in tensor.shape],
+        "dtype": _tensor_type_names()[tensor.type],
+        "quantization": quant,
+    }
+
+
+def _signature_names(model):
+    """Input and output names of the first signature (what an app calls them)."""
+    if not model.signatureDefs:
+        return {}, {}
+
+    def names(items):
+        return {
+            int(t.tensorIndex): t.name.decode() if isinstance(t.name, bytes) else t.name
+            for t in items or []
+        }
+
+    sig = model.signatureDefs[0]
+    return names(sig.inputs), names(sig.outputs)
+
+
+def _flex_ops(model):
+    ops = []
+    for code in model.operatorCodes or []:
+        custom = code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode
+        if custom and custom.startswith("Flex"):
+            ops.append(custom[len("Flex"):])
+    return sorted(set(ops))
+
+
+def _with_metadata(flatbuffer, describe):
+    """Parses ``flatbuffer``; returns ``(bytes with metadata, metadata)``.
+
+    ``describe(inp, out, flex_ops)`` returns the metadata dict, which is
+    stored as UTF-8 JSON in a metadata entry named ``"keras_kd"``.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    in_names, out_names = _signature_names(model)
+    subgraph = model.subgraphs[0]
+    inp = _tensor_info(model, subgraph.inputs[0])
+    out = _tensor_info(model, subgraph.outputs[0])
+    inp["name"] = in_names.get(int(subgraph.inputs[0]), inp["name"])
+    out["name"] = out_names.get(int(subgraph.outputs[0]), out["name"])
+    metadata = describe(inp, out, _flex_ops(model))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in model.metadata or [] if m.name != METADATA_NAME.encode()]
+    model.metadata.append(entry)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), metadata
+
+
+def read_metadata(tflite_path):
+    """The ``"keras_kd"`` metadata JSON inside a ``.tflite`` file, or ``None``."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(tflite_path, "rb") as f:
+        content = f.read()
+    try:
+        model = schema.Model.GetRootAs(content, 0)
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if entry.Name() == METADATA_NAME.encode():
+                return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
+    except Exception as err:  # not a flatbuffer at all
+        raise ValueError(
+            f"{tflite_path!r} is not a readable .tflite file ({err}). Fix: pass a "
+            "file written by keras_kd.export.to_tflite."
+        ) from err
+    return None
+
+
+def to_tflite(model, path, quantization="none", representative_data=None,
+              probabilities=False, allow_flex=False, *, int8_io=False,
+              class_names=None, input_range=(0, 255)):
+    """Converts ``model`` to a TFLite file at ``path``; returns ``path``.
+
+    The file holds builtin LiteRT ops only, loads in the LiteRT interpreter
+    (checked before anything is written) and carries its description as
+    metadata; ``metadata_path(path)`` (JSON) and ``labels_path(path)`` are
+    written beside it. See the module docstring for the modes and the format.
 
     Args:
       model: a ``keras.Model`` with a fixed input shape that outputs logits
         (one trained under a mixed-precision policy is exported in float32).
       path: destination ``.tflite`` path. Written atomically: a failed
         conversion leaves no file behind and an existing file untouched.
+      quantization: ``"none"`` (float32), ``"float16"``, ``"dynamic"``
+        (int8 weights) or ``"int8"`` (full integer, needs ``representative_data``).
+      representative_data: int8 only: real training examples (raw pixels as
+        the model takes them) to calibrate the activation ranges: an array
+        ``[N, H, W, C]``, or a dataset / iterable of ``(images, labels)`` or
+        image batches. The first :data:`REPRESENTATIVE_LIMIT` are used.
       probabilities: the file outputs probabilities (a softmax is appended;
         a model that already ends in softmax is not softmaxed twice). By
         default it outputs logits, also for a model that ends in softmax.
-      class_names: written one per line to ``labels_path(path)``.
+      allow_flex: accept TensorFlow ops that LiteRT's builtins lack (Select
+        TF ops, run by the Flex delegate). By default such a model is
+        refused with an error naming the ops.
+      int8_io: int8 only: int8 input and output tensors (default float32).
+      class_names: written one per line to ``labels_path(path)`` and into
+        the metadata.
+      input_range: ``(low, high)`` of the input values the model expects,
+        recorded in the metadata (keras_kd models take raw 0–255 pixels).
+
+    Raises:
+      ValueError: not a Keras model, an input shape that is not fixed, a
+        path not ending in ``.tflite``, an unknown mode, ``int8`` without
+        ``representative_data``, or ops outside the builtins (named).
+      RuntimeCheckError: the converted file does not run in LiteRT (it is
+        loaded and invoked once before anything is written).
+      OSError: the destination folder cannot be created or written.
     """
-    _check_model(model)
-    if not str(path).endswith(".tflite"):
-        raise ValueError(f"the export path must end in .tflite, got {path!r}.")
+    input_shape = _check_model(model)
+    _check_quantization(quantization, int8_io)
+    _check_path(path)
+    examples = None
+    if quantization == "int8":
+        if representative_data is None:
+            raise ValueError(
+                "quantization='int8' needs representative_data: a few hundred real "
+                "training examples (raw pixels, e.g. train_ds.take(5) or "
+                "x_train[:300]) to calibrate the int8 activation ranges. Fix: pass "
+                "representative_data=..., or use quantization='dynamic' (int8 "
+                "weights, float activations), which needs none."
+            )
+        examples = _representative_examples(representative_data, input_shape)
+    source_name = model.name
     model = _float32_copy(model)
     logits, ends_in_softmax = logits_model(model, "model")
     if probabilities:
@@ -94,65 +457,158 @@ def to_tflite(model, path, *, probabilities=False, class_names=None):
         model = keras.Model(model_inputs(logits), outputs, name=f"{model.name}_probs")
     elif ends_in_softmax:
         model = logits  # the app gets logits unless it asks for probabilities
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints its SavedModel
-        flatbuffer = converter.convert()
-    # Convert first (in memory), then write: a failed conversion writes nothing.
+    flatbuffer = _convert(model, quantization, examples, allow_flex, int8_io)
+
+    import keras_kd
+
+    def describe(inp, out, flex_ops):
+        return {
+            "format": FORMAT,
+            "model_file": os.path.basename(path),
+            "quantization": quantization,
+            "input": {**inp, "layout": "NHWC",
+                      "value_range": [float(v) for v in input_range]},
+            "output": {**out, "kind": "probabilities" if probabilities else "logits"},
+            "class_names": None if class_names is None else [str(c) for c in class_names],
+            "labels_file": None if class_names is None else os.path.basename(labels_path(path)),
+            "flex_ops": flex_ops,
+            "representative_examples": None if examples is None else int(len(examples)),
+            "source": {"model": source_name, "keras_kd": keras_kd.__version__,
+                       "tensorflow": tf.__version__},
+        }
+
+    flatbuffer, metadata = _with_metadata(flatbuffer, describe)
+    if not metadata["flex_ops"]:  # ai-edge-litert has no Flex delegate
+        _check_runs(flatbuffer, f"the {quantization} file")  # before anything is written
+    # Converted and checked in memory, then written: a failure writes nothing.
+    # The .tflite goes last, so a new model file always has current sidecars.
     if class_names is not None:
         _io.write_text(labels_path(path), "".join(f"{c}\n" for c in class_names))
+    _io.write_json(metadata_path(path), metadata)
     _io.write_bytes(path, flatbuffer)
     return path
 
 
-def _interpreter(tflite_path, num_threads):
+def _interpreter(model, num_threads):
+    """A LiteRT interpreter for a file path or flatbuffer bytes, tensors allocated."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(tflite_path), num_threads=num_threads)
-    interpreter.allocate_tensors()
+    source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
+    try:
+        interpreter = Interpreter(**source, num_threads=num_threads)
+        interpreter.allocate_tensors()
+    except (RuntimeError, ValueError) as err:
+        if "Select TensorFlow op" in str(err):
+            raise ValueError(
+                f"{source.get('model_path', 'the file')} uses Select TF (Flex) ops, "
+                "which ai-edge-litert's interpreter cannot run (it has no Flex "
+                "delegate), so it cannot be verified here. Fix: export without Flex "
+                "ops, or check it in an app that links tensorflow-lite-select-tf-ops."
+            ) from err
+        raise
     return interpreter
 
 
-def verify(tflite_path, dataset, reference_model=None, *, probabilities=False,
+def _check_runs(flatbuffer, what):
+    """Loads ``flatbuffer`` in LiteRT and runs it once on a blank image.
+
+    Delegates (XNNPACK) are prepared at the first ``invoke``, so loading
+    alone does not show that a file runs.
+    """
+    interpreter = _interpreter(flatbuffer, 1)
+    inp = interpreter.get_input_details()[0]
+    blank = np.zeros(inp["shape"], np.float32)
+    if np.issubdtype(inp["dtype"], np.integer):
+        blank = _quantize(blank, inp)
+    interpreter.set_tensor(inp["index"], blank)
+    try:
+        interpreter.invoke()
+    except RuntimeError as err:
+        raise _does_not_run(what, err) from err
+
+
+def _quantize(x, detail):
+    """Float values → the integer codes of an int8/uint8 tensor: round(x/s) + z."""
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    q = np.round(x / scale) + zero_point
+    return np.clip(q, info.min, info.max).astype(detail["dtype"])
+
+
+def _dequantize(q, detail):
+    """Integer codes → float values: s·(q − z); float tensors pass through."""
+    if not np.issubdtype(detail["dtype"], np.integer):
+        return q.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    return (q.astype(np.float32) - zero_point) * np.float32(scale)
+
+
+def verify(tflite_path, dataset, reference_model=None, *, probabilities=None,
            max_examples=1000, num_threads=1, warmup=5):
     """Runs the ``.tflite`` file on ``dataset`` and compares it with Keras.
 
+    Each example is fed alone (batch 1, as on a phone). A file with int8
+    input gets ``round(x / s) + z`` of the float pixels; int8 outputs are
+    dequantized, ``s·(q − z)``, before any comparison.
+
     Args:
-      tflite_path: a file written by :func:`to_tflite`.
-      dataset: batches of ``(images, labels)`` (labels sparse ids).
+      tflite_path: a ``.tflite`` file (e.g. written by :func:`to_tflite`).
+      dataset: batches of ``(images, labels)`` (labels sparse ids), raw
+        pixels as the Keras model takes them.
       reference_model: the Keras model it was exported from (for agreement
         and ``max_abs_diff``); optional.
-      probabilities: the file was exported with ``probabilities=True``; the
-        reference's logits are then turned into probabilities to compare.
+      probabilities: the file outputs probabilities, so the reference's
+        logits are softmaxed to compare. Default: what the file's metadata
+        says (logits when it has none).
       max_examples: stop after this many examples.
+      num_threads: LiteRT CPU threads.
+      warmup: the first ``warmup`` invokes are not timed.
 
     Returns:
       dict with ``examples``, ``accuracy`` (top-1 against the labels),
       ``agreement`` (top-1 equal to the Keras model's), ``max_abs_diff``
-      (largest absolute difference of the outputs), ``latency_ms_median``
-      (single-example ``invoke``, after ``warmup`` calls) and ``size_bytes``.
+      (largest absolute difference of the dequantized outputs, in logits or
+      probabilities), ``latency_ms_median`` (one ``invoke`` of one example,
+      after ``warmup`` calls; quantizing the input is not timed),
+      ``size_bytes``, ``quantization``, ``input_dtype``, ``output_kind`` and
+      ``num_threads``.
     """
+    metadata = read_metadata(tflite_path) or {}
+    if probabilities is None:
+        probabilities = (metadata.get("output") or {}).get("kind") == "probabilities"
     if reference_model is not None:
         reference_model, _ = logits_model(reference_model, "reference model")
     interpreter = _interpreter(tflite_path, num_threads)
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
+    quantized_input = np.issubdtype(inp["dtype"], np.integer)
     outputs, labels, refs, timings = [], [], [], []
     seen = 0
     for batch in dataset:
         images, y = batch[0], batch[1]
         images = np.asarray(images, dtype=np.float32)
+        if images.shape[1:] != tuple(inp["shape"][1:]):
+            raise ValueError(
+                f"the dataset has images of shape {images.shape[1:]}, but "
+                f"{tflite_path!r} takes {tuple(int(d) for d in inp['shape'][1:])}. "
+                "Fix: verify on the dataset the model was trained on (or pass "
+                "image_size to data.load)."
+            )
         if reference_model is not None:
-            ref = reference_model(images, training=False)
+            ref = tf.cast(reference_model(images, training=False), tf.float32)
             if probabilities:
-                ref = tf.nn.softmax(tf.cast(ref, tf.float32), axis=-1)
+                ref = tf.nn.softmax(ref, axis=-1)
             refs.append(np.asarray(ref))
         for image in images:
-            interpreter.set_tensor(inp["index"], image[None])
+            x = _quantize(image[None], inp) if quantized_input else image[None]
+            interpreter.set_tensor(inp["index"], x)
             start = time.perf_counter()
-            interpreter.invoke()
+            try:
+                interpreter.invoke()
+            except RuntimeError as err:
+                raise _does_not_run(repr(str(tflite_path)), err) from err
             timings.append(time.perf_counter() - start)
-            outputs.append(interpreter.get_tensor(out["index"])[0].copy())
+            outputs.append(_dequantize(interpreter.get_tensor(out["index"])[0], out))
         labels.append(np.asarray(y).reshape(-1))
         seen += len(images)
         if seen >= max_examples:
@@ -166,9 +622,129 @@ def verify(tflite_path, dataset, reference_model=None, *, probabilities=False,
         "accuracy": float(np.mean(outputs.argmax(-1) == labels)),
         "latency_ms_median": float(np.median(timings[warmup:] or timings) * 1000.0),
         "size_bytes": int(os.path.getsize(tflite_path)),
+        "quantization": metadata.get("quantization"),
+        "input_dtype": np.dtype(inp["dtype"]).name,
+        "output_kind": "probabilities" if probabilities else "logits",
+        "num_threads": num_threads,
     }
     if reference_model is not None:
         refs = np.concatenate(refs)[: len(outputs)]
         result["agreement"] = float(np.mean(outputs.argmax(-1) == refs.argmax(-1)))
         result["max_abs_diff"] = float(np.max(np.abs(outputs - refs)))
     return result
+
+
+def export_verified(model, path, validation_data, *, quantization="auto",
+                    representative_data=None, min_agreement=None, probabilities=False,
+                    allow_flex=False, int8_io=False, class_names=None,
+                    input_range=(0, 255), max_examples=1000, log=None):
+    """Exports ``model``, checks the file on real data, then puts it at ``path``.
+
+    Each candidate is written (by :func:`to_tflite`) into a hidden staging
+    folder beside ``path`` and checked with :func:`verify` on
+    ``validation_data`` against ``model``; only the chosen one is moved to
+    ``path`` (with its ``.json`` and ``.labels.txt``), so a file that fails
+    the check never replaces an existing one.
+
+    Args:
+      quantization: a mode of :data:`QUANTIZATIONS`, or ``"auto"``: try
+        :data:`AUTO_ORDER` (int8 first; skipped without
+        ``representative_data``) and keep the first mode whose agreement is
+        at least ``min_agreement`` (default :data:`AUTO_MIN_AGREEMENT`).
+      min_agreement: with an explicit mode, fail (``AgreementError``) if the
+        agreement is below it; ``None``: no bar.
+      log: optional ``print``-like function for progress lines.
+      Others: as for :func:`to_tflite` and :func:`verify`.
+
+    Returns:
+      :func:`verify`'s dict plus ``quantization`` (the mode written) and,
+      for ``"auto"``, ``candidates`` (the figures of every mode tried). With
+      Flex ops (``allow_flex``) the file cannot be run here: the dict then
+      has ``verified: False`` and ``flex_ops``.
+
+    Raises:
+      AgreementError: no candidate reached the bar (nothing is written).
+      ValueError, OSError: as :func:`to_tflite`.
+    """
+    log = log or (lambda *_: None)
+    auto = quantization == "auto"
+    if auto:
+        if int8_io:
+            raise ValueError(
+                "int8_io needs quantization='int8': 'auto' may choose a float mode, "
+                "whose input and output are float32."
+            )
+        modes = [m for m in AUTO_ORDER if m != "int8" or representative_data is not None]
+        bar = AUTO_MIN_AGREEMENT if min_agreement is None else min_agreement
+    else:
+        _check_quantization(quantization, int8_io)
+        modes, bar = [quantization], min_agreement
+    if bar is not None and not 0.0 <= bar <= 1.0:
+        raise ValueError(f"min_agreement must be in [0, 1], got {min_agreement}.")
+    _check_model(model)
+    folder = _check_path(path)
+    base = os.path.basename(path)
+    staging = tempfile.mkdtemp(prefix=f".{base}.", dir=folder)
+    try:
+        tried = []
+        chosen = None
+        for mode in modes:
+            staged = os.path.join(staging, mode, base)
+            try:
+                to_tflite(model, staged, mode, representative_data, probabilities, allow_flex,
+                          int8_io=int8_io, class_names=class_names, input_range=input_range)
+            except RuntimeCheckError as err:
+                if not auto or mode == modes[-1]:
+                    raise
+                tried.append({"quantization": mode, "error": str(err)})
+                log(f"export: the {mode} file does not run in LiteRT; trying the next mode")
+                continue
+            flex_ops = read_metadata(staged)["flex_ops"]
+            if flex_ops:
+                if auto or bar is not None:
+                    raise AgreementError(
+                        f"the {mode} file uses Flex ops ({', '.join(flex_ops)}), which "
+                        "ai-edge-litert cannot run, so its agreement with Keras cannot be "
+                        "measured here. Fix: pass an explicit quantization and no "
+                        "min_agreement to export it unchecked."
+                    )
+                figures = {"quantization": mode, "verified": False, "flex_ops": flex_ops,
+                           "size_bytes": os.path.getsize(staged)}
+                log(f"export: {base} uses Flex ops {', '.join(flex_ops)}; not verified.")
+            else:
+                figures = verify(staged, validation_data, model, probabilities=probabilities,
+                                 max_examples=max_examples)
+                figures = {"quantization": mode, **figures}
+            tried.append(figures)
+            if bar is None or figures.get("agreement", 1.0) >= bar:
+                chosen = (mode, staged, figures)
+                break
+            log(f"export: {mode} agrees with Keras on {figures['agreement']:.2%} of "
+                f"{figures['examples']} examples (< {bar:.2%})"
+                + ("; trying the next mode" if mode != modes[-1] else ""))
+        if chosen is None:
+            seen = ", ".join(
+                f"{t['quantization']} " + (f"{t['agreement']:.2%}" if "agreement" in t
+                                           else "does not run")
+                for t in tried
+            )
+            raise AgreementError(
+                f"the exported model agrees with the Keras model on fewer than "
+                f"{bar:.2%} of the validation examples "
+                f"({seen}); nothing was written. Fix: a milder quantization "
+                "(float16 or none), a lower min_agreement, or a better trained model."
+            )
+        mode, staged, figures = chosen
+        if auto:
+            figures = {**figures, "candidates": tried}
+        meta = {**read_metadata(staged), "verification": {
+            k: v for k, v in figures.items() if k != "candidates"}}
+        _io.write_json(metadata_path(staged), meta)
+        # Each file is replaced atomically; the model file goes last.
+        if class_names is not None:
+            os.replace(labels_path(staged), labels_path(path))
+        os.replace(metadata_path(staged), metadata_path(path))
+        os.replace(staged, path)
+        return figures
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

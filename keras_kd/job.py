@@ -11,8 +11,13 @@ executes; the CLI only turns flags into a :class:`JobConfig`. Steps:
 4. distil the same student architecture, from the same initial weights, with
    :class:`keras_kd.Distiller`;
 5. evaluate all three on the validation split; save ``teacher.keras``,
-   ``baseline.keras``, ``student.keras``; export ``student.tflite`` and check
-   it with the LiteRT interpreter; write ``metrics.json`` and ``report.md``.
+   ``baseline.keras``, ``student.keras``; export ``student.tflite`` (quantized
+   as ``--export_quantization`` says; ``auto``: the smallest mode that agrees
+   with the Keras student) and check it with the LiteRT interpreter on the
+   validation split; write ``metrics.json`` and ``report.md``.
+
+:func:`export_saved_model` is ``keras-kd export``: any saved Keras
+classifier → a verified ``.tflite``.
 """
 
 import contextlib
@@ -33,7 +38,9 @@ import tensorflow as tf
 from keras_kd import _io, augment, checkpoint, data, distribute, export, losses, models, report
 from keras_kd.distiller import Distiller
 
-__all__ = ["JobConfig", "run", "default_output_dir", "make_optimizer"]
+__all__ = [
+    "JobConfig", "run", "default_output_dir", "make_optimizer", "export_saved_model", "load_model",
+]
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 
@@ -65,6 +72,8 @@ class JobConfig:
     seed: int = 0
     output_dir: str | None = None
     export: bool = True
+    export_quantization: str = "auto"  # or one of export.QUANTIZATIONS
+    min_agreement: float | None = None  # fail the export below this top-1 agreement
     deterministic: bool = True
     strategy: str = "auto"
     num_cpu_devices: int | None = None
@@ -118,6 +127,7 @@ class JobConfig:
             )
         augment.parse(self.augment)
         augment.parse(self.teacher_augment)
+        _check_export_flags(self.export_quantization, self.min_agreement, "--export_quantization")
         models.parse_spec(self.teacher_arch)
         models.parse_spec(self.student_arch)
         if self.teacher and not os.path.isfile(self.teacher):
@@ -207,10 +217,13 @@ def check_fits(model, info, role):
         )
 
 
-def _plain_compile(model, config, jit_compile=False):
+def _plain_compile(model, config, jit_compile=False, soft_labels=False):
+    """Compiles a model trained on labels alone (sparse ids, or mixed one-hot)."""
+    loss = (keras.losses.CategoricalCrossentropy(from_logits=True) if soft_labels
+            else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.compile(
         optimizer=make_optimizer(config.optimizer, config.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=loss,
         metrics=["accuracy"],
         jit_compile=jit_compile,
     )
@@ -231,6 +244,7 @@ def evaluate(model, val_ds):
 # runs, not what it trains (e.g. resume a CPU run on several GPUs).
 _RESUME_IGNORES = (
     "output_dir", "verbose", "checkpoint_dir", "flags_used", "export",
+    "export_quantization", "min_agreement",
     "strategy", "num_cpu_devices", "jit_compile", "mixed_precision", "deterministic",
 )
 
@@ -415,8 +429,14 @@ def _run(config, log, strategy):
         image_size=config.image_size,
     )
     teacher_aug = config.augment if config.teacher_augment is None else config.teacher_augment
-    student_train = augment.apply(train_raw, config.augment, info.input_shape, seed=config.seed)
-    teacher_train = augment.apply(train_raw, teacher_aug, info.input_shape, seed=config.seed)
+    student_train = augment.apply(
+        train_raw, config.augment, info.input_shape, seed=config.seed,
+        num_classes=info.num_classes,
+    )
+    teacher_train = augment.apply(
+        train_raw, teacher_aug, info.input_shape, seed=config.seed,
+        num_classes=info.num_classes,
+    )
     log(
         f"data: {info.name}: {info.num_train} train / {info.num_validation} "
         f"validation images of {tuple(info.input_shape)}, {info.num_classes} classes"
@@ -441,7 +461,7 @@ def _run(config, log, strategy):
                 config.teacher_arch, info.input_shape, info.num_classes,
                 name="teacher", seed=config.seed,
             )
-            _plain_compile(teacher, config, jit)
+            _plain_compile(teacher, config, jit, augment.mixes_labels(teacher_aug))
             log(f"teacher: training {config.teacher_arch} for {config.teacher_epochs} epochs")
             _phase_fit(teacher, teacher_train, config, "teacher", config.teacher_epochs)
             _mark_done(config, "teacher", teacher, strategy)
@@ -461,7 +481,7 @@ def _run(config, log, strategy):
             baseline = keras.saving.load_model(baseline_file)
             log(f"baseline: loaded {baseline_file}")
         else:
-            _plain_compile(baseline, config, jit)
+            _plain_compile(baseline, config, jit, augment.mixes_labels(config.augment))
             log(f"baseline: training {config.student_arch} on the labels for "
                 f"{config.epochs} epochs")
             _phase_fit(baseline, student_train, config, "baseline", config.epochs)
@@ -505,15 +525,28 @@ def _run(config, log, strategy):
         "baseline": _io.save_model(baseline, os.path.join(out, "baseline.keras")),
         "student": _io.save_model(student, os.path.join(out, "student.keras")),
     }
-    tflite = None
+    tflite = export_error = None
     if config.export:
         t0 = time.perf_counter()
-        tflite_path = export.to_tflite(
-            student, os.path.join(out, "student.tflite"), class_names=info.class_names
-        )
-        paths["student_tflite"] = tflite_path
-        paths["labels"] = export.labels_path(tflite_path)
-        tflite = export.verify(tflite_path, val_ds, reference_model=student)
+        tflite_path = os.path.join(out, "student.tflite")
+        try:
+            # Verified on the validation split; the un-augmented training
+            # images calibrate int8.
+            tflite = export.export_verified(
+                student, tflite_path, val_ds,
+                quantization=config.export_quantization,
+                representative_data=train_raw,
+                min_agreement=config.min_agreement,
+                class_names=info.class_names,
+                log=log,
+            )
+        except export.AgreementError as err:  # metrics.json is still written
+            export_error, tflite = err, {"error": str(err)}
+        else:
+            paths["student_tflite"] = tflite_path
+            paths["labels"] = export.labels_path(tflite_path)
+            paths["tflite_metadata"] = export.metadata_path(tflite_path)
+            log(export_summary(tflite_path, tflite))
         timings["export_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - started
 
@@ -547,4 +580,101 @@ def _run(config, log, strategy):
     _io.write_text(os.path.join(out, "report.md"), report.markdown(results))
     log(report.table(rows))
     log(f"wrote {out}/: {', '.join(sorted(results['artifacts'].values()))}, metrics.json, report.md")
+    if export_error is not None:
+        raise export_error
     return results
+
+
+# --------------------------------------------------------------------------
+# Export: the job's last step, and ``keras-kd export`` for any saved model
+# --------------------------------------------------------------------------
+
+
+def _check_export_flags(quantization, min_agreement, flag):
+    valid = ("auto", *export.QUANTIZATIONS)
+    if quantization not in valid:
+        raise ValueError(f"unknown {flag}={quantization!r}; valid: {', '.join(valid)}.")
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
+        raise ValueError(
+            f"--min_agreement must be a fraction in [0, 1] (e.g. 0.99), got {min_agreement}."
+        )
+
+
+def export_summary(path, figures):
+    """One line on an exported file: mode, size, agreement, accuracy, latency."""
+    head = (f"export: {os.path.basename(path)} ({figures['quantization']}, "
+            f"{figures['size_bytes'] / 1024:.1f} KiB)")
+    if "agreement" not in figures:
+        return head + ": not verified (Flex ops)."
+    return (
+        f"{head}: agrees with the Keras model on {100 * figures['agreement']:.2f}% of "
+        f"{figures['examples']} validation images, accuracy "
+        f"{100 * figures['accuracy']:.2f}%, max |Δ| {figures['max_abs_diff']:.3g}, "
+        f"{figures['latency_ms_median']:.3f} ms/image "
+        f"({figures['num_threads']} thread{'s' if figures['num_threads'] != 1 else ''})"
+    )
+
+
+def load_model(path, flag="--model"):
+    """Loads a saved Keras model; clear ``ValueError``s name ``flag`` and the fix."""
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"{flag}={path!r} does not exist. Fix: pass the path of a saved Keras "
+            "model (written by model.save('student.keras'))."
+        )
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as err:
+        raise ValueError(
+            f"{flag}={path!r} is not a Keras model file ({_short(err, 200)}). Fix: pass "
+            "a file written by model.save('student.keras')."
+        ) from err
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"{flag}={path!r} holds a {type(model).__name__}, not a keras.Model.")
+    return model
+
+
+def export_saved_model(model_path, *, dataset="mnist5k", data_dir=None, image_size=None,
+                       output=None, quantization="auto", min_agreement=None,
+                       probabilities=False, allow_flex=False, int8_io=False, log=print):
+    """``keras-kd export``: a saved Keras classifier → a verified ``.tflite``.
+
+    Loads ``model_path`` and ``dataset`` (:func:`keras_kd.data.load`), then
+    :func:`keras_kd.export.export_verified`: the validation split checks the
+    file against the Keras model, the first
+    :data:`keras_kd.export.REPRESENTATIVE_LIMIT` training images calibrate
+    int8, and the class names come from the dataset. ``output`` defaults to
+    ``model_path`` with ``.tflite`` for ``.keras``. Returns the figures
+    (:func:`keras_kd.export.verify`'s dict, plus ``quantization`` and ``path``).
+    """
+    _check_export_flags(quantization, min_agreement, "--quantization")
+    if int8_io and quantization != "int8":
+        raise ValueError(
+            f"--int8_io needs --quantization=int8, got {quantization!r}: only a fully "
+            "integer model has int8 input and output tensors."
+        )
+    output = output or os.path.splitext(model_path)[0] + ".tflite"
+    if not output.endswith(".tflite"):
+        raise ValueError(f"--output must end in .tflite, got {output!r}.")
+    _io.ensure_dir(os.path.dirname(os.path.abspath(output)), f"the folder of --output={output!r}")
+    model = load_model(model_path, "--model")
+    train, val, info = data.load(
+        dataset, batch_size=64, seed=0, data_dir=data_dir, image_size=image_size
+    )
+    check_fits(model, info, "model")
+    log(f"export: {model_path} ({models.count_params(model):,} params) on {info.name}, "
+        f"quantization {quantization}")
+    figures = export.export_verified(
+        model, output, val,
+        quantization=quantization,
+        representative_data=train,
+        min_agreement=min_agreement,
+        probabilities=probabilities,
+        allow_flex=allow_flex,
+        int8_io=int8_io,
+        class_names=info.class_names,
+        log=log,
+    )
+    log(export_summary(output, figures))
+    log(f"wrote {output}, {export.metadata_path(output)}, {export.labels_path(output)}")
+    return {**figures, "path": output}

@@ -34,6 +34,57 @@ def _md_table(header, rows):
     return "\n".join(out)
 
 
+def _tflite_cells(t):
+    if "error" in t:  # the file did not run in LiteRT (e.g. a degenerate int8 scale)
+        return (t["quantization"], "—", "—", "does not run", "—", "—")
+    if "agreement" not in t:  # Flex ops: LiteRT here cannot run the file
+        return (t["quantization"], f"{t['size_bytes'] / 1024:.1f} KiB", "—", "not verified",
+                "—", "—")
+    return (
+        t["quantization"],
+        f"{t['size_bytes'] / 1024:.1f} KiB",
+        f"{100 * t['accuracy']:.2f}%",
+        f"{100 * t['agreement']:.2f}%",
+        f"{t['max_abs_diff']:.2e}",
+        f"{t['latency_ms_median']:.3f} ms",
+    )
+
+
+def _tflite_section(tfl, ds):
+    """The export check: one row per quantization mode tried, the chosen one last."""
+    if "error" in tfl:
+        return ["## Exported student (`student.tflite`)", "", "Not written: " + tfl["error"], ""]
+    header = ("quantization", "size", "accuracy", "agreement with Keras",
+              "max abs Δ output", "latency (median, 1 thread)")
+    rows = [_tflite_cells(t) for t in tfl.get("candidates") or [tfl]]
+    kind = tfl.get("output_kind", "logits")
+    dtype = tfl.get("input_dtype", "float32")
+    pixels = ("float32 raw pixel values 0–255" if dtype == "float32" else
+              f"{dtype} codes of raw pixel values 0–255 (scale and zero point in `student.json`)")
+    lines = [
+        f"## Exported student (`student.tflite`, {tfl['quantization']})",
+        "",
+        _md_table(header, rows),
+        "",
+    ]
+    if len(rows) > 1:
+        lines += [
+            "`auto` tried the modes in this order and kept the first that runs in "
+            "LiteRT and whose top-1 agreement with the Keras student reached the bar "
+            "(the last row).",
+            "",
+        ]
+    lines += [
+        f"Checked with the LiteRT interpreter on {tfl.get('examples', '?')} validation "
+        f"images, one at a time. Input: {pixels}, shape "
+        f"[1, {', '.join(str(d) for d in ds['input_shape'])}]; output: "
+        f"{ds['num_classes']} {kind}; class names in `student.labels.txt`; "
+        "shapes, dtypes and quantization parameters in `student.json`.",
+        "",
+    ]
+    return lines
+
+
 def markdown(results):
     """``report.md``: the comparison table, the export check and the flags used."""
     ds = results["dataset"]
@@ -68,25 +119,7 @@ def markdown(results):
         ]
     tfl = results.get("tflite")
     if tfl:
-        parts += [
-            "## Exported student (`student.tflite`, float32)",
-            "",
-            _md_table(
-                ("size", "accuracy", "agreement with Keras", "max abs Δ logit", "latency (median, 1 thread)"),
-                [(
-                    f"{tfl['size_bytes'] / 1024:.1f} KiB",
-                    f"{100 * tfl['accuracy']:.2f}%",
-                    f"{100 * tfl.get('agreement', float('nan')):.2f}%",
-                    f"{tfl.get('max_abs_diff', float('nan')):.2e}",
-                    f"{tfl['latency_ms_median']:.3f} ms",
-                )],
-            ),
-            "",
-            "Input: float32 raw pixel values 0–255, shape "
-            f"[1, {', '.join(str(d) for d in ds['input_shape'])}]; output: "
-            f"{ds['num_classes']} logits; class names in `student.labels.txt`.",
-            "",
-        ]
+        parts += _tflite_section(tfl, ds)
     timings = results.get("timings") or {}
     if timings:
         parts += [

@@ -38,7 +38,7 @@ def test_main_job_writes_every_artifact(tiny_run):
     names = set(os.listdir(tiny_run))
     assert {
         "teacher.keras", "baseline.keras", "student.keras", "student.tflite",
-        "student.labels.txt", "metrics.json", "report.md",
+        "student.labels.txt", "student.json", "metrics.json", "report.md",
     } <= names
     assert not [n for n in names if n.startswith(".")]  # no temp files left
 
@@ -61,6 +61,16 @@ def test_metrics_json_matches_the_saved_models(tiny_run):
     assert rows["distilled"]["errors"] == round((1 - acc) * len(y_val))
     assert metrics["tflite"]["agreement"] >= 0.99
     assert "distillation_loss" in metrics["distillation_history"]
+    # --export_quantization=auto: int8 first, the first mode that agrees kept.
+    tried = metrics["tflite"]["candidates"]
+    assert tried[0]["quantization"] == "int8"
+    assert metrics["tflite"]["quantization"] == tried[-1]["quantization"]
+    with open(tiny_run / "student.json") as f:
+        sidecar = json.load(f)
+    assert sidecar["quantization"] == metrics["tflite"]["quantization"]
+    assert sidecar["verification"]["agreement"] == metrics["tflite"]["agreement"]
+    assert sidecar["verification"]["examples"] == 1000
+    assert metrics["artifacts"]["tflite_metadata"] == "student.json"
 
 
 def test_report_has_the_table_and_the_flags(tiny_run):
@@ -74,7 +84,7 @@ def test_a_saved_teacher_is_reused_not_retrained(tiny_run, tmp_path):
     teacher_path = tiny_run / "teacher.keras"
     out = tmp_path / "again"
     assert run_cli(TINY + [f"--teacher={teacher_path}", f"--output_dir={out}",
-                           "--teacher_epochs=5"]) == 0
+                           "--teacher_epochs=5", "--export_quantization=dynamic"]) == 0
     with open(tiny_run / "metrics.json") as f:
         first = {r["model"]: r for r in json.load(f)["models"]}
     with open(out / "metrics.json") as f:
@@ -82,6 +92,8 @@ def test_a_saved_teacher_is_reused_not_retrained(tiny_run, tmp_path):
     rows = {r["model"]: r for r in second["models"]}
     assert rows["teacher"]["errors"] == first["teacher"]["errors"]
     assert second["timings"]["teacher_s"] < 5
+    assert second["tflite"]["quantization"] == "dynamic" and "candidates" not in second["tflite"]
+    assert "## Exported student (`student.tflite`, dynamic)" in (out / "report.md").read_text()
 
 
 def test_flagfile(tmp_path):
@@ -105,6 +117,7 @@ def test_flagfile(tmp_path):
         (["--distillation_loss=kld"], "Valid names"),
         (["--student_arch=transformer"], "transformer"),
         (["--augment=cutmixx"], "Valid policies"),
+        (["--min_agreement=2"], "--min_agreement must be a fraction"),
     ],
 )
 def test_bad_flags_exit_2_with_a_clear_message(argv, message, tmp_path, capsys):
@@ -218,3 +231,102 @@ def test_report_tables_are_well_formed_markdown(tiny_run):
             width = cells
         assert cells == width, line
     assert "=None" not in "\n".join(lines)
+
+
+# keras-kd export: any saved Keras classifier → a verified .tflite
+
+
+def run_export(argv):
+    cli.EXPORT_FLAGS.unparse_flags()
+    cli.EXPORT_FLAGS(["keras-kd"] + list(argv))
+    return cli.export_main(["keras-kd"])
+
+
+def test_export_subcommand_writes_a_verified_file(tiny_run, tmp_path, capsys):
+    out = tmp_path / "app" / "digits.tflite"
+    assert run_export([f"--model={tiny_run / 'student.keras'}", "--quantization=int8",
+                       "--dataset=mnist5k", f"--output={out}"]) == 0
+    assert sorted(os.listdir(out.parent)) == ["digits.json", "digits.labels.txt",
+                                              "digits.tflite"]
+    with open(out.parent / "digits.json") as f:
+        sidecar = json.load(f)
+    assert sidecar["quantization"] == "int8" and sidecar["representative_examples"] == 300
+    assert sidecar["verification"]["examples"] == 1000
+    assert 0 < sidecar["verification"]["agreement"] <= 1
+    assert sidecar["class_names"] == [str(i) for i in range(10)]
+    printed = capsys.readouterr().out
+    assert "digits.tflite (int8," in printed and "agrees with the Keras model on" in printed
+
+
+def test_export_subcommand_min_agreement_fails_and_writes_nothing(tmp_path, capsys):
+    # An untrained model's logits are close together: int8 rounding flips
+    # some of its top-1 choices, so it cannot agree on all 1,000 images.
+    from keras_kd import models
+
+    models.build("mlp:hidden=16", (28, 28, 1), 10, seed=0).save(tmp_path / "raw.keras")
+    (tmp_path / "raw.tflite").write_bytes(b"the last good export")
+    assert run_export([f"--model={tmp_path / 'raw.keras'}", "--quantization=int8",
+                       "--min_agreement=1.0"]) == 2
+    err = capsys.readouterr().err
+    assert "agrees with the Keras model on fewer than 100.00%" in err
+    assert (tmp_path / "raw.tflite").read_bytes() == b"the last good export"
+    assert sorted(os.listdir(tmp_path)) == ["raw.keras", "raw.tflite"]
+
+
+def test_export_subcommand_clear_errors(tmp_path, capsys):
+    (tmp_path / "junk.keras").write_text("not a model")
+    inputs = keras.Input((None, None, 1))
+    flexible = keras.Model(
+        inputs, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    flexible.save(tmp_path / "flexible.keras")
+    inputs = keras.Input((32, 32, 3))
+    keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs))).save(
+        tmp_path / "rgb.keras")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cases = [
+        ([], "--model is required"),
+        ([f"--model={tmp_path / 'nope.keras'}"], "does not exist"),
+        ([f"--model={tmp_path / 'junk.keras'}"], "is not a Keras model file"),
+        ([f"--model={tmp_path / 'flexible.keras'}"], "is not fully fixed"),
+        ([f"--model={tmp_path / 'rgb.keras'}"], "inputs of shape (32, 32, 3)"),
+        ([f"--model={tmp_path / 'rgb.keras'}", f"--output={blocker / 's.tflite'}"],
+         "cannot create the folder of --output"),
+        ([f"--model={tmp_path / 'rgb.keras'}", "--output=s.bin"], "must end in .tflite"),
+        ([f"--model={tmp_path / 'rgb.keras'}", "--min_agreement=99"], "fraction in [0, 1]"),
+        ([f"--model={tmp_path / 'rgb.keras'}", "--int8_io"], "int8_io needs"),
+    ]
+    for argv, message in cases:
+        assert run_export(argv) == 2, argv
+        assert message in capsys.readouterr().err, (argv, message)
+    assert not list(tmp_path.glob("*.tflite"))
+
+
+def test_export_subcommand_from_the_command_line(tmp_path):
+    (tmp_path / "junk.keras").write_text("not a model")
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_kd", "export", f"--model={tmp_path / 'junk.keras'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "keras-kd export: error: --model=" in result.stderr
+    assert "is not a Keras model file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_export_subcommand_help_lists_only_its_flags(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli._parse_export_flags(["keras-kd", "export", "--help"])
+    assert exited.value.code == 0
+    helped = capsys.readouterr().out
+    for flag in ("--quantization", "--min_agreement", "--[no]int8_io", "--[no]allow_flex",
+                 "--output", "--model", "--dataset", "keras-kd export --model="):
+        assert flag in helped, flag
+    assert "--teacher_arch" not in helped  # the main job's flags are not export's
+
+
+def test_export_must_come_first():
+    from absl import app
+
+    with pytest.raises(app.UsageError, match="export subcommand comes first"):
+        cli.main(["keras-kd", "export"])

@@ -1,5 +1,6 @@
-"""Float32 TFLite export: the LiteRT file behaves like the Keras model."""
+"""TFLite export in every quantization mode: the LiteRT file behaves like Keras."""
 
+import json
 import os
 
 import keras
@@ -19,8 +20,17 @@ def trained():
         optimizer=keras.optimizers.Adam(3e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    model.fit(train.take(20), epochs=1, verbose=0)
+    model.fit(train.take(40), epochs=1, verbose=0)
     return model, val.take(4), info
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    """mnist5k as arrays: the first 300 training images calibrate int8; the
+    1,000 held-back validation images check the files."""
+    (x_train, _), (x_val, y_val), _ = data.load_arrays("mnist5k")
+    val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(100)
+    return x_train[:300], val
 
 
 def test_export_and_verify_agree_with_keras(trained, tmp_path):
@@ -156,3 +166,235 @@ def test_written_files_get_the_usual_permissions(trained, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+
+
+def _tensor_dtypes(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=path)
+    it.allocate_tensors()
+    dtypes = [np.dtype(t["dtype"]).name for t in it.get_tensor_details()]
+    return it, {d: dtypes.count(d) for d in set(dtypes)}
+
+
+@pytest.mark.parametrize(
+    "mode, int8_io, min_agreement",
+    [("none", False, 0.99), ("float16", False, 0.99), ("dynamic", False, 0.97),
+     ("int8", False, 0.97), ("int8", True, 0.97)],
+)
+def test_each_quantization_mode_loads_and_agrees(trained, arrays, tmp_path, mode, int8_io,
+                                                 min_agreement):
+    model, _, info = trained
+    representative, val = arrays
+    path = export.to_tflite(model, str(tmp_path / "s.tflite"), mode, representative,
+                            int8_io=int8_io, class_names=info.class_names)
+    it, dtypes = _tensor_dtypes(path)  # loads in the LiteRT interpreter
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    io_dtype = np.int8 if int8_io else np.float32
+    assert inp["dtype"] == io_dtype and out["dtype"] == io_dtype
+    # What each mode stores: float16 weights; int8 weights with float
+    # activations; int8 everywhere but the float input and output.
+    assert ("float16" in dtypes) == (mode == "float16")
+    assert ("int8" in dtypes) == (mode in ("dynamic", "int8"))
+    if mode == "dynamic":
+        assert dtypes["float32"] > 2
+    if mode == "int8":
+        assert dtypes.get("float32", 0) == (0 if int8_io else 2)
+    result = export.verify(path, val, reference_model=model)
+    assert result["examples"] == 1000  # held-back validation images
+    assert result["agreement"] >= min_agreement, result
+    assert result["quantization"] == mode
+    assert result["input_dtype"] == np.dtype(io_dtype).name
+    assert np.isfinite(result["max_abs_diff"])
+
+
+def test_int8_and_dynamic_files_are_at_most_035x_float32(tmp_path):
+    """On a Dense-heavy model (101,770 weights) the header does not dominate."""
+    model = models.build("mlp:hidden=128", (28, 28, 1), 10, seed=0)
+    representative = np.random.default_rng(0).uniform(0, 255, (50, 28, 28, 1))
+    sizes = {
+        mode: os.path.getsize(export.to_tflite(model, str(tmp_path / f"{mode}.tflite"), mode,
+                                               representative))
+        for mode in export.QUANTIZATIONS
+    }
+    assert sizes["none"] > 4 * 100_000  # float32 weights
+    assert sizes["int8"] <= 0.35 * sizes["none"], sizes
+    assert sizes["dynamic"] <= 0.35 * sizes["none"], sizes
+    assert sizes["float16"] <= 0.55 * sizes["none"], sizes
+
+
+def test_metadata_describes_the_file(trained, arrays, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    model, _, info = trained
+    representative, _ = arrays
+    path = export.to_tflite(model, str(tmp_path / "app.tflite"), "int8", representative,
+                            probabilities=True, int8_io=True, class_names=info.class_names)
+    inside = export.read_metadata(path)
+    with open(export.metadata_path(path)) as f:
+        beside = json.load(f)
+    assert export.metadata_path(path) == str(tmp_path / "app.json")
+    assert inside == beside
+    assert inside["format"] == "keras_kd.tflite/1" and inside["quantization"] == "int8"
+    assert inside["model_file"] == "app.tflite" and inside["labels_file"] == "app.labels.txt"
+    assert inside["class_names"] == list(info.class_names)
+    assert inside["input"]["shape"] == [1, 28, 28, 1]
+    assert inside["input"]["dtype"] == "int8" and inside["input"]["value_range"] == [0, 255]
+    assert inside["output"]["kind"] == "probabilities" and inside["output"]["shape"] == [1, 10]
+    assert inside["flex_ops"] == [] and inside["representative_examples"] == 300
+    it = Interpreter(model_path=path)
+    for detail, described in ((it.get_input_details()[0], inside["input"]),
+                              (it.get_output_details()[0], inside["output"])):
+        scale, zero_point = detail["quantization"]
+        assert described["quantization"] == pytest.approx(
+            {"scale": scale, "zero_point": zero_point})
+    # Calibrated on raw 0-255 pixels: the int8 input is pixel - 128.
+    assert inside["input"]["quantization"] == {"scale": 1.0, "zero_point": -128}
+    float_path = export.to_tflite(model, str(tmp_path / "f.tflite"))
+    assert export.read_metadata(float_path)["input"]["quantization"] is None
+    assert export.read_metadata(float_path)["output"]["kind"] == "logits"
+
+
+def test_verify_dequantizes_int8_probabilities(trained, arrays, tmp_path):
+    """verify reads the output kind from the metadata and compares dequantized values."""
+    model, _, _ = trained
+    representative, val = arrays
+    path = export.to_tflite(model, str(tmp_path / "p.tflite"), "int8", representative,
+                            probabilities=True, int8_io=True)
+    result = export.verify(path, val, reference_model=model)
+    assert result["output_kind"] == "probabilities"
+    assert result["max_abs_diff"] < 0.2  # probabilities, not raw int8 codes
+    assert result["agreement"] >= 0.97
+
+
+def _flex_model(op):
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Lambda(op, name="special")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3)(hidden))
+
+
+def test_flex_ops_are_refused_unless_allowed(tmp_path):
+    model = _flex_model(lambda x: tf.math.cumprod(x, axis=-1))
+    path = str(tmp_path / "f.tflite")
+    with pytest.raises(ValueError, match=r"builtin kernels do not have: Cumprod.*allow_flex"):
+        export.to_tflite(model, path)
+    assert os.listdir(tmp_path) == []
+    export.to_tflite(model, path, allow_flex=True)
+    assert export.read_metadata(path)["flex_ops"] == ["Cumprod"]
+    x = tf.data.Dataset.from_tensor_slices((np.ones((4, 8), np.float32), np.zeros(4))).batch(2)
+    with pytest.raises(ValueError, match="Flex"):  # ai-edge-litert has no Flex delegate
+        export.verify(path, x, reference_model=model)
+    with pytest.raises(export.AgreementError, match="cannot be measured"):
+        export.export_verified(model, str(tmp_path / "g.tflite"), x, quantization="none",
+                               allow_flex=True, min_agreement=0.99)
+    unchecked = export.export_verified(model, str(tmp_path / "h.tflite"), x,
+                                       quantization="none", allow_flex=True)
+    assert unchecked["verified"] is False and unchecked["flex_ops"] == ["Cumprod"]
+
+
+def test_ops_that_not_even_flex_has_are_named(tmp_path):
+    model = _flex_model(lambda x: tf.math.erfinv(tf.sigmoid(x)))
+    with pytest.raises(ValueError, match="neither LiteRT's builtins nor the Flex.*Erfinv"):
+        export.to_tflite(model, str(tmp_path / "e.tflite"), allow_flex=True)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "int8"])
+def test_failed_quantized_conversion_leaves_an_existing_file_untouched(
+        trained, arrays, tmp_path, monkeypatch, mode):
+    model, _, _ = trained
+    representative, _ = arrays
+    for name in ("s.tflite", "s.json"):
+        (tmp_path / name).write_bytes(b"a good old " + name.encode())
+    real = tf.lite.TFLiteConverter.from_keras_model
+
+    def failing_converter(m):
+        converter = real(m)
+        converter.convert = lambda: (_ for _ in ()).throw(RuntimeError("conversion failed"))
+        return converter
+
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_keras_model", failing_converter)
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        export.to_tflite(model, str(tmp_path / "s.tflite"), mode, representative)
+    assert (tmp_path / "s.tflite").read_bytes() == b"a good old s.tflite"
+    assert (tmp_path / "s.json").read_bytes() == b"a good old s.json"
+    assert sorted(os.listdir(tmp_path)) == ["s.json", "s.tflite"]  # no temp files left
+
+
+def test_export_verified_keeps_a_good_file_when_the_new_one_disagrees(trained, arrays,
+                                                                      tmp_path):
+    model, _, info = trained
+    _, val = arrays
+    good = export.export_verified(model, str(tmp_path / "s.tflite"), val,
+                                  quantization="none", min_agreement=0.99,
+                                  class_names=info.class_names)
+    assert good["agreement"] >= 0.99 and good["quantization"] == "none"
+    before = {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)}
+    assert sorted(before) == ["s.json", "s.labels.txt", "s.tflite"]
+    assert json.loads(before["s.json"])["verification"]["agreement"] == good["agreement"]
+    # Calibrating int8 on blank images maps every real digit to one class.
+    blank = np.zeros((20, 28, 28, 1), np.float32)
+    with pytest.raises(export.AgreementError, match=r"fewer than 97\.00%.*int8"):
+        export.export_verified(model, str(tmp_path / "s.tflite"), val, quantization="int8",
+                               representative_data=blank, min_agreement=0.97)
+    assert {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)} == before
+
+
+def test_auto_keeps_the_first_mode_that_reaches_the_bar(trained, arrays, tmp_path):
+    model, _, _ = trained
+    representative, val = arrays
+    result = export.export_verified(model, str(tmp_path / "a.tflite"), val,
+                                    representative_data=representative)
+    assert result["candidates"][0]["quantization"] == "int8"
+    assert result["quantization"] == result["candidates"][-1]["quantization"]
+    assert result["agreement"] >= export.AUTO_MIN_AGREEMENT
+    assert all(c["agreement"] < export.AUTO_MIN_AGREEMENT for c in result["candidates"][:-1])
+    assert export.read_metadata(str(tmp_path / "a.tflite"))["quantization"] == \
+        result["quantization"]
+    # A bar only float32 can meet: every smaller mode is tried first.
+    strict = export.export_verified(model, str(tmp_path / "b.tflite"), val,
+                                    representative_data=representative, min_agreement=1.0)
+    assert [c["quantization"] for c in strict["candidates"]][0] == "int8"
+    assert strict["agreement"] == 1.0
+    # Without representative data, auto starts at dynamic.
+    no_data = export.export_verified(model, str(tmp_path / "c.tflite"), val)
+    assert no_data["candidates"][0]["quantization"] == "dynamic"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+def test_quantization_errors(trained, tmp_path):
+    model, val, _ = trained
+    with pytest.raises(ValueError, match="needs representative_data.*dynamic"):
+        export.to_tflite(model, str(tmp_path / "s.tflite"), "int8")
+    with pytest.raises(ValueError, match="unknown quantization 'int4'"):
+        export.to_tflite(model, str(tmp_path / "s.tflite"), "int4")
+    with pytest.raises(ValueError, match="int8_io=True needs quantization='int8'"):
+        export.to_tflite(model, str(tmp_path / "s.tflite"), "dynamic", int8_io=True)
+    with pytest.raises(ValueError, match="is empty"):
+        export.to_tflite(model, str(tmp_path / "s.tflite"), "int8", np.zeros((0, 28, 28, 1)))
+    with pytest.raises(ValueError, match=r"shape \(32, 32, 3\)"):
+        export.to_tflite(model, str(tmp_path / "s.tflite"), "int8", np.zeros((4, 32, 32, 3)))
+    with pytest.raises(ValueError, match="min_agreement must be in"):
+        export.export_verified(model, str(tmp_path / "s.tflite"), val, min_agreement=99)
+    assert os.listdir(tmp_path) == []
+
+
+def _dead_relu_model():
+    """A hidden layer whose ReLUs never fire: its int8 scale degenerates."""
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    dead = keras.layers.Dense(8, activation="relu",
+                              bias_initializer=keras.initializers.Constant(-1e3))
+    logits = keras.layers.Dense(10, bias_initializer=keras.initializers.RandomNormal(seed=0))
+    return keras.Model(inputs, logits(dead(x)))
+
+
+def test_int8_file_that_does_not_run_is_refused(arrays, tmp_path):
+    representative, val = arrays
+    model = _dead_relu_model()
+    with pytest.raises(export.RuntimeCheckError, match="does not run in the LiteRT.*dynamic"):
+        export.to_tflite(model, str(tmp_path / "d.tflite"), "int8", representative)
+    assert os.listdir(tmp_path) == []
+    result = export.export_verified(model, str(tmp_path / "d.tflite"), val,
+                                    representative_data=representative, log=print)
+    assert "does not run" in result["candidates"][0]["error"]
+    assert result["quantization"] == "dynamic" and result["agreement"] == 1.0
