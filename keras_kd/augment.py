@@ -55,11 +55,10 @@ training data, never places them inside a model.
     distiller.fit(train)   # labels are now mixed one-hot vectors
 """
 
-import numpy as np
 import tensorflow as tf
 
 __all__ = ["POLICIES", "LABEL_MIXING", "Augmentation", "build", "apply", "parse",
-           "mixes_labels", "check_value_range"]
+           "mixes_labels"]
 
 # name -> {option: (default, minimum, maximum, integer)}
 POLICIES = {
@@ -388,31 +387,6 @@ def build(spec, input_shape, seed=None, num_classes=None, value_range=(0, 255)):
     augmentation = Augmentation(spec, input_shape, num_classes=num_classes, seed=seed,
                                 value_range=value_range)
     return augmentation if augmentation else None
-
-
-def check_value_range(images, value_range=(0, 255), what="the training images"):
-    """Raises ValueError if ``images`` do not lie in ``value_range``.
-
-    Also catches the usual mistake of images scaled to [0, 1] given to a
-    policy that expects raw 0–255 pixels.
-    """
-    images = np.asarray(images)
-    low, high = (float(v) for v in value_range)
-    lo, hi = float(images.min()), float(images.max())
-    tolerance = 1e-3 * (high - low)
-    if lo < low - tolerance or hi > high + tolerance:
-        raise ValueError(
-            f"{what} have values in [{lo:g}, {hi:g}], outside the augmentation's "
-            f"value_range ({low:g}, {high:g}). Fix: pass value_range=({lo:g}, "
-            f"{hi:g})-like bounds that match the data, or feed raw 0-255 pixels "
-            "as keras_kd.data does."
-        )
-    if high >= 255 and hi <= 1.0 and hi > lo:
-        raise ValueError(
-            f"{what} look scaled to [0, 1] (max {hi:g}), but the augmentation "
-            f"expects value_range ({low:g}, {high:g}). Fix: pass value_range=(0, 1), "
-            "or feed raw 0-255 pixels (keras_kd models rescale inside)."
-        )
 
 
 def apply(dataset, spec, input_shape=None, seed=None, num_classes=None,

@@ -9,7 +9,6 @@
     keras-kd export --help                      # the export subcommand's flags
 """
 
-import os
 import sys
 
 from absl import app, flags
@@ -47,7 +46,7 @@ flags.DEFINE_enum("strategy", _D.strategy, list(distribute.STRATEGIES), "tf.dist
 flags.DEFINE_integer("num_cpu_devices", None, "Split the CPU into N logical devices (multi-replica runs without GPUs).")
 flags.DEFINE_enum("mixed_precision", _D.mixed_precision, list(distribute.MIXED_PRECISION), "Keras dtype policy for training.")
 flags.DEFINE_string("checkpoint_dir", None, "Back up every epoch here; rerunning the same command after a crash or kill resumes from the last backup.")
-flags.DEFINE_integer("max_restarts", 3, "With --strategy=multi_worker: when another worker stops, restart this one (up to N times) to wait for it and resume from --checkpoint_dir.")
+flags.DEFINE_integer("max_restarts", 3, lower_bound=0, help="With --strategy=multi_worker: when another worker stops, restart this one (up to N times) to wait for it and resume from --checkpoint_dir.")
 flags.DEFINE_bool("jit_compile", _D.jit_compile, "XLA-compile the train steps (one replica only; off under multi-replica strategies). XLA drops the label-range check. Often slower on CPU (issue 7 measures it).")
 flags.DEFINE_integer("verbose", _D.verbose, "Keras verbosity: 0 silent, 1 progress bars, 2 one line per epoch.")
 
@@ -89,6 +88,10 @@ def config_from_flags():
     )
 
 
+def _stderr(message):
+    print(f"keras-kd: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv):
     """Runs the main job; bad flag values exit with a one-line error."""
     if len(argv) > 1:
@@ -102,18 +105,9 @@ def main(argv):
         job.run(config_from_flags())
     except distribute.WorkerLostError as err:
         print(f"keras-kd: {err}", file=sys.stderr)
-        restarts = int(os.environ.get(distribute.RESTARTS_ENV, "0") or 0)
-        if restarts < FLAGS.max_restarts:
-            print(
-                f"keras-kd: restarting this worker to wait for the others "
-                f"(restart {restarts + 1} of at most {FLAGS.max_restarts}).",
-                file=sys.stderr, flush=True,
-            )
-            distribute.restart_process(FLAGS.max_restarts)
-        print(
-            f"keras-kd: error: gave up after {restarts} restarts (--max_restarts).",
-            file=sys.stderr,
-        )
+        distribute.restart_process(FLAGS.max_restarts, log=_stderr)  # returns if exhausted
+        print(f"keras-kd: error: gave up after {distribute.restarts_so_far()} restarts "
+              "(--max_restarts).", file=sys.stderr)
         return 3
     except (ValueError, OSError, RuntimeError) as err:
         print(f"keras-kd: error: {err}", file=sys.stderr)
@@ -139,7 +133,7 @@ EXPORT_FLAGS = flags.FlagValues()
 _E = {"flag_values": EXPORT_FLAGS}
 flags.DEFINE_string("model", None, "Path of the saved Keras classifier (.keras) to export.", **_E)
 flags.DEFINE_enum("quantization", "auto", ["auto", *export.QUANTIZATIONS], "none (float32), float16, dynamic (int8 weights), int8 (full integer), or auto: the first of int8, dynamic, float16, none whose top-1 agreement with the Keras model is at least --min_agreement (default 0.99).", **_E)
-flags.DEFINE_string("dataset", _D.dataset, "The model's data: mnist5k, tfds:<name> or folder:<path> (validation split: the check; training images: int8 calibration; class names).", **_E)
+flags.DEFINE_string("dataset", None, "Required: the data the model was trained on: mnist5k, tfds:<name> or folder:<path> (validation split: the check; training images: int8 calibration; class names).", **_E)
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir holding pre-downloaded data.", **_E)
 flags.DEFINE_string("image_size", None, "Resize images to H,W (as for training).", **_E)
 flags.DEFINE_string("output", None, "The .tflite path to write (default: --model with .tflite).", **_E)
@@ -158,6 +152,11 @@ def export_main(argv):
         if not f.model:
             raise ValueError("--model is required: the saved Keras classifier to export, "
                              "e.g. --model=kd_runs/x/student.keras.")
+        if not f.dataset:
+            raise ValueError("--dataset is required: the data the model was trained on "
+                             "(its validation split checks the file, its training images "
+                             "calibrate int8, its class names go with it), e.g. "
+                             "--dataset=mnist5k.")
         job.export_saved_model(
             f.model, dataset=f.dataset, data_dir=f.data_dir,
             image_size=_data.parse_image_size(f.image_size), output=f.output,

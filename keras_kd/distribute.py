@@ -57,6 +57,7 @@ __all__ = [
     "WorkerLostError",
     "is_worker_lost",
     "restart_process",
+    "restarts_so_far",
     "fit",
     "fit_loop",
 ]
@@ -385,7 +386,12 @@ def is_worker_lost(err):
 RESTARTS_ENV = "KERAS_KD_RESTARTS"
 
 
-def restart_process(max_restarts):
+def restarts_so_far():
+    """How many times :func:`restart_process` restarted this command."""
+    return int(os.environ.get(RESTARTS_ENV, "0") or 0)
+
+
+def restart_process(max_restarts, log=None):
     """Replaces this process by a fresh run of the same command line.
 
     Used by a surviving worker after :class:`WorkerLostError`: the new
@@ -394,9 +400,12 @@ def restart_process(max_restarts):
     Counts restarts in the ``KERAS_KD_RESTARTS`` environment variable and
     returns False, restarting nothing, once ``max_restarts`` is reached.
     """
-    done = int(os.environ.get(RESTARTS_ENV, "0") or 0)
+    done = restarts_so_far()
     if done >= max_restarts:
         return False
+    if log is not None:
+        log(f"restarting this worker to wait for the others (restart {done + 1} of "
+            f"at most {max_restarts}).")
     os.environ[RESTARTS_ENV] = str(done + 1)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -25,7 +25,9 @@ import dataclasses
 import datetime
 import json
 import os
+import random
 import re
+import shutil
 import tempfile
 import time
 import warnings
@@ -305,7 +307,20 @@ def _check_workers_share(config, strategy):
     """
     if not distribute.is_multi_worker(strategy):
         return
-    seen = distribute.gather_from_workers(strategy, _checkpoint_state(config.checkpoint_dir))
+    # A fresh folder looks the same (empty) to workers on separate disks, so
+    # the chief first leaves a random token there; after a barrier every
+    # worker reads it back, and the token is compared with the rest.
+    token_path = os.path.join(config.checkpoint_dir, "workers.token")
+    if distribute.is_chief(strategy) and not os.path.exists(token_path):
+        _io.write_text(token_path, f"{random.getrandbits(62)}\n")
+    distribute.gather_from_workers(strategy, [0])  # barrier: the token is written
+    try:
+        with open(token_path, encoding="utf-8") as f:
+            token = int(f.read().strip())
+    except (OSError, ValueError):
+        token = -1
+    state = [token, *_checkpoint_state(config.checkpoint_dir)]
+    seen = distribute.gather_from_workers(strategy, state)
     if (seen != seen[0]).any():
         raise ValueError(
             f"the workers see different contents in --checkpoint_dir="
@@ -321,24 +336,36 @@ def _phase_fit(model, dataset, config, phase, epochs):
     Returns the full history (all epochs, also across restarts).
     """
     callbacks = []
+    chief = distribute.is_chief(model.distribute_strategy)
     if config.checkpoint_dir:
         # The history row is written before the backup moves on: a kill in
         # between repeats that epoch, and _read_history keeps its last row.
-        callbacks = [
-            keras.callbacks.CSVLogger(
+        # Only the chief writes the shared history (no collective involved).
+        if chief:
+            callbacks.append(keras.callbacks.CSVLogger(
                 os.path.join(config.checkpoint_dir, f"{phase}_history.csv"), append=True
-            ),
-            checkpoint.AtomicBackupAndRestore(
-                os.path.join(config.checkpoint_dir, f"{phase}_backup")
-            ),
-        ]
+            ))
+        # Kept until the phase's result is saved (_mark_done / _drop_backup).
+        callbacks.append(checkpoint.AtomicBackupAndRestore(
+            _backup_dir(config, phase), delete_on_end=False
+        ))
     history = distribute.fit(
         model, dataset, epochs=epochs, verbose=config.verbose, shuffle=False,
         callbacks=callbacks,
     ).history
-    if config.checkpoint_dir:
+    if config.checkpoint_dir and chief:
         history = _read_history(os.path.join(config.checkpoint_dir, f"{phase}_history.csv"))
     return history
+
+
+def _backup_dir(config, phase):
+    return os.path.join(config.checkpoint_dir, f"{phase}_backup")
+
+
+def _drop_backup(config, phase, strategy):
+    """Removes a phase's epoch backups once its result is safe (chief only)."""
+    if config.checkpoint_dir and distribute.is_chief(strategy):
+        shutil.rmtree(_backup_dir(config, phase), ignore_errors=True)
 
 
 def _read_history(path):
@@ -373,6 +400,7 @@ def _mark_done(config, name, model, strategy):
     else:  # saving is a collective under multi-worker: save, then discard
         with tempfile.TemporaryDirectory() as scratch:
             _io.save_model(model, os.path.join(scratch, f"{name}.keras"))
+    _drop_backup(config, name, strategy)  # only now: the phase's result is safe
 
 
 def run(config, log=print):
@@ -385,23 +413,26 @@ def run(config, log=print):
     config.validate()
     distribute.configure_cpu_devices(config.num_cpu_devices)
     strategy = distribute.get_strategy(config.strategy)
-    _check_resumable(config, strategy)
-    with deterministic(config.seed, config.deterministic):
-        try:
+    try:
+        _check_resumable(config, strategy)
+        with deterministic(config.seed, config.deterministic):
             return _run(config, log, strategy)
-        except tf.errors.OpError as err:
-            if distribute.is_multi_worker(strategy) and distribute.is_worker_lost(err):
-                resume = (
-                    "it resumes from the last epoch backup in --checkpoint_dir"
-                    if config.checkpoint_dir else
-                    "it starts over (pass --checkpoint_dir to resume instead)"
-                )
-                raise distribute.WorkerLostError(
-                    f"another worker stopped ({_short(err)}). "
-                    "Fix: restart every stopped worker with its same command; "
-                    f"{resume}."
-                ) from err
-            raise
+    except tf.errors.OpError as err:
+        if distribute.is_multi_worker(strategy) and distribute.is_worker_lost(err):
+            resume = (
+                "it resumes from the last epoch backup in --checkpoint_dir"
+                if config.checkpoint_dir else
+                "it starts over (pass --checkpoint_dir to resume instead)"
+            )
+            raise distribute.WorkerLostError(
+                f"another worker stopped ({_short(err)}). "
+                "Fix: restart every stopped worker with its same command; "
+                f"{resume}."
+            ) from err
+        if isinstance(err, tf.errors.InvalidArgumentError):
+            # e.g. the augmentation's value-range check, or a label out of range
+            raise ValueError(f"TensorFlow stopped the run: {_short(err, 600)}") from err
+        raise
 
 
 def _short(err, limit=300):
@@ -513,6 +544,7 @@ def _run(config, log, strategy):
             f"alpha={config.alpha:g}, loss={config.distillation_loss}, {config.epochs} epochs"
         )
         history = _phase_fit(distiller, student_train, config, "distill", config.epochs)
+        _drop_backup(config, "distill", strategy)
         timings["distill_s"] = time.perf_counter() - t0
 
     # 4. Evaluate, save, export.
@@ -526,7 +558,9 @@ def _run(config, log, strategy):
         "student": _io.save_model(student, os.path.join(out, "student.keras")),
     }
     tflite = export_error = None
-    if config.export:
+    # The chief exports; other workers of a multi-worker job would only
+    # repeat the same conversion and check.
+    if config.export and distribute.is_chief(strategy):
         t0 = time.perf_counter()
         tflite_path = os.path.join(out, "student.tflite")
         try:
@@ -540,7 +574,8 @@ def _run(config, log, strategy):
                 class_names=info.class_names,
                 log=log,
             )
-        except export.AgreementError as err:  # metrics.json is still written
+        except (export.AgreementError, export.RuntimeCheckError) as err:
+            # metrics.json and report.md are still written, then the error
             export_error, tflite = err, {"error": str(err)}
         else:
             paths["student_tflite"] = tflite_path
@@ -634,7 +669,7 @@ def load_model(path, flag="--model"):
     return model
 
 
-def export_saved_model(model_path, *, dataset="mnist5k", data_dir=None, image_size=None,
+def export_saved_model(model_path, *, dataset, data_dir=None, image_size=None,
                        output=None, quantization="auto", min_agreement=None,
                        probabilities=False, allow_flex=False, int8_io=False, log=print):
     """``keras-kd export``: a saved Keras classifier → a verified ``.tflite``.

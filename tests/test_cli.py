@@ -266,7 +266,7 @@ def test_export_subcommand_min_agreement_fails_and_writes_nothing(tmp_path, caps
     models.build("mlp:hidden=16", (28, 28, 1), 10, seed=0).save(tmp_path / "raw.keras")
     (tmp_path / "raw.tflite").write_bytes(b"the last good export")
     assert run_export([f"--model={tmp_path / 'raw.keras'}", "--quantization=int8",
-                       "--min_agreement=1.0"]) == 2
+                       "--dataset=mnist5k", "--min_agreement=1.0"]) == 2
     err = capsys.readouterr().err
     assert "agrees with the Keras model on fewer than 100.00%" in err
     assert (tmp_path / "raw.tflite").read_bytes() == b"the last good export"
@@ -296,6 +296,8 @@ def test_export_subcommand_clear_errors(tmp_path, capsys):
         ([f"--model={tmp_path / 'rgb.keras'}", "--min_agreement=99"], "fraction in [0, 1]"),
         ([f"--model={tmp_path / 'rgb.keras'}", "--int8_io"], "int8_io needs"),
     ]
+    cases = [(a if a == [] else [*a, "--dataset=mnist5k"], m) for a, m in cases]
+    cases.append(([f"--model={tmp_path / 'rgb.keras'}"], "--dataset is required"))
     for argv, message in cases:
         assert run_export(argv) == 2, argv
         assert message in capsys.readouterr().err, (argv, message)
@@ -305,7 +307,8 @@ def test_export_subcommand_clear_errors(tmp_path, capsys):
 def test_export_subcommand_from_the_command_line(tmp_path):
     (tmp_path / "junk.keras").write_text("not a model")
     result = subprocess.run(
-        [sys.executable, "-m", "keras_kd", "export", f"--model={tmp_path / 'junk.keras'}"],
+        [sys.executable, "-m", "keras_kd", "export", f"--model={tmp_path / 'junk.keras'}",
+         "--dataset=mnist5k"],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
