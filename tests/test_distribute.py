@@ -135,7 +135,9 @@ def test_cli_mirrored_on_two_cpu_devices(tmp_path):
     assert "Saved artifact" not in result.stdout  # the converter's chatter is hidden
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+# The CLI path once (float16: the one with loss scaling); both 16-bit policies
+# are tested at the API level above.
+@pytest.mark.parametrize("policy", ["mixed_float16"])
 def test_cli_mixed_precision_trains_and_exports_float32(policy, tmp_path):
     from test_cli import TINY, run_cli
 
@@ -258,31 +260,6 @@ def test_two_workers_train_like_one_process(tmp_path):
             np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(res["loss"], ref["loss"], rtol=1e-5)
         np.testing.assert_allclose(res["val"], ref["val"], rtol=1e-5)
-
-
-def test_cli_multi_worker_two_processes(tmp_path):
-    ports = _free_ports(2)
-    cluster = [f"localhost:{p}" for p in ports]
-    out = tmp_path / "run"
-    procs = []
-    for i in range(2):
-        env = {**os.environ, "TF_CONFIG": json.dumps(
-            {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": i}})}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "keras_kd", "--strategy=multi_worker", "--epochs=1",
-             "--teacher_epochs=1", "--teacher_arch=cnn:width=0.25",
-             "--student_arch=mlp:hidden=8", "--batch_size=128", "--verbose=0",
-             f"--output_dir={out}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    results = [p.communicate(timeout=400) for p in procs]
-    for p, (_, err) in zip(procs, results):
-        assert p.returncode == 0, err[-3000:]
-    with open(out / "metrics.json") as f:
-        metrics = json.load(f)
-    assert metrics["distribution"]["strategy"] == "multi_worker"
-    assert metrics["distribution"]["replicas"] == 2
-    assert (out / "worker-1" / "metrics.json").exists()  # worker 1 wrote apart
-    assert metrics["tflite"]["agreement"] >= 0.99
 
 
 def test_global_batch_must_split_over_replicas():
