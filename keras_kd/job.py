@@ -187,15 +187,7 @@ def deterministic(seed, enabled=True):
 
 def load_teacher(path, info):
     """Loads a saved Keras classifier and checks it fits the dataset."""
-    try:
-        model = keras.saving.load_model(path)
-    except Exception as err:
-        raise ValueError(
-            f"--teacher={path!r} could not be loaded as a Keras model ({err}). "
-            "Fix: pass a file written by model.save('teacher.keras')."
-        ) from err
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"{path!r} holds a {type(model).__name__}, not a keras.Model.")
+    model = load_model(path, "--teacher")
     check_fits(model, info, "teacher")
     return model
 
@@ -655,14 +647,14 @@ def load_model(path, flag="--model"):
     if not os.path.isfile(path):
         raise ValueError(
             f"{flag}={path!r} does not exist. Fix: pass the path of a saved Keras "
-            "model (written by model.save('student.keras'))."
+            "model (written by model.save('model.keras'))."
         )
     try:
         model = keras.saving.load_model(path)
     except Exception as err:
         raise ValueError(
             f"{flag}={path!r} is not a Keras model file ({_short(err, 200)}). Fix: pass "
-            "a file written by model.save('student.keras')."
+            "a file written by model.save('model.keras')."
         ) from err
     if not isinstance(model, keras.Model):
         raise ValueError(f"{flag}={path!r} holds a {type(model).__name__}, not a keras.Model.")
