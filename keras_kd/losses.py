@@ -49,6 +49,7 @@ __all__ = [
     "soft_cross_entropy",
     "mse_logits",
     "mse_probs",
+    "dkd",
     "get",
     "register",
     "name_of",
@@ -184,7 +185,76 @@ def mse_probs(teacher_logits, student_logits, temperature):
     return temperature * temperature * tf.reduce_sum(tf.square(q - p), axis=-1)
 
 
+def _target_ids(labels, num_classes):
+    """Class ids ``[batch]`` from sparse ids, one-hot or soft (mixed) labels.
+
+    Soft labels (MixUp/CutMix) give their dominant class.
+    """
+    if labels is None:
+        raise ValueError(
+            "this distillation loss needs the true labels (e.g. dkd). Fix: give "
+            "the Distiller labelled batches (x, y), or use a loss without "
+            "labels such as 'kl'."
+        )
+    labels = tf.convert_to_tensor(labels)
+    if labels.shape.rank == 2 and labels.shape[-1] == num_classes and num_classes != 1:
+        return tf.argmax(labels, axis=-1, output_type=tf.int32)
+    return tf.cast(tf.reshape(labels, [-1]), tf.int32)
+
+
+def dkd(teacher_logits, student_logits, temperature, labels=None, alpha=1.0, beta=8.0):
+    """Decoupled KD (Zhao et al. 2022): ``T² (α·TCKD + β·NCKD)`` per example.
+
+    With ``y`` the true class, ``p = softmax(t/T)``, ``q = softmax(s/T)``:
+
+    - target-class KD, a KL between the binary distributions "target or
+      not": ``TCKD = KL([p_y, 1 − p_y] ‖ [q_y, 1 − q_y])``;
+    - non-target-class KD, a KL between the distributions over the other
+      classes renormalised without ``y``: ``p̂_j = p_j / (1 − p_y)``,
+      ``q̂_j = q_j / (1 − q_y)`` for ``j ≠ y``:
+      ``NCKD = Σ_{j≠y} p̂_j (log p̂_j − log q̂_j)``.
+
+    Classical KD is ``TCKD + (1 − p_y)·NCKD``; DKD decouples the weights
+    (the paper's CIFAR-100 settings: ``α = 1``, ``β = 8``). All terms are
+    computed in log space from ``log_softmax``; ``T²`` as for ``kl``.
+
+    Args:
+      labels: the true classes: sparse ids ``[batch]``, or one-hot / soft
+        labels ``[batch, N]`` (their dominant class). Required.
+      alpha, beta: the TCKD and NCKD weights.
+
+    Returns:
+      float32 ``[batch]``.
+    """
+    temperature = _check_temperature(temperature)
+    t, s = _pair(teacher_logits, student_logits)
+    num_classes = t.shape[-1]
+    target = tf.one_hot(_target_ids(labels, num_classes), tf.shape(t)[-1], on_value=True,
+                        off_value=False, dtype=tf.bool)
+    log_p = tf.nn.log_softmax(t / temperature, axis=-1)
+    log_q = tf.nn.log_softmax(s / temperature, axis=-1)
+    minus_inf = tf.fill(tf.shape(log_p), float("-inf"))
+
+    def split(log_probs):
+        """(log P(target), log P(not target), log renormalised others)."""
+        log_in = tf.reduce_logsumexp(tf.where(target, log_probs, minus_inf), axis=-1)
+        log_out = tf.reduce_logsumexp(tf.where(target, minus_inf, log_probs), axis=-1)
+        return log_in, log_out, log_probs - log_out[:, None]
+
+    p_in, p_out, p_hat = split(log_p)
+    q_in, q_out, q_hat = split(log_q)
+    tckd = (tf.exp(p_in) * (p_in - q_in)
+            + tf.math.multiply_no_nan(p_out - q_out, tf.exp(p_out)))
+    others = tf.where(target, tf.zeros_like(p_hat), tf.exp(p_hat))
+    nckd = tf.reduce_sum(
+        tf.math.multiply_no_nan(tf.where(target, tf.zeros_like(p_hat), p_hat - q_hat), others),
+        axis=-1,
+    )
+    return temperature * temperature * (alpha * tckd + beta * nckd)
+
+
 _REGISTRY = {
+    "dkd": dkd,
     "kl": kl_divergence,
     "soft_ce": soft_cross_entropy,
     "mse_logits": mse_logits,

@@ -361,7 +361,7 @@ def test_label_shape_errors(teacher, student, data):
         ({"alpha": "x"}, "alpha must be a number"),
         ({"temperature": float("inf")}, "finite"),
         ({"alpha": float("nan")}, "finite"),
-        ({"distillation_loss": "kld"}, "Valid names: kl"),
+        ({"distillation_loss": "kld"}, "Valid names: dkd, kl"),
     ],
 )
 def test_construction_errors(teacher, student, kwargs, match):
@@ -606,3 +606,22 @@ def test_one_device_equals_two_replicas(tmp_path, n):
     for a, b in zip(res["one"]["weights"], res["two"]["weights"]):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(res["one"]["loss"], res["two"]["loss"], rtol=1e-5)
+
+
+def test_dkd_through_the_distiller_gets_the_labels(rng):
+    """The Distiller passes labels to DKD: its logged loss equals the formula's."""
+    x = rng.normal(size=(16, 6)).astype("float32")
+    y = rng.integers(0, 3, size=16).astype("int32")
+
+    def mlp(h):
+        i = keras.Input((6,))
+        return keras.Model(i, keras.layers.Dense(3)(keras.layers.Dense(h, activation="relu")(i)))
+
+    teacher, student = mlp(16), mlp(8)
+    d = keras_kd.Distiller(teacher, student, temperature=4.0, alpha=1.0,
+                           distillation_loss="dkd", evaluate_with_teacher=True)
+    d.compile(optimizer=keras.optimizers.SGD(0.0))
+    logs = d.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    expected = np.mean(keras_kd.losses.dkd(teacher.predict(x, verbose=0),
+                                           student.predict(x, verbose=0), 4.0, labels=y))
+    assert logs["distillation_loss"] == pytest.approx(float(expected), rel=1e-5)

@@ -235,3 +235,58 @@ def test_keras_loss_objects_are_refused():
     keras = pytest.importorskip("keras")
     with pytest.raises(TypeError, match="Keras Loss object"):
         losses.get(keras.losses.KLDivergence())
+
+
+def _np_dkd(t, s, y, T, alpha, beta):
+    """DKD from Zhao et al. (2022), eqs. 1-4, written directly in NumPy."""
+    def softmax(z):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    out = []
+    for ti, si, yi in zip(t, s, y):
+        p, q = softmax(ti / T), softmax(si / T)
+        b_p = np.array([p[yi], 1 - p[yi]])
+        b_q = np.array([q[yi], 1 - q[yi]])
+        tckd = np.sum(b_p * np.log(b_p / b_q))
+        mask = np.arange(len(p)) != yi
+        p_hat, q_hat = p[mask] / p[mask].sum(), q[mask] / q[mask].sum()
+        nckd = np.sum(p_hat * np.log(p_hat / q_hat))
+        out.append(T * T * (alpha * tckd + beta * nckd))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("T", [1.0, 4.0])
+@pytest.mark.parametrize("alpha, beta", [(1.0, 8.0), (0.5, 2.0)])
+def test_dkd_matches_the_papers_equations(rng, T, alpha, beta):
+    t = rng.normal(size=(6, 5)) * 3
+    s = rng.normal(size=(6, 5)) * 3
+    y = rng.integers(0, 5, size=6)
+    got = losses.dkd(t, s, T, labels=y, alpha=alpha, beta=beta).numpy()
+    np.testing.assert_allclose(got, _np_dkd(t, s, y, T, alpha, beta), rtol=1e-4, atol=1e-6)
+    # One-hot labels give the same; soft labels their dominant class.
+    onehot = np.eye(5)[y]
+    np.testing.assert_allclose(losses.dkd(t, s, T, labels=onehot, alpha=alpha, beta=beta),
+                               got, rtol=1e-6)
+    soft = 0.7 * onehot + 0.3 * np.eye(5)[(y + 1) % 5]
+    np.testing.assert_allclose(losses.dkd(t, s, T, labels=soft, alpha=alpha, beta=beta),
+                               got, rtol=1e-6)
+
+
+def test_dkd_decouples_classical_kd(rng):
+    """Zhao et al. eq. 5: KD = TCKD + (1 - p_y) NCKD, per example."""
+    t, s = rng.normal(size=(4, 6)) * 2, rng.normal(size=(4, 6)) * 2
+    y = rng.integers(0, 6, size=4)
+    T = 2.0
+    tckd = losses.dkd(t, s, T, labels=y, alpha=1.0, beta=0.0).numpy()
+    nckd = losses.dkd(t, s, T, labels=y, alpha=0.0, beta=1.0).numpy()
+    p = np.asarray(losses.soft_targets(t, T))[np.arange(4), y]
+    kd = losses.kl_divergence(t, s, T).numpy()
+    np.testing.assert_allclose(tckd + (1 - p) * nckd, kd, rtol=1e-4)
+    assert (losses.dkd(t, t, T, labels=y).numpy() == pytest.approx(0.0, abs=1e-5))
+
+
+def test_dkd_needs_labels_and_is_registered():
+    assert losses.get("dkd") is losses.dkd and losses.accepts_labels(losses.dkd)
+    with pytest.raises(ValueError, match="needs the true labels"):
+        losses.dkd(np.zeros((2, 3)), np.zeros((2, 3)), 2.0)
