@@ -40,7 +40,14 @@ import tensorflow as tf
 from keras_kd import losses as losses_lib
 from keras_kd.models import logits_model
 
-__all__ = ["Distiller", "logits_model"]
+__all__ = ["Distiller", "logits_model", "TEACHER_LOGITS", "LABELS"]
+
+#: Key of precomputed teacher logits in a target dict ``{TEACHER_LOGITS: t,
+#: LABELS: y}``: the Distiller then trains from ``t`` and does not run the
+#: teacher (offline distillation, see :mod:`keras_kd.cache`).
+TEACHER_LOGITS = "teacher_logits"
+#: Key of the true labels in such a target dict (optional when alpha = 1).
+LABELS = "labels"
 
 
 # ---------------------------------------------------------------------------
@@ -108,6 +115,10 @@ class Distiller(keras.Model):
         ``teacher_agreement``, and its ``loss`` is the full distillation
         objective. If False (default) evaluation costs one student pass and
         its ``loss`` is the student's cross-entropy on the labels.
+
+    Offline distillation: when a batch's targets are a dict
+    ``{"teacher_logits": t, "labels": y}`` (what :func:`keras_kd.cache.attach`
+    yields), ``t`` replaces the teacher's forward pass.
 
     Training logs: ``loss`` (the total), ``distillation_loss``,
     ``student_loss`` (cross-entropy), ``teacher_agreement`` (fraction of
@@ -274,6 +285,32 @@ class Distiller(keras.Model):
     def _teacher_forward(self, x):
         logits = self._teacher_logits_model(x, training=False)
         return tf.stop_gradient(tf.cast(logits, tf.float32))
+
+    def _split_targets(self, y):
+        """``(labels, cached teacher logits or None)`` from the step's targets.
+
+        Targets are the labels, or a dict ``{"teacher_logits": t, "labels":
+        y}`` carrying the teacher's precomputed logits (offline
+        distillation): the teacher is then not run.
+        """
+        if not isinstance(y, dict):
+            return y, None
+        unknown = sorted(set(y) - {TEACHER_LOGITS, LABELS})
+        if TEACHER_LOGITS not in y or unknown:
+            raise ValueError(
+                f"dict targets must be {{{TEACHER_LOGITS!r}: teacher logits, "
+                f"{LABELS!r}: labels}}; got keys {sorted(y)}. Fix: pass the "
+                "labels alone, or build the dict with keras_kd.cache.attach."
+            )
+        cached = tf.cast(y[TEACHER_LOGITS], tf.float32)
+        if (self.num_classes is not None and cached.shape.rank is not None
+                and cached.shape[-1] not in (None, self.num_classes)):
+            raise ValueError(
+                f"the cached teacher logits have {cached.shape[-1]} classes, the "
+                f"models {self.num_classes}. Fix: rebuild the cache for this "
+                "teacher (keras_kd.cache.build)."
+            )
+        return y.get(LABELS), tf.stop_gradient(cached)
 
     def _labels_kind(self, y, num_classes):
         """'sparse' or 'dense' from the static shape of y."""
@@ -451,7 +488,9 @@ class Distiller(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        teacher_logits = self._teacher_forward(x)
+        y, teacher_logits = self._split_targets(y)
+        if teacher_logits is None:
+            teacher_logits = self._teacher_forward(x)
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
             student_logits = self._student_logits_model(x, training=True)
@@ -474,9 +513,11 @@ class Distiller(keras.Model):
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y, teacher_logits = self._split_targets(y)
         student_logits = self._student_logits_model(x, training=False)
         if self.evaluate_with_teacher:
-            teacher_logits = self._teacher_forward(x)
+            if teacher_logits is None:
+                teacher_logits = self._teacher_forward(x)
             total, distill, ce = self.compute_losses(teacher_logits, student_logits, y)
             sw = self._weights(sample_weight, total)
             self.distillation_loss_tracker.update_state(self._weighted(distill, sw))
