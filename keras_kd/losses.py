@@ -50,6 +50,7 @@ __all__ = [
     "mse_logits",
     "mse_probs",
     "dkd",
+    "dist",
     "get",
     "register",
     "name_of",
@@ -253,8 +254,91 @@ def dkd(teacher_logits, student_logits, temperature, labels=None, alpha=1.0, bet
     return temperature * temperature * (alpha * tckd + beta * nckd)
 
 
+def _safe_sqrt(x):
+    """``sqrt(x)`` with a finite gradient at 0 (a constant vector has norm 0)."""
+    return tf.sqrt(tf.maximum(x, 1e-24))
+
+
+def _pearson_distance(a, b, axis, eps=1e-8):
+    """``1 − ρ(a, b)`` along ``axis``: Pearson's correlation as the cosine of
+    the centred vectors, with ``eps`` in the denominator (DIST's code)."""
+    a = a - tf.reduce_mean(a, axis=axis, keepdims=True)
+    b = b - tf.reduce_mean(b, axis=axis, keepdims=True)
+    dot = tf.reduce_sum(a * b, axis=axis)
+    norms = (_safe_sqrt(tf.reduce_sum(a * a, axis=axis))
+             * _safe_sqrt(tf.reduce_sum(b * b, axis=axis)))
+    return 1.0 - dot / (norms + eps)
+
+
+def _global_sum(values):
+    """``Σ`` over the batch axis, and over the replicas inside a
+    ``tf.distribute`` replica context with more than one replica (the
+    all-reduce's gradient is itself an all-reduce, so every replica
+    backpropagates the global statistic)."""
+    total = tf.reduce_sum(values, axis=0)
+    ctx = tf.distribute.get_replica_context()
+    if ctx is not None and ctx.num_replicas_in_sync > 1:
+        total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, total)
+    return total
+
+
+def _batch_pearson_distance(q, p, eps=1e-8):
+    """``1 − ρ`` of every class column of ``q`` and ``p`` over the *global* batch.
+
+    Two passes, as in :func:`_pearson_distance`: the global column means
+    (from all-reduced sums and counts), then the all-reduced sums of the
+    centred products. Centring before multiplying keeps ``|cov| ≤ σ_q σ_p``
+    (Cauchy–Schwarz) in float32 where a one-pass ``Σq² − (Σq)²/n`` cancels
+    to noise for nearly constant columns.
+    """
+    ones = tf.ones_like(q[:, :1])
+    first = _global_sum(tf.concat([ones, q, p], axis=-1))
+    n, sum_q, sum_p = first[0], first[1:][: tf.shape(q)[-1]], first[1:][tf.shape(q)[-1]:]
+    q = q - sum_q / n
+    p = p - sum_p / n
+    second = _global_sum(tf.stack([q * p, q * q, p * p], axis=1))
+    cov, var_q, var_p = tf.unstack(second)
+    return 1.0 - cov / (_safe_sqrt(var_q) * _safe_sqrt(var_p) + eps)
+
+
+def dist(teacher_logits, student_logits, temperature, beta=1.0, gamma=1.0):
+    """DIST (Huang et al. 2022): Pearson-correlation relations, per example.
+
+    With ``P = softmax(t/T)`` and ``Q = softmax(s/T)`` the ``[B, N]`` matrices
+    of the batch's soft targets, and ``d(u, v) = 1 − ρ(u, v)`` (Pearson)::
+
+        inter = (1/B) Σ_i d(Q[i, :], P[i, :])     # each example's class ranking
+        intra = (1/N) Σ_j d(Q[:, j], P[:, j])     # each class across the batch
+        DIST  = T² · (β · inter + γ · intra)
+
+    (Huang et al. 2022, §3, with the ``T²`` of the authors' code; β = γ = 1
+    are its defaults,
+    T = 4 its CIFAR setting). ``inter`` is per example; ``intra`` is a
+    property of the whole batch, so each example gets
+    ``T² (β · d(Q[i], P[i]) + γ · intra)``: their batch mean is DIST. Under a
+    ``tf.distribute`` strategy ``intra`` is taken over the **global** batch
+    (from per-class sums all-reduced over the replicas), so 1 device and N replicas
+    give the same loss and gradient. A batch of one example has no spread
+    across the batch: its ``intra`` is 1 (ρ taken as 0).
+
+    Args:
+      beta, gamma: the inter- and intra-class weights.
+
+    Returns:
+      float32 ``[batch]``.
+    """
+    temperature = _check_temperature(temperature)
+    t, s = _pair(teacher_logits, student_logits)
+    p = tf.nn.softmax(t / temperature, axis=-1)
+    q = tf.nn.softmax(s / temperature, axis=-1)
+    inter = _pearson_distance(q, p, axis=-1)
+    intra = tf.reduce_mean(_batch_pearson_distance(q, p))
+    return temperature * temperature * (beta * inter + gamma * intra)
+
+
 _REGISTRY = {
     "dkd": dkd,
+    "dist": dist,
     "kl": kl_divergence,
     "soft_ce": soft_cross_entropy,
     "mse_logits": mse_logits,

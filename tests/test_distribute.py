@@ -267,3 +267,60 @@ def test_global_batch_must_split_over_replicas():
     distribute.check_global_batch(7, 1)
     with pytest.raises(ValueError, match="--batch_size=62"):
         distribute.check_global_batch(63, 2)
+
+
+_DIST_SCRIPT = r"""
+import json
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import numpy as np, keras, keras_kd
+from keras_kd import losses
+
+def per_replica_dist(t, s, temperature):  # the control: intra over the local batch only
+    p = tf.nn.softmax(tf.cast(t, tf.float32) / temperature)
+    q = tf.nn.softmax(tf.cast(s, tf.float32) / temperature)
+    intra = tf.reduce_mean(losses._pearson_distance(q, p, axis=0))
+    return temperature ** 2 * (losses._pearson_distance(q, p, axis=-1) + intra)
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(21, 6)).astype("float32")  # last batch of 5 splits 3/2
+y = rng.integers(0, 3, size=21).astype("int32")
+out = {}
+# One MirroredStrategy for both runs: a second one over the same devices
+# reuses its collective instance keys and clashes with the first one's.
+strategies = (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
+              ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])))
+for loss_name, loss in (("dist", "dist"), ("control", per_replica_dist)):
+    for name, strategy in strategies:
+        with strategy.scope():
+            keras.utils.set_random_seed(7)
+            def mlp(h):
+                i = keras.Input((6,))
+                return keras.Model(i, keras.layers.Dense(3)(keras.layers.Dense(h, activation="relu")(i)))
+            t, s = mlp(16), mlp(8)
+            d = keras_kd.Distiller(t, s, temperature=2.0, alpha=0.8, distillation_loss=loss)
+            d.compile(optimizer=keras.optimizers.SGD(0.3))
+        h = d.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=2, verbose=0).history
+        out[f"{loss_name}/{name}"] = {"w": [v.tolist() for v in s.get_weights()], "loss": h["loss"]}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_dist_intra_class_term_spans_the_global_batch(tmp_path):
+    """DIST's intra-class term is a batch statistic: all-gathered, 2 replicas == 1 device;
+    the per-replica version (the control) is not."""
+    script = tmp_path / "dist.py"
+    script.write_text(_DIST_SCRIPT)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = _result(run.stdout)
+
+    def gap(loss_name):
+        return max(np.abs(np.array(a) - np.array(b)).max() for a, b in
+                   zip(res[f"{loss_name}/one"]["w"], res[f"{loss_name}/two"]["w"]))
+
+    assert gap("dist") < 2e-5  # float32 rounding of the all-reduced sums
+    np.testing.assert_allclose(res["dist/one"]["loss"], res["dist/two"]["loss"], rtol=1e-5)
+    assert gap("control") > 1e-2

@@ -290,3 +290,49 @@ def test_dkd_needs_labels_and_is_registered():
     assert losses.get("dkd") is losses.dkd and losses.accepts_labels(losses.dkd)
     with pytest.raises(ValueError, match="needs the true labels"):
         losses.dkd(np.zeros((2, 3)), np.zeros((2, 3)), 2.0)
+
+
+def _np_dist(t, s, T, beta, gamma, eps=1e-8):
+    """DIST from Huang et al. (2022), written from the paper in NumPy:
+    L = T² (β · mean_i d(q_i, p_i) + γ · mean_j d(Q_:j, P_:j)), d = 1 − Pearson."""
+    def softmax(z):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    def d(u, v):
+        u, v = u - u.mean(), v - v.mean()
+        return 1.0 - (u @ v) / (np.linalg.norm(u) * np.linalg.norm(v) + eps)
+
+    p, q = softmax(t / T), softmax(s / T)
+    inter = np.array([d(q[i], p[i]) for i in range(len(p))])
+    intra = np.mean([d(q[:, j], p[:, j]) for j in range(p.shape[1])])
+    return T * T * (beta * inter + gamma * intra)
+
+
+@pytest.mark.parametrize("T, beta, gamma", [(1.0, 1.0, 1.0), (4.0, 2.0, 0.5)])
+def test_dist_matches_the_papers_equations(rng, T, beta, gamma):
+    t = rng.normal(size=(8, 5)) * 3
+    s = rng.normal(size=(8, 5)) * 3
+    got = losses.dist(t, s, T, beta=beta, gamma=gamma).numpy()
+    expected = _np_dist(t, s, T, beta, gamma)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    # The batch mean is the paper's scalar: inter + intra, each a mean.
+    assert got.mean() == pytest.approx(expected.mean(), rel=1e-5)
+    assert got.shape == (8,) and np.ptp(got) > 0  # the inter term is per example
+
+
+def test_dist_is_zero_for_a_perfect_student_and_blind_to_scale(rng):
+    t = rng.normal(size=(6, 4)) * 2
+    assert losses.dist(t, t, 4.0).numpy() == pytest.approx(np.zeros(6), abs=1e-4)
+    # Pearson: an affine change of the soft targets' scale costs nothing,
+    # where KL sees a mismatch. Build q = a·p + b per row (still a distribution).
+    p = np.asarray(losses.soft_targets(t, 1.0))
+    q = 0.5 * p + 0.5 / 4
+    s = np.log(q)  # softmax(log q) = q
+    inter_only = losses.dist(t, s, 1.0, beta=1.0, gamma=0.0).numpy()
+    assert inter_only == pytest.approx(np.zeros(6), abs=1e-4)
+    assert np.all(losses.kl_divergence(t, s, 1.0).numpy() > 1e-3)
+
+
+def test_dist_is_registered():
+    assert losses.get("dist") is losses.dist and not losses.accepts_labels(losses.dist)
