@@ -28,6 +28,13 @@ pre-softmax output: keras_kd builds a logits view that shares their weights
 (functional and Sequential models; a subclassed model must return logits).
 The student itself is left unchanged, so it still outputs probabilities when
 saved.
+
+Feature distillation (``features=``, see :mod:`keras_kd.features`) adds
+intermediate-layer terms (FitNets hints, attention transfer)::
+
+    loss_i = alpha · D + (1 − alpha) · CE + Σ_k weight_k · F_k,i
+
+each a per-example value reduced over the global batch like the others.
 """
 
 import math
@@ -37,6 +44,7 @@ import warnings
 import keras
 import tensorflow as tf
 
+from keras_kd import features as features_lib
 from keras_kd import losses as losses_lib
 from keras_kd.models import logits_model
 
@@ -115,6 +123,15 @@ class Distiller(keras.Model):
         ``teacher_agreement``, and its ``loss`` is the full distillation
         objective. If False (default) evaluation costs one student pass and
         its ``loss`` is the student's cross-entropy on the labels.
+      features: feature-distillation terms (:mod:`keras_kd.features`): a list
+        of ``Hint`` / ``AttentionTransfer``, or their string form
+        (``"hint:t_layer=s_layer,weight=1;attention:t1=s1+t2=s2"``, see
+        :func:`keras_kd.features.parse`). Each adds ``weight · F_i`` to the
+        per-example loss and logs ``<name>_loss`` (unweighted). The student
+        still runs once per step (a multi-output view of its layers); the
+        projectors they need are trained with the student, saved with the
+        Distiller, and never part of ``student``. Needs functional or
+        Sequential models, and the teacher (no cached teacher logits).
 
     Offline distillation: when a batch's targets are a dict
     ``{"teacher_logits": t, "labels": y}`` (what :func:`keras_kd.cache.attach`
@@ -122,7 +139,8 @@ class Distiller(keras.Model):
 
     Training logs: ``loss`` (the total), ``distillation_loss``,
     ``student_loss`` (cross-entropy), ``teacher_agreement`` (fraction of
-    examples whose top-1 class is the teacher's) and the compiled metrics,
+    examples whose top-1 class is the teacher's), one ``<name>_loss`` per
+    feature term, and the compiled metrics,
     which measure the student's logits against the labels.
     ``distiller(x)`` / ``predict`` return the student's logits.
     """
@@ -135,6 +153,7 @@ class Distiller(keras.Model):
         alpha=0.9,
         distillation_loss="kl",
         evaluate_with_teacher=False,
+        features=None,
         name="distiller",
         **kwargs,
     ):
@@ -180,12 +199,31 @@ class Distiller(keras.Model):
             student, "student"
         )
         self.num_classes = self._check_compatible()
+        self._feature_terms = features_lib.normalize(features)
+        self._feature_plan = None
+        if self._feature_terms:
+            self._feature_plan = features_lib.FeaturePlan(
+                self._feature_terms, teacher, student,
+                self._teacher_logits_model, self._student_logits_model,
+            )
+            # Tracked here (not in the student): trained, saved with the
+            # Distiller, never exported with the student.
+            self.feature_projectors = list(self._feature_plan.projectors)
 
         self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.teacher_agreement_tracker = keras.metrics.Mean(name="teacher_agreement")
+        if self._feature_plan is not None:
+            self.feature_loss_trackers = [
+                keras.metrics.Mean(name=n) for n in self._feature_plan.metric_names
+            ]
         if teacher.built and student.built:
             self.built = True
+
+    @property
+    def features(self):
+        """The feature-distillation terms, a tuple (empty without features)."""
+        return self._feature_terms
 
     # -- construction checks -------------------------------------------------
 
@@ -286,12 +324,14 @@ class Distiller(keras.Model):
         logits = self._teacher_logits_model(x, training=False)
         return tf.stop_gradient(tf.cast(logits, tf.float32))
 
-    def _split_targets(self, y):
+    def _split_targets(self, y, uses_teacher=True):
         """``(labels, cached teacher logits or None)`` from the step's targets.
 
         Targets are the labels, or a dict ``{"teacher_logits": t, "labels":
         y}`` carrying the teacher's precomputed logits (offline
-        distillation): the teacher is then not run.
+        distillation): the teacher is then not run. With feature terms the
+        teacher must run, so cached logits are refused (when this step uses
+        the teacher: ``uses_teacher``).
         """
         if not isinstance(y, dict):
             return y, None
@@ -310,6 +350,15 @@ class Distiller(keras.Model):
                 f"models {self.num_classes}. Fix: rebuild the cache for this "
                 "teacher (keras_kd.cache.build)."
             )
+        if self._feature_plan is not None and uses_teacher:
+            raise ValueError(
+                "this Distiller has feature terms "
+                f"({', '.join(self._feature_plan.metric_names)}), which need the "
+                "teacher's intermediate layers on every batch, but the targets "
+                "carry cached teacher logits (offline distillation). Fix: pass "
+                "plain labels (drop the teacher cache), or build the Distiller "
+                "without features=."
+            )
         return y.get(LABELS), tf.stop_gradient(cached)
 
     def _labels_kind(self, y, num_classes):
@@ -327,6 +376,7 @@ class Distiller(keras.Model):
 
     def _student_cross_entropy(self, y, logits):
         """Per-example softmax cross-entropy of the logits on y, float32."""
+        y = tf.convert_to_tensor(y)  # NumPy labels under run_eagerly=True
         num_classes = logits.shape[-1]
         logits = tf.cast(logits, tf.float32)
         if self._labels_kind(y, num_classes) == "sparse":
@@ -464,7 +514,41 @@ class Distiller(keras.Model):
             skip += [self.student_loss_tracker, self._compile_metrics]
         if not with_teacher:
             skip += [self.distillation_loss_tracker, self.teacher_agreement_tracker]
+            skip += self._feature_trackers()
         return self._results(skip)
+
+    def _feature_trackers(self):
+        return list(getattr(self, "feature_loss_trackers", None) or [])
+
+    # -- feature terms -----------------------------------------------------------
+
+    def _teacher_outputs(self, x):
+        """``(teacher logits, teacher features or None)``, inference mode."""
+        if self._feature_plan is None:
+            return self._teacher_forward(x), None
+        return self._feature_plan.teacher_forward(x)
+
+    def _student_outputs(self, x, training, with_features):
+        """``(student logits, student features or None)``: one forward pass."""
+        if self._feature_plan is None or not with_features:
+            return self._student_logits_model(x, training=training), None
+        return self._feature_plan.student_forward(x, training)
+
+    def _feature_losses(self, teacher_features, student_features):
+        """Each feature term's per-example value (unweighted, float32)."""
+        if teacher_features is None or student_features is None:
+            return []
+        return self._feature_plan.per_example(teacher_features, student_features)
+
+    def _add_features(self, total, feature_losses):
+        for weight, value in zip(self._feature_plan.weights if feature_losses else (),
+                                 feature_losses):
+            total = total + weight * value
+        return total
+
+    def _track_features(self, feature_losses, sw):
+        for tracker, value in zip(self._feature_trackers(), feature_losses):
+            tracker.update_state(self._weighted(value, sw))
 
     def get_metrics_result(self):
         """Like Keras's, but skips compiled metrics never updated (no labels)."""
@@ -489,12 +573,17 @@ class Distiller(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y, teacher_logits = self._split_targets(y)
+        teacher_features = None
         if teacher_logits is None:
-            teacher_logits = self._teacher_forward(x)
+            teacher_logits, teacher_features = self._teacher_outputs(x)
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
-            student_logits = self._student_logits_model(x, training=True)
+            student_logits, student_features = self._student_outputs(
+                x, training=True, with_features=True
+            )
             total, distill, ce = self.compute_losses(teacher_logits, student_logits, y)
+            feature_losses = self._feature_losses(teacher_features, student_features)
+            total = self._add_features(total, feature_losses)
             sw = self._weights(sample_weight, total)
             regularization = self._regularization()
             loss = self._average(total, sw) + regularization
@@ -504,6 +593,7 @@ class Distiller(keras.Model):
 
         self._track_loss(total, sw, regularization)
         self.distillation_loss_tracker.update_state(self._weighted(distill, sw))
+        self._track_features(feature_losses, sw)
         if ce is not None:
             self.student_loss_tracker.update_state(self._weighted(ce, sw))
         self.teacher_agreement_tracker.update_state(
@@ -513,14 +603,20 @@ class Distiller(keras.Model):
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y, teacher_logits = self._split_targets(y)
-        student_logits = self._student_logits_model(x, training=False)
+        y, teacher_logits = self._split_targets(y, uses_teacher=self.evaluate_with_teacher)
+        student_logits, student_features = self._student_outputs(
+            x, training=False, with_features=self.evaluate_with_teacher
+        )
         if self.evaluate_with_teacher:
+            teacher_features = None
             if teacher_logits is None:
-                teacher_logits = self._teacher_forward(x)
+                teacher_logits, teacher_features = self._teacher_outputs(x)
             total, distill, ce = self.compute_losses(teacher_logits, student_logits, y)
+            feature_losses = self._feature_losses(teacher_features, student_features)
+            total = self._add_features(total, feature_losses)
             sw = self._weights(sample_weight, total)
             self.distillation_loss_tracker.update_state(self._weighted(distill, sw))
+            self._track_features(feature_losses, sw)
             self.teacher_agreement_tracker.update_state(
                 _agreement(teacher_logits, student_logits)
             )
@@ -555,6 +651,9 @@ class Distiller(keras.Model):
             "alpha": self.alpha,
             "distillation_loss": loss,
             "evaluate_with_teacher": self.evaluate_with_teacher,
+            "features": [
+                keras.saving.serialize_keras_object(term) for term in self._feature_terms
+            ],
         }
 
     @classmethod
