@@ -11,8 +11,8 @@ from keras_kd._backend import ensure_tensorflow_backend as _ensure
 
 _ensure()
 
-from keras_kd import losses  # noqa: E402
+from keras_kd import features, losses  # noqa: E402
 from keras_kd.distiller import Distiller  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Distiller", "losses", "__version__"]
+__all__ = ["Distiller", "features", "losses", "__version__"]

@@ -46,7 +46,7 @@ import tensorflow as tf
 
 from keras_kd import features as features_lib
 from keras_kd import losses as losses_lib
-from keras_kd.models import logits_model
+from keras_kd.models import COMPUTE_DTYPES, logits_model, with_compute_dtype
 
 __all__ = ["Distiller", "logits_model", "TEACHER_LOGITS", "LABELS"]
 
@@ -132,6 +132,12 @@ class Distiller(keras.Model):
         projectors they need are trained with the student, saved with the
         Distiller, and never part of ``student``. Needs functional or
         Sequential models, and the teacher (no cached teacher logits).
+      teacher_dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``:
+        the precision of the frozen teacher's inference. A reduced precision
+        runs a copy of the teacher (float32 weights cast for the math, see
+        :func:`keras_kd.models.with_compute_dtype`); its logits are cast to
+        float32 before the softmax. ``benchmarks/teacher_dtype.py`` measures
+        speed and soft-target fidelity; BUILD_NOTES.md has the figures.
 
     Offline distillation: when a batch's targets are a dict
     ``{"teacher_logits": t, "labels": y}`` (what :func:`keras_kd.cache.attach`
@@ -154,6 +160,7 @@ class Distiller(keras.Model):
         distillation_loss="kl",
         evaluate_with_teacher=False,
         features=None,
+        teacher_dtype="float32",
         name="distiller",
         **kwargs,
     ):
@@ -189,11 +196,25 @@ class Distiller(keras.Model):
         self.alpha = alpha
         self.evaluate_with_teacher = bool(evaluate_with_teacher)
 
+        if teacher_dtype not in COMPUTE_DTYPES:
+            raise ValueError(
+                f"teacher_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got "
+                f"{teacher_dtype!r}."
+            )
+        if teacher_dtype != "float32" and features:
+            raise ValueError(
+                f"teacher_dtype={teacher_dtype!r} with feature terms is not "
+                "supported: the feature views read the float32 teacher. Fix: "
+                "drop teacher_dtype, or the features."
+            )
+        self.teacher_dtype = teacher_dtype
         teacher.trainable = False
         self.teacher = teacher
         self.student = student
+        runner = with_compute_dtype(teacher, teacher_dtype)
+        runner.trainable = False
         self._teacher_logits_model, self.teacher_softmax_recovered = logits_model(
-            teacher, "teacher"
+            runner, "teacher"
         )
         self._student_logits_model, self.student_softmax_recovered = logits_model(
             student, "student"
@@ -651,6 +672,7 @@ class Distiller(keras.Model):
             "alpha": self.alpha,
             "distillation_loss": loss,
             "evaluate_with_teacher": self.evaluate_with_teacher,
+            "teacher_dtype": self.teacher_dtype,
             "features": [
                 keras.saving.serialize_keras_object(term) for term in self._feature_terms
             ],

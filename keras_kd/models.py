@@ -723,3 +723,57 @@ def model_inputs(model):
     matches the model's input structure without a Keras warning)."""
     inputs = model.inputs
     return inputs[0] if len(inputs) == 1 else inputs
+
+
+# --------------------------------------------------------------------------
+# A frozen model computing in reduced precision
+# --------------------------------------------------------------------------
+
+#: Compute dtypes :func:`with_compute_dtype` accepts, and the Keras policy
+#: (float32 variables, reduced-precision math) each one maps to.
+COMPUTE_DTYPES = {
+    "float32": "float32",
+    "bfloat16": "mixed_bfloat16",
+    "float16": "mixed_float16",
+}
+
+
+def with_compute_dtype(model, dtype):
+    """A copy of a functional/Sequential ``model`` that computes in ``dtype``.
+
+    Every layer of the copy gets the Keras policy ``mixed_<dtype>``: its
+    variables stay float32 (the same values: the weights are copied, never
+    rounded in storage) and are cast to ``dtype`` for the math, as are the
+    inputs. Meant for a frozen teacher's inference (``Distiller(...,
+    teacher_dtype="bfloat16")``); the outputs are ``dtype`` and the Distiller
+    casts them to float32 before the softmax. ``dtype="float32"`` returns
+    ``model`` itself.
+
+    Raises:
+      ValueError: an unknown ``dtype`` (the message lists the valid ones), or
+        a subclassed model (its layers cannot be re-created from config).
+    """
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"unknown compute dtype {dtype!r}; valid: {', '.join(COMPUTE_DTYPES)} "
+            "(bfloat16 suits CPUs and TPUs, float16 GPUs)."
+        )
+    if dtype == "float32":
+        return model
+    if not _is_functional(model):
+        raise ValueError(
+            f"{model.name!r} is a subclassed model: its layers cannot be rebuilt "
+            f"in {dtype}. Fix: use a functional or Sequential model, or leave "
+            "the teacher in float32."
+        )
+    policy = COMPUTE_DTYPES[dtype]
+
+    def clone(layer):
+        config = layer.get_config()
+        config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    copy.set_weights(model.get_weights())
+    copy.trainable = model.trainable
+    return copy

@@ -625,3 +625,27 @@ def test_dkd_through_the_distiller_gets_the_labels(rng):
     expected = np.mean(keras_kd.losses.dkd(teacher.predict(x, verbose=0),
                                            student.predict(x, verbose=0), 4.0, labels=y))
     assert logs["distillation_loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_bfloat16_teacher_gives_close_soft_targets_and_leaves_the_teacher_alone(
+        teacher, student, data):
+    """teacher_dtype runs a bfloat16 copy: logits within bf16 rounding of float32."""
+    x, y = data
+    before = weights_of(teacher)
+    d = keras_kd.Distiller(teacher, student, temperature=3.0, teacher_dtype="bfloat16")
+    low = d._teacher_forward(x).numpy()
+    high = teacher.predict(x, verbose=0)
+    assert low.dtype == np.float32
+    # bfloat16 keeps 8 bits of mantissa: relative error ~ 2^-8 per operation.
+    np.testing.assert_allclose(low, high, atol=0.05 * np.abs(high).max())
+    assert not np.array_equal(low, high)  # it really ran in reduced precision
+    assert np.mean(np_kl(high, low, 3.0)) < 1e-3
+    d.compile(optimizer="sgd")
+    d.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    for a, b in zip(before, teacher.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert teacher.dtype_policy.name == "float32"
+    back = keras_kd.Distiller.from_config(d.get_config())
+    assert back.teacher_dtype == "bfloat16"
+    with pytest.raises(ValueError, match="teacher_dtype must be one of"):
+        keras_kd.Distiller(teacher, student, teacher_dtype="int8")
