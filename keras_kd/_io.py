@@ -9,9 +9,11 @@ leaves any existing destination untouched.
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 
-__all__ = ["ensure_dir", "atomic_path", "write_bytes", "write_text", "write_json", "save_model"]
+__all__ = ["ensure_dir", "atomic_path", "atomic_dir", "write_bytes", "write_text",
+           "write_json", "save_model"]
 
 
 def ensure_dir(folder, what=None):
@@ -60,6 +62,46 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yields a fresh temporary sibling folder; on success renames it to ``path``.
+
+    Whatever the body writes appears at ``path`` all at once, or not at all:
+    if the body raises, the temporary folder is removed and ``path`` is left
+    as it was. ``path`` must not exist or be an empty folder (which is
+    replaced); a non-empty folder is never overwritten: ``FileExistsError``.
+    (A process killed mid-write can leave the hidden ``.<name>.*`` sibling
+    behind, never a half-written ``path``.)
+    """
+    path = os.path.abspath(path)
+    folder = _check_dir(path)
+    base = os.path.basename(path)
+    tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+    try:
+        yield tmp
+        for name in os.listdir(tmp):
+            file = os.path.join(tmp, name)
+            if os.path.isfile(file):
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 folders
+        if os.path.isdir(path) and not os.listdir(path):
+            os.rmdir(path)
+        try:
+            os.rename(tmp, path)
+        except OSError as err:
+            raise FileExistsError(
+                f"cannot move the new folder into place: {path!r} exists and is "
+                f"not empty ({err.strerror}); nothing was overwritten. Fix: delete "
+                "it or choose another path."
+            ) from err
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_bytes(path, data):

