@@ -24,6 +24,10 @@ setup(
         "mlxtend",
         # The LiteRT interpreter that checks exported .tflite files.
         "ai-edge-litert",
+        # keras-kd sweep: the grid search (keras_kd.sweep.GridOracle works
+        # around 1.4.8's resume bug) and the report's plots.
+        "keras-tuner==1.4.*",
+        "matplotlib",
     ],
     extras_require={
         "test": ["pytest>=8"],

@@ -3,10 +3,13 @@
     keras-kd                                    # the whole path on mnist5k
     keras-kd --temperature=8 --alpha=0.5 --epochs=20
     keras-kd --teacher=kd_runs/x/teacher.keras  # reuse a trained teacher
+    keras-kd --augment=none --teacher_cache=kd_cache  # offline: teacher logits stored once
     keras-kd --flagfile=run.flags
     python -m keras_kd --helpfull
     keras-kd export --model=student.keras --quantization=int8 --dataset=mnist5k
     keras-kd export --help                      # the export subcommand's flags
+    keras-kd sweep --temperature=1,2,4,8 --alpha=0.5,0.9 --output_dir=kd_runs/sweep
+    keras-kd sweep --help                       # the sweep subcommand's flags
 """
 
 import sys
@@ -36,6 +39,8 @@ flags.DEFINE_integer("teacher_epochs", _D.teacher_epochs, "Epochs for training t
 flags.DEFINE_integer("batch_size", _D.batch_size, "Batch size.")
 flags.DEFINE_string("augment", _D.augment, f"Augmentation policy for the students: {', '.join(sorted(_augment.POLICIES))}, options like jitter:pixels=2.")
 flags.DEFINE_string("teacher_augment", None, "Augmentation for teacher training (default: --augment).")
+flags.DEFINE_string("teacher_cache", None, "Offline distillation: compute the teacher's logits on the training split once, store them in DIR, and train the student from them; needs --augment=none. A DIR holding a cache is reused after checking it is this teacher's and this data's.")
+flags.DEFINE_integer("teacher_cache_top_k", None, "With --teacher_cache: store only the K largest logits per image and the mean of the rest (unset: all logits).")
 flags.DEFINE_integer("seed", _D.seed, "Random seed.")
 flags.DEFINE_string("output_dir", None, "Output folder (default ./kd_runs/<timestamp>).")
 flags.DEFINE_bool("export", True, "Export and verify student.tflite.")
@@ -72,6 +77,8 @@ def config_from_flags():
         batch_size=FLAGS.batch_size,
         augment=FLAGS.augment,
         teacher_augment=FLAGS.teacher_augment,
+        teacher_cache=FLAGS.teacher_cache or None,
+        teacher_cache_top_k=FLAGS.teacher_cache_top_k,
         seed=FLAGS.seed,
         output_dir=FLAGS.output_dir,
         export=FLAGS.export,
@@ -95,8 +102,9 @@ def _stderr(message):
 def main(argv):
     """Runs the main job; bad flag values exit with a one-line error."""
     if len(argv) > 1:
-        hint = (" The export subcommand comes first: keras-kd export --model=... "
-                "(see keras-kd export --help).") if "export" in argv[1:] else ""
+        sub = next((a for a in argv[1:] if a in ("export", "sweep")), None)
+        hint = (f" The {sub} subcommand comes first: keras-kd {sub} --flags... "
+                f"(see keras-kd {sub} --help).") if sub else ""
         raise app.UsageError(
             f"unexpected arguments {argv[1:]}; keras-kd takes only --flags "
             f"(see keras-kd --help).{hint}"
@@ -169,27 +177,115 @@ def export_main(argv):
     return 0
 
 
-def _parse_export_flags(argv):
-    """absl flags parser for ``keras-kd export ...`` (``argv[1] == "export"``)."""
+def _parse_subcommand_flags(argv, flag_values, usage, name):
+    """absl flags parser for ``keras-kd <name> ...`` (``argv[1] == name``)."""
     args = [argv[0], *argv[2:]]
     if any(a in ("-h", "-?", "--help", "--helpshort", "--helpfull") for a in args[1:]):
-        print(EXPORT_USAGE)
-        print(EXPORT_FLAGS.get_help())
+        print(usage)
+        print(flag_values.get_help())
         sys.exit(0)
     try:
-        rest = EXPORT_FLAGS(args)
+        rest = flag_values(args)
     except flags.Error as err:
         sys.stderr.write(f"FATAL Flags parsing error: {err}\n"
-                         "Pass --help to see the flags of keras-kd export.\n")
+                         f"Pass --help to see the flags of keras-kd {name}.\n")
         sys.exit(1)
     FLAGS(argv[:1])  # absl's own flags (logging) at their defaults
     return rest
+
+
+def _parse_export_flags(argv):
+    """absl flags parser for ``keras-kd export ...`` (``argv[1] == "export"``)."""
+    return _parse_subcommand_flags(argv, EXPORT_FLAGS, EXPORT_USAGE, "export")
+
+
+SWEEP_USAGE = """keras-kd sweep: a grid of distillation settings against one teacher, ranked.
+
+Trains the teacher once (or loads --teacher), then one student per point of
+--temperature x --alpha x --distillation_loss x --student_arch, each from the
+same initial weights and data order, and ranks them by validation accuracy.
+Writes sweep.md, sweep.json, best.flags (for keras-kd --flagfile=best.flags),
+best_student.keras and two plots to --output_dir. Rerunning the same command
+resumes: finished trials are not trained again. With --augment=none the
+teacher's logits are computed once and cached; otherwise it runs online.
+
+Grid flags take comma-separated values and may be repeated. A comma inside a
+--student_arch spec stays with it (a key=value after a comma is an option of
+the spec before it), or give one spec per --student_arch:
+
+    keras-kd sweep --temperature=1,2,4,8,16 --alpha=0.5,0.9,1.0 --augment=none \\
+        --distillation_loss=kl,dkd --student_arch=mlp:hidden=400x400,cnn:width=0.25 \\
+        --epochs=6 --output_dir=kd_runs/sweep
+    keras-kd sweep --teacher=kd_runs/x/teacher.keras --student_arch=mlp:hidden=800x800,dropout=0.2 \\
+        --student_arch=cnn:width=0.25 --temperature=2,4 --alpha=0.7
+"""
+
+# keras-kd sweep: its own FlagValues, like export. The grid flags are
+# multi-string flags holding comma-separated lists.
+SWEEP_FLAGS = flags.FlagValues()
+_S = {"flag_values": SWEEP_FLAGS}
+flags.DEFINE_multi_string("temperature", ["1,2,4,8"], "Grid: temperatures T (> 0), comma-separated.", **_S)
+flags.DEFINE_multi_string("alpha", ["0.5,0.9"], "Grid: alphas in [0, 1], comma-separated (weight of the distillation loss).", **_S)
+flags.DEFINE_multi_string("distillation_loss", ["kl"], f"Grid: distillation losses, comma-separated, from {', '.join(losses.available())}.", **_S)
+flags.DEFINE_multi_string("student_arch", [_D.student_arch], "Grid: student architecture specs, comma-separated (options stay with their spec: mlp:hidden=800x800,dropout=0.2,cnn:width=0.25 is two specs) or one per repeated flag.", **_S)
+flags.DEFINE_string("dataset", _D.dataset, "mnist5k (embedded), tfds:<name> or folder:<path>.", **_S)
+flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir holding pre-downloaded data.", **_S)
+flags.DEFINE_string("image_size", None, "Resize images to H,W.", **_S)
+flags.DEFINE_string("teacher", None, "Path to a trained .keras teacher; empty trains one (once, saved as <output_dir>/teacher.keras).", **_S)
+flags.DEFINE_string("teacher_arch", _D.teacher_arch, "Teacher architecture spec (when training one).", **_S)
+flags.DEFINE_integer("teacher_epochs", _D.teacher_epochs, "Epochs for training the teacher.", **_S)
+flags.DEFINE_integer("epochs", _D.epochs, "Epochs per trial (and per baseline).", **_S)
+flags.DEFINE_integer("batch_size", _D.batch_size, "Batch size.", **_S)
+flags.DEFINE_string("augment", _D.augment, "Augmentation policy for teacher and students; none trains every trial from cached teacher logits.", **_S)
+flags.DEFINE_enum("optimizer", _D.optimizer, list(job.OPTIMIZERS), "Optimizer.", **_S)
+flags.DEFINE_float("learning_rate", _D.learning_rate, "Learning rate.", **_S)
+flags.DEFINE_integer("seed", _D.seed, "Random seed (the same for every trial).", **_S)
+flags.DEFINE_string("output_dir", None, "Output folder (default ./kd_runs/<timestamp>); rerun with the same one to resume.", **_S)
+flags.DEFINE_bool("baseline", True, "Also train each student architecture on the labels alone, for reference.", **_S)
+flags.DEFINE_integer("verbose", 0, "Keras verbosity of each fit: 0 silent (one line per trial), 1 progress bars, 2 one line per epoch.", **_S)
+
+
+def sweep_main(argv):
+    """Runs ``keras-kd sweep`` on the parsed :data:`SWEEP_FLAGS`; returns the exit code."""
+    f = SWEEP_FLAGS
+    try:
+        if len(argv) > 1:
+            raise ValueError(f"unexpected arguments {argv[1:]}; keras-kd sweep takes only "
+                             "--flags (see keras-kd sweep --help).")
+        from keras_kd import sweep
+
+        config = sweep.SweepConfig(
+            temperatures=sweep.parse_list("temperature", f.temperature),
+            alphas=sweep.parse_list("alpha", f.alpha),
+            distillation_losses=sweep.parse_list("distillation_loss", f.distillation_loss),
+            student_archs=sweep.parse_list("student_arch", f.student_arch),
+            dataset=f.dataset, data_dir=f.data_dir,
+            image_size=_data.parse_image_size(f.image_size), teacher=f.teacher or None,
+            teacher_arch=f.teacher_arch, teacher_epochs=f.teacher_epochs, epochs=f.epochs,
+            batch_size=f.batch_size, augment=f.augment, optimizer=f.optimizer,
+            learning_rate=f.learning_rate, seed=f.seed, output_dir=f.output_dir,
+            baseline=f.baseline, verbose=f.verbose,
+            flags_used={flag.name: flag.value for flag in f.get_flags_for_module(__name__)},
+        )
+        sweep.run(config)
+    except (ValueError, OSError, RuntimeError) as err:
+        print(f"keras-kd sweep: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _parse_sweep_flags(argv):
+    """absl flags parser for ``keras-kd sweep ...`` (``argv[1] == "sweep"``)."""
+    return _parse_subcommand_flags(argv, SWEEP_FLAGS, SWEEP_USAGE, "sweep")
 
 
 def run():
     """Console-script entry point (also ``python -m keras_kd``)."""
     if len(sys.argv) > 1 and sys.argv[1] == "export":
         app.run(export_main, flags_parser=_parse_export_flags)
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "sweep":
+        app.run(sweep_main, flags_parser=_parse_sweep_flags)
         return
     # absl's --help lists the main module's key flags; the main module is the
     # console-script wrapper or keras_kd/__main__.py, so adopt ours there.

@@ -1,10 +1,13 @@
 """Human-readable output of a run: the console table and ``report.md``.
 
 Pure formatting of the results dict that :func:`keras_kd.job.run` also
-writes to ``metrics.json``; knows nothing of training.
+writes to ``metrics.json`` (and, for sweeps, of :func:`keras_kd.sweep.run`'s
+``sweep.json``: ``sweep.md`` and the PNG plots, returned as bytes); knows
+nothing of training.
 """
 
-__all__ = ["table", "markdown"]
+__all__ = ["table", "markdown", "sweep_table", "sweep_markdown", "accuracy_vs_temperature_png",
+           "best_curves_png"]
 
 _HEADER = ("model", "params", "val accuracy", "val errors")
 
@@ -133,3 +136,215 @@ def markdown(results):
     parts += [f"--{k}={v}" for k, v in sorted(flags.items()) if v is not None]
     parts += ["```", ""]
     return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------
+# Sweeps (keras_kd.sweep): the ranked table, sweep.md and the plots
+# --------------------------------------------------------------------------
+
+_SWEEP_HEADER = ("rank", "temperature", "alpha", "loss", "student arch", "val accuracy",
+                 "val loss", "teacher agreement", "epochs", "time")
+
+
+def _seconds(s):
+    return f"{s:.1f} s" if s < 90 else f"{int(s // 60)} min {round(s % 60):d} s"
+
+
+def _sweep_cells(row):
+    return (
+        str(row["rank"]),
+        f"{row['temperature']:g}",
+        f"{row['alpha']:g}",
+        row["distillation_loss"],
+        row["student_arch"],
+        f"{100 * row['val_accuracy']:.2f}%",
+        f"{row['val_loss']:.4f}",
+        f"{100 * row['teacher_agreement']:.2f}%",
+        str(row["epochs"]),
+        _seconds(row["time_s"]),
+    )
+
+
+def sweep_table(rows):
+    """A fixed-width text table of sweep rows (already ranked)."""
+    lines = [_SWEEP_HEADER] + [_sweep_cells(r) for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(_SWEEP_HEADER))]
+    left = {3, 4}
+    fmt = "  ".join(f"{{:<{w}}}" if i in left else f"{{:>{w}}}" for i, w in enumerate(widths))
+    out = [fmt.format(*lines[0]), "  ".join("-" * w for w in widths)]
+    out += [fmt.format(*line) for line in lines[1:]]
+    return "\n".join(out)
+
+
+def _plural(n, word):
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def sweep_markdown(results):
+    """``sweep.md``: the trials ranked by validation accuracy, references, best, plots."""
+    ds, rows, grid = results["dataset"], results["rows"], results["grid"]
+    settings = results["settings"]
+    teacher = results["teacher"]
+    cache = results.get("teacher_cache") or {}
+    best = results["best"]
+    how = ("the teacher's logits on the training split were computed once "
+           "(`teacher_cache/`) and every trial trained from them"
+           if cache.get("used") else "the teacher ran online, on every training batch")
+    names = {"temperature": "temperature", "alpha": "alpha", "distillation_loss": "loss",
+             "student_arch": "student architecture"}
+    axes = " × ".join(
+        f"{_plural(len(v), names[k])} ({', '.join(f'{x:g}' if isinstance(x, float) else x for x in v)})"
+        for k, v in grid.items()
+    )
+    parts = [
+        "# keras_kd sweep",
+        "",
+        f"Dataset `{ds['name']}`: {ds['num_train']} training and {ds['num_validation']} "
+        f"validation images of shape {tuple(ds['input_shape'])}, {ds['num_classes']} classes. "
+        f"Every student: {_plural(settings['epochs'], 'epoch')}, {settings['optimizer']} "
+        f"(learning rate {settings['learning_rate']:g}), batch {settings['batch_size']}, "
+        f"augmentation `{settings['augment']}`, seed {settings['seed']}, the same initial "
+        f"weights per architecture; {how}.",
+        "",
+        f"Grid: {axes} = {_plural(len(rows), 'trial')}, sorted by validation accuracy "
+        "(ties: lower val loss first). *val loss*: the student's cross-entropy on the "
+        "validation split; *teacher agreement*: the fraction of validation images on which "
+        "the student's top-1 class is the teacher's.",
+        "",
+        _md_table(_SWEEP_HEADER, [_sweep_cells(r) for r in rows]),
+        "",
+        "## For reference",
+        "",
+    ]
+    what = (f"`{teacher['arch']}`, trained here ({_plural(settings['teacher_epochs'], 'epoch')})"
+            if teacher["source"] == "trained" else f"`{teacher['file']}`")
+    ref = [("teacher", what, f"{teacher['params']:,}", f"{100 * teacher['val_accuracy']:.2f}%",
+            f"{teacher['val_loss']:.4f}")]
+    for arch, b in (results.get("baselines") or {}).items():
+        ref.append(("baseline", f"`{arch}` on the labels alone (same initial weights and "
+                    "schedule)", f"{b['params']:,}", f"{100 * b['val_accuracy']:.2f}%",
+                    f"{b['val_loss']:.4f}"))
+    parts += [_md_table(("model", "what", "params", "val accuracy", "val loss"), ref), ""]
+    parts += [
+        "## Best",
+        "",
+        f"Rank 1: temperature {best['temperature']:g}, alpha {best['alpha']:g}, loss "
+        f"`{best['distillation_loss']}`, student `{best['student_arch']}`: validation "
+        f"accuracy {100 * best['val_accuracy']:.2f}% ({best['val_errors']} errors of "
+        f"{best['val_examples']}). Its student is `best_student.keras`; "
+        "`keras-kd --flagfile=best.flags` runs the main job with its configuration "
+        "and this teacher.",
+        "",
+        "![validation accuracy against temperature](accuracy_vs_temperature.png)",
+        "",
+        "![training curves of the best trial](best_curves.png)",
+        "",
+    ]
+    t = results.get("timings") or {}
+    if t:
+        parts += [
+            "## Time",
+            "",
+            f"teacher {_seconds(t['teacher_s'])}, search {_seconds(t['search_s'])} "
+            f"({_plural(t['trials_trained_now'], 'trial')} trained in the last run), "
+            f"total {_seconds(t['total_s'])}.",
+            "",
+        ]
+    flags = results.get("flags") or {}
+    if flags:
+        parts += ["## Flags used", "", "```"]
+        parts += [f"--{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+                  for k, v in sorted(flags.items()) if v is not None]
+        parts += ["```", ""]
+    return "\n".join(parts)
+
+
+def _png(fig):
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _figure(width, height):
+    """A Matplotlib figure drawn by the Agg canvas, without pyplot's global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def accuracy_vs_temperature_png(results):
+    """PNG: validation accuracy against T, one line per alpha, a panel per (loss, student).
+
+    Panels: a row per student architecture, a column per loss, one y scale.
+
+    The teacher's accuracy is a dotted line, the panel's baseline (student
+    on labels alone) a dashed one.
+    """
+    rows, grid = results["rows"], results["grid"]
+    panels = [(loss, arch) for arch in grid["student_arch"] for loss in grid["distillation_loss"]]
+    # a row per student architecture, a column per loss (wrapped if many), one y scale
+    cols = len(grid["distillation_loss"]) if len(grid["distillation_loss"]) <= 4 else 3
+    nrows = -(-len(panels) // cols)
+    fig = _figure(4.6 * cols, 3.6 * nrows)
+    axes = fig.subplots(nrows, cols, squeeze=False, sharey=True).ravel()
+    temps = sorted(grid["temperature"])
+    log_x = temps[0] > 0 and temps[-1] / temps[0] >= 4
+    baselines = results.get("baselines") or {}
+    for ax, (loss, arch) in zip(axes, panels):
+        for alpha in grid["alpha"]:
+            points = sorted((r["temperature"], 100 * r["val_accuracy"]) for r in rows
+                            if r["alpha"] == alpha and r["distillation_loss"] == loss
+                            and r["student_arch"] == arch)
+            ax.plot(*zip(*points), marker="o", label=f"alpha {alpha:g}")
+        ax.axhline(100 * results["teacher"]["val_accuracy"], color="black", linestyle=":",
+                   label="teacher")
+        if arch in baselines:
+            ax.axhline(100 * baselines[arch]["val_accuracy"], color="gray", linestyle="--",
+                       label="baseline (labels only)")
+        if log_x:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(temps, [f"{t:g}" for t in temps])
+        ax.minorticks_off()
+        ax.set_title(f"{loss} · {arch}", fontsize=10)
+        ax.set_xlabel("temperature T")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.yaxis.set_tick_params(labelleft=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    return _png(fig)
+
+
+def best_curves_png(results):
+    """PNG: the best trial's loss and accuracy per epoch, training and validation."""
+    best = next(r for r in results["rows"] if r["rank"] == 1)
+    h = best["history"]
+    fig = _figure(10, 3.8)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax, series in (
+        (ax_loss, (("student_loss", "train cross-entropy", "-"),
+                   ("val_loss", "validation cross-entropy", "-"),
+                   ("loss", "train total (distillation objective)", "--"))),
+        (ax_acc, (("accuracy", "train accuracy", "-"),
+                  ("val_accuracy", "validation accuracy", "-"),
+                  ("teacher_agreement", "train agreement with the teacher", "--"))),
+    ):
+        for key, label, style in series:
+            if key in h:
+                ax.plot(range(1, len(h[key]) + 1), h[key], style, marker="o", label=label)
+        epochs = len(h.get("val_accuracy") or h.get("loss") or [1])
+        ax.set_xticks(range(1, epochs + 1, max(1, -(-epochs // 12))))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax_loss.set_ylabel("loss")
+    ax_acc.set_ylabel("fraction")
+    fig.suptitle(f"best trial: T={best['temperature']:g}, alpha={best['alpha']:g}, "
+                 f"{best['distillation_loss']}, {best['student_arch']}", fontsize=10)
+    return _png(fig)
