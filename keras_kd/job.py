@@ -47,6 +47,7 @@ import tensorflow as tf
 
 from keras_kd import _io, augment, checkpoint, data, distribute, export, losses, models, report
 from keras_kd import cache as teacher_cache
+from keras_kd import features as features_lib
 from keras_kd.distiller import Distiller
 
 __all__ = [
@@ -93,6 +94,8 @@ class JobConfig:
     mixed_precision: str = "float32"
     checkpoint_dir: str | None = None
     jit_compile: bool = False
+    features: str | None = None  # feature terms, keras_kd.features.parse syntax
+    teacher_dtype: str = "float32"  # the frozen teacher's inference precision
     verbose: int = 1
     flags_used: dict = dataclasses.field(default_factory=dict)
 
@@ -144,6 +147,23 @@ class JobConfig:
         models.parse_spec(self.teacher_arch)
         models.parse_spec(self.student_arch)
         self._validate_teacher_cache()
+        terms = features_lib.parse(self.features) if self.features else []
+        if terms and self.teacher_cache:
+            raise ValueError(
+                "--features needs the teacher's feature maps, which the teacher "
+                "cache does not store. Fix: drop --teacher_cache (online "
+                "distillation) or --features."
+            )
+        if self.teacher_dtype not in models.COMPUTE_DTYPES:
+            raise ValueError(
+                f"--teacher_dtype={self.teacher_dtype!r}; valid: "
+                f"{', '.join(models.COMPUTE_DTYPES)}."
+            )
+        if terms and self.teacher_dtype != "float32":
+            raise ValueError(
+                "--teacher_dtype other than float32 cannot be combined with "
+                "--features yet. Fix: drop one of them."
+            )
         if self.teacher and not os.path.isfile(self.teacher):
             raise ValueError(
                 f"--teacher={self.teacher!r} does not exist. Fix: pass the path "
@@ -174,6 +194,20 @@ class JobConfig:
                 "multi-worker training, or train on one machine (any other "
                 "--strategy) with the cache."
             )
+
+
+def _check_features(config, teacher, info):
+    """Names of --features layers and their shapes, checked on the untrained
+    models (a fresh student of --student_arch) before anything trains."""
+    if not config.features:
+        return
+    student = models.build(config.student_arch, info.input_shape, info.num_classes,
+                           name="student")
+    features_lib.FeaturePlan(
+        features_lib.parse(config.features), teacher, student,
+        models.logits_model(teacher, "teacher")[0],
+        models.logits_model(student, "student")[0],
+    )
 
 
 def default_output_dir():
@@ -539,11 +573,13 @@ def _run(config, log, strategy):
         if teacher_file:
             teacher = load_teacher(teacher_file, info)
             log(f"teacher: loaded {teacher_file}")
+            _check_features(config, teacher, info)
         else:
             teacher = models.build(
                 config.teacher_arch, info.input_shape, info.num_classes,
                 name="teacher", seed=config.seed,
             )
+            _check_features(config, teacher, info)  # before hours of training
             _plain_compile(teacher, config, jit, augment.mixes_labels(teacher_aug))
             log(f"teacher: training {config.teacher_arch} for {config.teacher_epochs} epochs")
             _phase_fit(teacher, teacher_train, config, "teacher", config.teacher_epochs)
@@ -590,6 +626,8 @@ def _run(config, log, strategy):
             temperature=config.temperature,
             alpha=config.alpha,
             distillation_loss=config.distillation_loss,
+            features=config.features,
+            teacher_dtype=config.teacher_dtype,
         )
         with warnings.catch_warnings():  # the label-check caveat is in --help
             warnings.simplefilter("ignore", UserWarning)

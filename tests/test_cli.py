@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_kd import cli
+from keras_kd import cli, models
 
 TINY = [
     "--epochs=1",
@@ -333,3 +333,33 @@ def test_export_must_come_first():
 
     with pytest.raises(app.UsageError, match="export subcommand comes first"):
         cli.main(["keras-kd", "export"])
+
+
+def test_features_and_bad_layer_names_from_the_cli(tmp_path, capsys):
+    """--features trains hint + attention terms; a wrong layer name stops the job
+    before anything trains, naming the near matches."""
+    base = [a for a in TINY if not a.startswith("--student_arch")] + [
+        "--student_arch=cnn:width=0.125", "--export=false"]
+    bad = tmp_path / "bad"
+    assert run_cli(base + [f"--output_dir={bad}", "--features=hint:block2_cnv=block2_conv"]) == 2
+    assert "block2_conv" in capsys.readouterr().err
+    assert not (bad / "teacher.keras").exists()
+    out = tmp_path / "ok"
+    spec = "hint:block2_conv=block2_conv;attention:block1_relu=block1_relu"
+    assert run_cli(base + [f"--output_dir={out}", f"--features={spec}"]) == 0
+    history = json.loads((out / "metrics.json").read_text())["distillation_history"]
+    assert history["hint_loss"][0] > 0 and history["attention_loss"][0] > 0
+    # The projector (8 -> 16 channels) trained with the student is not in it.
+    student = keras.saving.load_model(out / "student.keras")
+    assert models.count_params(student) == models.count_params(
+        models.build("cnn:width=0.125", (28, 28, 1), 10))
+
+
+def test_teacher_dtype_flag_and_its_conflicts(tmp_path, capsys):
+    out = tmp_path / "bf16"
+    assert run_cli(TINY + ["--export=false", "--teacher_dtype=bfloat16",
+                           f"--output_dir={out}"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["teacher_dtype"] == "bfloat16"
+    assert run_cli(TINY + ["--teacher_dtype=bfloat16", "--features=hint:logits=logits",
+                           f"--output_dir={tmp_path / 'x'}"]) == 2
+    assert "cannot be combined with --features" in capsys.readouterr().err

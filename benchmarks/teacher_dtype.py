@@ -1,0 +1,113 @@
+"""A frozen teacher in reduced precision: speed, soft-target fidelity, student accuracy.
+
+Trains a teacher once on the embedded digits, then compares its float32 and
+reduced-precision (``--dtype``, default bfloat16) inference:
+
+* speed: median of ``--repeats`` interleaved epochs of teacher inference
+  (``predict``) and of distillation (``Distiller.fit``), after a warm-up;
+* fidelity: the mean ``KL(p32 ‖ p_low)`` between the two soft-target
+  distributions at the run's T over the training images, the largest
+  absolute logit difference and the top-1 agreement;
+* effect: the distilled student's validation accuracy after ``--epochs``
+  epochs from each teacher (same initial weights, same data order).
+
+    python -m benchmarks.teacher_dtype
+    python -m benchmarks.teacher_dtype --dtype=float16     # on a GPU
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"))
+    parser.add_argument("--teacher", default="cnn")
+    parser.add_argument("--student", default="mlp:hidden=400x400")
+    parser.add_argument("--teacher_epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--temperature", type=float, default=3.0)
+    parser.add_argument("--alpha", type=float, default=0.7)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    import keras
+    import numpy as np
+
+    import keras_kd
+    from keras_kd import data, losses, models
+
+    keras.utils.set_random_seed(0)
+    train, val, info = data.load("mnist5k", batch_size=64, seed=0)
+    teacher = models.build(args.teacher, info.input_shape, info.num_classes, seed=0)
+    teacher.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    metrics=["accuracy"])
+    teacher.fit(train, epochs=args.teacher_epochs, verbose=0)
+    teacher.trainable = False
+    low = models.with_compute_dtype(teacher, args.dtype)
+
+    # Fidelity on the (unshuffled) training images.
+    x = np.concatenate([b[0].numpy() for b in val.rebatch(256)] +
+                       [b[0].numpy() for b in train.rebatch(256)])
+    t32 = teacher.predict(x, batch_size=256, verbose=0)
+    tlow = low.predict(x, batch_size=256, verbose=0).astype("float32")
+    T = args.temperature
+    kl = float(np.mean(losses.kl_divergence(t32, tlow, T)) / (T * T))
+    fidelity = {
+        "mean_kl_at_T": kl,
+        "max_abs_logit_diff": float(np.abs(t32 - tlow).max()),
+        "top1_agreement": float(np.mean(t32.argmax(-1) == tlow.argmax(-1))),
+        "teacher_val_accuracy_f32": float(teacher.evaluate(val, verbose=0, return_dict=True)["accuracy"]),
+    }
+
+    def distiller(t):
+        keras.utils.set_random_seed(1)
+        student = models.build(args.student, info.input_shape, info.num_classes, seed=1)
+        d = keras_kd.Distiller(t, student, temperature=T, alpha=args.alpha)
+        d.compile(optimizer=keras.optimizers.Adam(2e-3), metrics=["accuracy"])
+        return d
+
+    # Student accuracy from each teacher: same init, same shuffled order (seeded).
+    accuracy = {}
+    for name, t in (("float32", teacher), (args.dtype, low)):
+        keras.utils.set_random_seed(2)
+        d = distiller(t)
+        d.fit(train, epochs=args.epochs, verbose=0)
+        accuracy[name] = float(d.evaluate(val, verbose=0, return_dict=True)["accuracy"])
+
+    # Speed, interleaved.
+    train_c = train.cache()
+    d32, dlow = distiller(teacher), distiller(low)
+    runs = {
+        "infer_float32": lambda: teacher.predict(train_c, verbose=0),
+        f"infer_{args.dtype}": lambda: low.predict(train_c, verbose=0),
+        "distill_float32": lambda: d32.fit(train_c, epochs=1, verbose=0),
+        f"distill_{args.dtype}": lambda: dlow.fit(train_c, epochs=1, verbose=0),
+    }
+    for fn in runs.values():
+        fn()
+    times = {k: [] for k in runs}
+    for _ in range(args.repeats):
+        for k, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    speed = {
+        "teacher_inference_speedup": med["infer_float32"] / med[f"infer_{args.dtype}"],
+        "distill_epoch_speedup": med["distill_float32"] / med[f"distill_{args.dtype}"],
+    }
+    print(f"{'epoch (s)':<22}" + "".join(f"{k:>18}" for k in med))
+    print(f"{'':<22}" + "".join(f"{v:18.3f}" for v in med.values()))
+    for k, v in {**speed, **fidelity}.items():
+        print(f"{k:<30} {v:.6g}")
+    for k, v in accuracy.items():
+        print(f"student val accuracy, {k} teacher: {v:.4f}")
+    print("RESULT" + json.dumps({"epoch_s": med, "speed": speed, "fidelity": fidelity,
+                                 "student_accuracy": accuracy, "args": vars(args)}))
+
+
+if __name__ == "__main__":
+    main()
