@@ -30,7 +30,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # nbclient + ipykernel execute examples/distill.ipynb in the tests.
+        "test": ["pytest>=8", "nbclient", "nbformat", "ipykernel"],
     },
     entry_points={"console_scripts": ["keras-kd=keras_kd.cli:run"]},
 )
