@@ -53,8 +53,8 @@ flags.DEFINE_enum("mixed_precision", _D.mixed_precision, list(distribute.MIXED_P
 flags.DEFINE_string("checkpoint_dir", None, "Back up every epoch here; rerunning the same command after a crash or kill resumes from the last backup.")
 flags.DEFINE_integer("max_restarts", 3, lower_bound=0, help="With --strategy=multi_worker: when another worker stops, restart this one (up to N times) to wait for it and resume from --checkpoint_dir.")
 flags.DEFINE_bool("jit_compile", _D.jit_compile, "XLA-compile the train steps (one replica only; off under multi-replica strategies). XLA drops the label-range check. Often slower on CPU (issue 7 measures it).")
-flags.DEFINE_string("features", None, "Feature distillation terms, e.g. 'hint:block2_conv=block2_conv,weight=1;attention:block1_relu=block1_relu' (FitNets hints with a learned projector where shapes differ; attention transfer). Quote it in a shell.")
-flags.DEFINE_enum("teacher_dtype", _D.teacher_dtype, ["float32", "bfloat16", "float16"], "Precision of the frozen teacher's inference (its logits are cast to float32 before the softmax). benchmarks/teacher_dtype.py measures speed and fidelity.")
+flags.DEFINE_string("features", None, "Feature distillation terms between named layers, e.g. with --student_arch=cnn:width=0.5: 'hint:block2_conv=block2_conv,weight=1;attention:block1_relu=block1_relu' (FitNets hints with a learned projector where shapes differ; attention transfer). Quote it in a shell.")
+flags.DEFINE_enum("teacher_dtype", _D.teacher_dtype, ["float32", "bfloat16", "float16"], "Precision of the frozen teacher's inference (float32 also for a teacher built under --mixed_precision; its logits are cast to float32 before the softmax). Not with --teacher_cache. benchmarks/teacher_dtype.py measures speed and fidelity.")
 flags.DEFINE_integer("verbose", _D.verbose, "Keras verbosity: 0 silent, 1 progress bars, 2 one line per epoch.")
 
 

@@ -771,7 +771,9 @@ def load_unbatched(name="mnist5k", *, validation_split=0.2, data_dir=None,
     split order (drawn with :data:`SPLIT_SEED`); a tfds split's files in their
     stored order (:func:`load` instead reads tfds files in a ``seed``-shuffled
     order). :func:`finish` turns the pair into what :func:`load` returns; for
-    mnist5k and folders exactly (same order for the same ``seed``).
+    mnist5k exactly (same order for the same ``seed``). For folders the same
+    examples, but :func:`load` also keeps Keras's own file shuffle, so the
+    order differs.
 
     Raises:
         The errors of :func:`load`.

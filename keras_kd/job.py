@@ -159,6 +159,13 @@ class JobConfig:
                 f"--teacher_dtype={self.teacher_dtype!r}; valid: "
                 f"{', '.join(models.COMPUTE_DTYPES)}."
             )
+        if self.teacher_cache and self.teacher_dtype != "float32":
+            raise ValueError(
+                f"--teacher_dtype={self.teacher_dtype} has no effect with "
+                "--teacher_cache: the cache stores the teacher's logits, computed "
+                "once. Fix: drop --teacher_dtype (the cache already removes the "
+                "teacher's cost per step)."
+            )
         if terms and self.teacher_dtype != "float32":
             raise ValueError(
                 "--teacher_dtype other than float32 cannot be combined with "
@@ -504,7 +511,8 @@ def _cached_train(config, teacher, info, log):
     The ordered, unbatched training split is paired with the stored logits,
     then shuffled and batched as :func:`keras_kd.data.load` does, so the
     order (and, with a full cache, the training) is that of online
-    distillation without augmentation. Returns ``(dataset, report)``.
+    distillation without augmentation (for mnist5k and tfds; folder data is
+    read in another order, with the same examples). Returns ``(dataset, report)``.
     """
     ordered, _, _ = data.load_unbatched(
         config.dataset, data_dir=config.data_dir, image_size=config.image_size

@@ -747,7 +747,8 @@ def with_compute_dtype(model, dtype):
     inputs. Meant for a frozen teacher's inference (``Distiller(...,
     teacher_dtype="bfloat16")``); the outputs are ``dtype`` and the Distiller
     casts them to float32 before the softmax. ``dtype="float32"`` returns
-    ``model`` itself.
+    ``model`` itself when all its layers compute in float32, and otherwise a
+    float32 copy (a teacher built under a mixed policy).
 
     Raises:
       ValueError: an unknown ``dtype`` (the message lists the valid ones), or
@@ -758,8 +759,10 @@ def with_compute_dtype(model, dtype):
             f"unknown compute dtype {dtype!r}; valid: {', '.join(COMPUTE_DTYPES)} "
             "(bfloat16 suits CPUs and TPUs, float16 GPUs)."
         )
-    if dtype == "float32":
-        return model
+    if dtype == "float32" and (not _is_functional(model) or all(
+        layer.dtype_policy.name == "float32" for layer in model._flatten_layers()
+    )):
+        return model  # (a subclassed model computes as it was built)
     if not _is_functional(model):
         raise ValueError(
             f"{model.name!r} is a subclassed model: its layers cannot be rebuilt "

@@ -54,7 +54,7 @@ import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
 
-from keras_kd import _io, augment, data, job, models, report
+from keras_kd import _io, augment, cache, data, job, models, report
 from keras_kd.distiller import Distiller
 
 __all__ = [
@@ -400,6 +400,25 @@ def _check_resumable(config, out):
         _io.write_json(path, current)
 
 
+def _check_same_teacher(teacher, out):
+    """Finished trials belong to one teacher: its weights' fingerprint is kept
+    beside them, and a different teacher (e.g. a retrained ``--teacher`` file
+    at the same path) cannot resume the sweep."""
+    path = os.path.join(out, "teacher_fingerprint.txt")
+    fingerprint = cache.teacher_fingerprint(teacher)
+    if not os.path.exists(path):
+        _io.write_text(path, fingerprint + "\n")
+        return
+    with open(path, encoding="utf-8") as f:
+        saved = f.read().strip()
+    if saved != fingerprint:
+        raise ValueError(
+            f"--output_dir={out!r} holds trials distilled from another teacher "
+            "(its weights' fingerprint differs), so they cannot be resumed with "
+            "this one. Fix: use a new --output_dir, or delete it to start over."
+        )
+
+
 def _describe(values):
     return (f"T={values['temperature']:g}, alpha={values['alpha']:g}, "
             f"loss={values['distillation_loss']}, student={values['student_arch']}")
@@ -419,8 +438,9 @@ def _run(config, out, log):
     t0 = time.perf_counter()
     teacher, teacher_file, teacher_source = _teacher(config, info, out, log)
     teacher_s = time.perf_counter() - t0
+    _check_same_teacher(teacher, out)
     labels = np.concatenate([np.asarray(y).reshape(-1) for _, y in val_ds])
-    teacher_logits = _logits(teacher, val_ds)
+    teacher_logits = _logits(models.logits_model(teacher, "teacher")[0], val_ds)
     teacher_scores = _scores(teacher_logits, labels, None)
     log(f"teacher: val accuracy {100 * teacher_scores['val_accuracy']:.2f}%")
 

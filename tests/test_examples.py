@@ -61,9 +61,6 @@ def test_hinton_mnist_runs_and_compares_with_the_paper(tmp_path):
     for key in ("teacher_errors", "student_alone_errors", "distilled_errors",
                 "omitted_errors", "shifted_errors"):
         assert 0 <= r[key] < 800, (key, r[key])  # better than chance (900) after 1 epoch
-    assert 0 <= r["paper_shift_errors"] <= 1000
-    for key in ("omitted_errors_on_3s", "shifted_errors_on_3s", "paper_shift_errors_on_3s"):
-        assert 0 <= r[key] <= 100, (key, r[key])
     assert math.isfinite(r["bias_3"]) and math.isfinite(r["bias_others"])
     # The chosen shift is on the grid, never worse than no shift, and moves
     # predictions toward 3 (more predicted 3s, fewer errors on 3s).
