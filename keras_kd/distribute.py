@@ -420,6 +420,15 @@ def fit(model, dataset, **kwargs):
     return model.fit(dataset, **kwargs)
 
 
+#: :func:`fit_loop` reads the (cross-worker) metrics for its per-batch
+#: callbacks every this many steps, and always at the end of an epoch.
+LOG_EVERY = 20
+
+
+def _read_logs(model):
+    return {k: float(v) for k, v in model.get_metrics_result().items()}
+
+
 def fit_loop(model, dataset, *, epochs=1, callbacks=None, verbose=1,
              validation_data=None, shuffle=None, initial_epoch=0):
     """A ``fit`` for strategies where Keras's own fails (multi-worker).
@@ -429,7 +438,8 @@ def fit_loop(model, dataset, *, epochs=1, callbacks=None, verbose=1,
     This loop runs ``strategy.run(model.train_step, ...)`` over
     ``strategy.experimental_distribute_dataset(dataset)`` — public APIs — and
     drives Keras callbacks (progress bar, History, checkpoints) as ``fit``
-    does. ``dataset`` is a ``tf.data.Dataset`` of *global* batches; each
+    does (per-batch callbacks see logs refreshed every :data:`LOG_EVERY`
+    steps). ``dataset`` is a ``tf.data.Dataset`` of *global* batches; each
     worker reads its shard (auto-shard by data). Returns a ``History``.
 
     One Keras internal is used: ``model._symbolic_build`` (what ``fit`` calls
@@ -478,11 +488,15 @@ def fit_loop(model, dataset, *, epochs=1, callbacks=None, verbose=1,
         for step, batch in enumerate(distributed):
             callbacks.on_train_batch_begin(step)
             train_step(batch)
-            logs = {k: float(v) for k, v in model.get_metrics_result().items()}
+            # Reading the metrics all-reduces them across the workers and
+            # waits for the step: every LOG_EVERY steps only (the same steps
+            # on every worker), not in the hot loop.
+            if step % LOG_EVERY == 0 or not logs:
+                logs = _read_logs(model)
             callbacks.on_train_batch_end(step, logs)
             if model.stop_training:
                 break
-        epoch_logs = dict(logs)
+        epoch_logs = _read_logs(model)
         if val is not None:
             model.reset_metrics()
             for batch in val:

@@ -177,7 +177,9 @@ def sweep_table(rows):
 
 
 def _plural(n, word):
-    return f"{n} {word}{'' if n == 1 else 's'}"
+    if n == 1:
+        return f"{n} {word}"
+    return f"{n} {word}{'es' if word.endswith('s') else 's'}"
 
 
 def sweep_markdown(results):
