@@ -76,10 +76,12 @@ the cache costs what training the student alone costs (~0.4 s), online
 distillation ~1.1 s: the teacher's forward pass is gone.
 """
 
+import contextlib
 import datetime
 import hashlib
 import json
 import os
+import shutil
 import time
 
 import numpy as np
@@ -379,59 +381,69 @@ def build(teacher, dataset, directory, *, top_k=None, batch_size=256,
 
     forward = tf.function(lambda x: tf.cast(view(x, training=False), tf.float32),
                           reduce_retracing=True)
-    parts, seen = [], [0]
+    seen = [0]
+    with _io.atomic_dir(directory) as tmp, contextlib.ExitStack() as files:
+        # Each batch's rows are appended to raw files as they come, so the
+        # memory held is one batch, whatever the dataset's size.
+        raw = {}
 
-    def on_batch(batch):
-        nonlocal num_classes, top_k
-        logits = forward(batch[0])
-        if num_classes is None:  # a model without static outputs
-            num_classes = int(logits.shape[-1])
-            top_k = _check_top_k(top_k, num_classes)
-        full = logits.numpy()
-        bad = ~np.isfinite(full).all(axis=-1)
-        if bad.any():
-            raise ValueError(
-                f"the teacher's logits are NaN or infinite for example "
-                f"{seen[0] + int(np.argmax(bad))}; nothing was written. Fix: check "
-                "the teacher (a diverged training?) and the data."
-            )
-        seen[0] += len(full)
-        if top_k is None:
-            parts.append((full,))
-            return
-        values, indices = tf.math.top_k(logits, k=top_k)
-        values = values.numpy()
-        rest = (full.sum(axis=-1, dtype=np.float64)
-                - values.sum(axis=-1, dtype=np.float64)) / (num_classes - top_k)
-        parts.append((values, indices.numpy().astype(np.int32), rest.astype(np.float32)))
+        def write(name, array):
+            if name not in raw:
+                raw[name] = [files.enter_context(
+                    open(os.path.join(tmp, name + ".raw"), "wb")), array.dtype, array.shape[1:]]
+            raw[name][0].write(np.ascontiguousarray(array).tobytes())
 
-    fingerprint, n = _scan(dataset, batch_size, on_batch)
-    if n == 0:
-        raise ValueError("the dataset is empty: there is nothing to cache.")
-    names = (LOGITS_FILE,) if top_k is None else (LOGITS_FILE, INDICES_FILE, REST_FILE)
-    arrays = {name: np.concatenate([p[i] for p in parts])
-              for i, name in enumerate(names)}
-    meta = {
-        "format": _FORMAT,
-        "format_version": FORMAT_VERSION,
-        "num_examples": int(n),
-        "num_classes": int(num_classes),
-        "top_k": top_k,
-        "teacher_fingerprint": teacher_fingerprint(teacher),
-        "dataset_fingerprint": fingerprint,
-        "teacher_name": teacher.name,
-        "dataset_id": dataset_id,
-        "created": datetime.datetime.now(datetime.UTC).isoformat(
-            timespec="seconds"),
-        "keras_kd_version": keras_kd.__version__,
-        "build_seconds": None,
-        "files": {name: {"shape": list(a.shape), "dtype": a.dtype.str}
-                  for name, a in arrays.items()},
-    }
-    with _io.atomic_dir(directory) as tmp:
-        for name, array in arrays.items():
-            np.save(os.path.join(tmp, name), array, allow_pickle=False)
-        meta["build_seconds"] = round(time.perf_counter() - started, 3)
+        def on_batch(batch):
+            nonlocal num_classes, top_k
+            logits = forward(batch[0])
+            if num_classes is None:  # a model without static outputs
+                num_classes = int(logits.shape[-1])
+                top_k = _check_top_k(top_k, num_classes)
+            full = logits.numpy()
+            bad = ~np.isfinite(full).all(axis=-1)
+            if bad.any():
+                raise ValueError(
+                    f"the teacher's logits are NaN or infinite for example "
+                    f"{seen[0] + int(np.argmax(bad))}; nothing was written. Fix: "
+                    "check the teacher (a diverged training?) and the data."
+                )
+            seen[0] += len(full)
+            if top_k is None:
+                write(LOGITS_FILE, full)
+                return
+            values, indices = tf.math.top_k(logits, k=top_k)
+            values = values.numpy()
+            rest = (full.sum(axis=-1, dtype=np.float64)
+                    - values.sum(axis=-1, dtype=np.float64)) / (num_classes - top_k)
+            write(LOGITS_FILE, values)
+            write(INDICES_FILE, indices.numpy().astype(np.int32))
+            write(REST_FILE, rest.astype(np.float32))
+
+        fingerprint, n = _scan(dataset, batch_size, on_batch)
+        if n == 0:
+            raise ValueError("the dataset is empty: there is nothing to cache.")
+        shapes = {}
+        for name, (handle, dtype, row_shape) in raw.items():
+            handle.close()
+            shapes[name] = (int(n), *row_shape)
+            _finish_npy(os.path.join(tmp, name), dtype, shapes[name])
+        meta = {
+            "format": _FORMAT,
+            "format_version": FORMAT_VERSION,
+            "num_examples": int(n),
+            "num_classes": int(num_classes),
+            "top_k": top_k,
+            "teacher_fingerprint": teacher_fingerprint(teacher),
+            "dataset_fingerprint": fingerprint,
+            "teacher_name": teacher.name,
+            "dataset_id": dataset_id,
+            "created": datetime.datetime.now(datetime.UTC).isoformat(
+                timespec="seconds"),
+            "keras_kd_version": keras_kd.__version__,
+            "build_seconds": round(time.perf_counter() - started, 3),
+            "files": {name: {"shape": list(shapes[name]), "dtype": raw[name][1].str}
+                      for name in raw},
+        }
         with open(os.path.join(tmp, META), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
             f.write("\n")
@@ -440,6 +452,17 @@ def build(teacher, dataset, directory, *, top_k=None, batch_size=256,
         log(f"teacher cache: built {directory} ({n} examples, {stored} {num_classes} "
             f"logits, {meta['build_seconds']:.1f}s)")
     return meta
+
+
+def _finish_npy(path, dtype, shape):
+    """Turns ``path + ".raw"`` (C-order rows) into the ``.npy`` file ``path``:
+    a version 1.0 header, then the bytes, copied in 16 MiB blocks."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+              "fortran_order": False, "shape": tuple(shape)}
+    with open(path, "wb") as out, open(path + ".raw", "rb") as rows:
+        np.lib.format.write_array_header_1_0(out, header)
+        shutil.copyfileobj(rows, out, 16 << 20)
+    os.remove(path + ".raw")
 
 
 def read_meta(directory):

@@ -84,7 +84,8 @@ def test_top_k_is_the_numpy_reference_and_uses_the_logits_of_a_softmax_teacher(x
     view, recovered = models.logits_model(teacher)
     assert recovered
     logits = view.predict(x, batch_size=256, verbose=0).astype(np.float64)
-    cache.build(teacher, _ds(x, y), tmp_path / "k", top_k=2, log=None)
+    # batch_size=7: the rows of many batches are appended to each file
+    cache.build(teacher, _ds(x, y), tmp_path / "k", top_k=2, batch_size=7, log=None)
     assert sorted(os.listdir(tmp_path / "k")) == [
         "indices.npy", "logits.npy", "meta.json", "rest_mean.npy"]
     values = np.load(tmp_path / "k" / "logits.npy")
@@ -237,19 +238,20 @@ def test_an_interrupted_build_leaves_nothing_and_a_later_build_succeeds(
         xy, tmp_path, monkeypatch):
     x, y = xy
     teacher = _mlp(0, name="teacher")
-    real_save, calls = np.save, []
+    real_finish, calls = cache._finish_npy, []
 
     def dies_on_the_second_file(path, *args, **kwargs):
         calls.append(path)
-        if len(calls) == 2:
+        if len(calls) == 2:  # the first file is complete, the rows of the rest written
             raise OSError("disk full (simulated)")
-        return real_save(path, *args, **kwargs)
+        return real_finish(path, *args, **kwargs)
 
-    monkeypatch.setattr(np, "save", dies_on_the_second_file)
+    monkeypatch.setattr(cache, "_finish_npy", dies_on_the_second_file)
     with pytest.raises(OSError, match="simulated"):
         cache.build(teacher, _ds(x, y), tmp_path / "c", top_k=2, log=None)
+    assert len(calls) == 2
     assert os.listdir(tmp_path) == []  # no cache, no temporary folder
-    monkeypatch.setattr(np, "save", real_save)
+    monkeypatch.setattr(cache, "_finish_npy", real_finish)
     _, report = cache.get_or_build(teacher, _ds(x, y), tmp_path / "c", top_k=2, log=None)
     assert report["status"] == "built" and os.listdir(tmp_path) == ["c"]
     with pytest.raises(cache.CacheError, match="already exists.*never overwrites"):
