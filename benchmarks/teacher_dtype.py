@@ -31,6 +31,7 @@ def main():
     parser.add_argument("--temperature", type=float, default=3.0)
     parser.add_argument("--alpha", type=float, default=0.7)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     import keras
@@ -39,16 +40,16 @@ def main():
     import keras_kd
     from keras_kd import data, losses, models
 
-    keras.utils.set_random_seed(0)
-    train, val, info = data.load("mnist5k", batch_size=64, seed=0)
-    teacher = models.build(args.teacher, info.input_shape, info.num_classes, seed=0)
+    keras.utils.set_random_seed(args.seed)
+    train, val, info = data.load("mnist5k", batch_size=64, seed=args.seed)
+    teacher = models.build(args.teacher, info.input_shape, info.num_classes, seed=args.seed)
     teacher.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                     metrics=["accuracy"])
     teacher.fit(train, epochs=args.teacher_epochs, verbose=0)
     teacher.trainable = False
     low = models.with_compute_dtype(teacher, args.dtype)
 
-    # Fidelity on the (unshuffled) training images.
+    # Fidelity on all 5,000 images (validation, then the training split).
     x = np.concatenate([b[0].numpy() for b in val.rebatch(256)] +
                        [b[0].numpy() for b in train.rebatch(256)])
     t32 = teacher.predict(x, batch_size=256, verbose=0)
@@ -62,24 +63,29 @@ def main():
         "teacher_val_accuracy_f32": float(teacher.evaluate(val, verbose=0, return_dict=True)["accuracy"]),
     }
 
-    def distiller(t):
-        keras.utils.set_random_seed(1)
-        student = models.build(args.student, info.input_shape, info.num_classes, seed=1)
-        d = keras_kd.Distiller(t, student, temperature=T, alpha=args.alpha)
+    def distiller(dtype):
+        """The Distiller as a user builds it: ``teacher_dtype=`` on the float32 teacher."""
+        keras.utils.set_random_seed(args.seed + 1)
+        student = models.build(args.student, info.input_shape, info.num_classes,
+                               seed=args.seed + 1)
+        d = keras_kd.Distiller(teacher, student, temperature=T, alpha=args.alpha,
+                               teacher_dtype=dtype)
         d.compile(optimizer=keras.optimizers.Adam(2e-3), metrics=["accuracy"])
         return d
 
-    # Student accuracy from each teacher: same init, same shuffled order (seeded).
+    # Student accuracy from each teacher precision: the same initial weights,
+    # and the same data order (a fresh, identically seeded pipeline per run).
     accuracy = {}
-    for name, t in (("float32", teacher), (args.dtype, low)):
-        keras.utils.set_random_seed(2)
-        d = distiller(t)
-        d.fit(train, epochs=args.epochs, verbose=0)
-        accuracy[name] = float(d.evaluate(val, verbose=0, return_dict=True)["accuracy"])
+    for dtype in ("float32", args.dtype):
+        keras.utils.set_random_seed(args.seed + 2)
+        d = distiller(dtype)
+        run_train, _, _ = data.load("mnist5k", batch_size=64, seed=args.seed)
+        d.fit(run_train, epochs=args.epochs, verbose=0)
+        accuracy[dtype] = float(d.evaluate(val, verbose=0, return_dict=True)["accuracy"])
 
     # Speed, interleaved.
     train_c = train.cache()
-    d32, dlow = distiller(teacher), distiller(low)
+    d32, dlow = distiller("float32"), distiller(args.dtype)
     runs = {
         "infer_float32": lambda: teacher.predict(train_c, verbose=0),
         f"infer_{args.dtype}": lambda: low.predict(train_c, verbose=0),

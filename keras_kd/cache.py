@@ -81,7 +81,6 @@ import datetime
 import hashlib
 import json
 import os
-import shutil
 import time
 
 import numpy as np
@@ -389,9 +388,10 @@ def build(teacher, dataset, directory, *, top_k=None, batch_size=256,
 
         def write(name, array):
             if name not in raw:
-                raw[name] = [files.enter_context(
-                    open(os.path.join(tmp, name + ".raw"), "wb")), array.dtype, array.shape[1:]]
-            raw[name][0].write(np.ascontiguousarray(array).tobytes())
+                handle = files.enter_context(open(os.path.join(tmp, name), "wb"))
+                handle.write(_npy_header(array.dtype, (0, *array.shape[1:])))
+                raw[name] = [handle, array.dtype, array.shape[1:]]
+            np.ascontiguousarray(array).tofile(raw[name][0])
 
         def on_batch(batch):
             nonlocal num_classes, top_k
@@ -424,9 +424,9 @@ def build(teacher, dataset, directory, *, top_k=None, batch_size=256,
             raise ValueError("the dataset is empty: there is nothing to cache.")
         shapes = {}
         for name, (handle, dtype, row_shape) in raw.items():
-            handle.close()
             shapes[name] = (int(n), *row_shape)
-            _finish_npy(os.path.join(tmp, name), dtype, shapes[name])
+            _finish_npy(handle, dtype, shapes[name])
+            handle.close()
         meta = {
             "format": _FORMAT,
             "format_version": FORMAT_VERSION,
@@ -454,15 +454,34 @@ def build(teacher, dataset, directory, *, top_k=None, batch_size=256,
     return meta
 
 
-def _finish_npy(path, dtype, shape):
-    """Turns ``path + ".raw"`` (C-order rows) into the ``.npy`` file ``path``:
-    a version 1.0 header, then the bytes, copied in 16 MiB blocks."""
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-              "fortran_order": False, "shape": tuple(shape)}
-    with open(path, "wb") as out, open(path + ".raw", "rb") as rows:
-        np.lib.format.write_array_header_1_0(out, header)
-        shutil.copyfileobj(rows, out, 16 << 20)
-    os.remove(path + ".raw")
+#: Bytes of the ``.npy`` header ``build`` writes (magic, version, length and
+#: the padded dict): fixed, so the real shape can be written over the
+#: placeholder once the number of examples is known. 64-byte aligned, as
+#: ``np.save`` aligns its data.
+_NPY_HEADER_BYTES = 256
+
+
+def _npy_header(dtype, shape):
+    """A ``.npy`` version 1.0 header of exactly :data:`_NPY_HEADER_BYTES` bytes."""
+    descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
+    dims = tuple(int(d) for d in shape)
+    text = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {dims!r}, }}"
+    length = _NPY_HEADER_BYTES - 10  # magic (6) + version (2) + length (2)
+    if len(text) >= length:  # shapes of ~200 digits
+        raise ValueError(f"array shape {shape} too large for the cache header")
+    return (b"\x93NUMPY\x01\x00" + length.to_bytes(2, "little")
+            + (text.ljust(length - 1) + "\n").encode("latin1"))
+
+
+def _finish_npy(handle, dtype, shape):
+    """Writes the real header (``shape``) over the placeholder of ``handle``.
+
+    The rows were appended after the placeholder as they came, so the file is
+    written once and never needs more than its own size on disk.
+    """
+    handle.seek(0)
+    handle.write(_npy_header(dtype, shape))
+    handle.seek(0, os.SEEK_END)
 
 
 def read_meta(directory):

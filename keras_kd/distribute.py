@@ -505,6 +505,7 @@ def fit_loop(model, dataset, *, epochs=1, callbacks=None, verbose=1,
                 {f"val_{k}": float(v) for k, v in model.get_metrics_result().items()}
             )
         callbacks.on_epoch_end(epoch, epoch_logs)
+        logs = epoch_logs  # what on_train_end gets: the last epoch's, as in fit
         if model.stop_training:
             break
     callbacks.on_train_end(logs)

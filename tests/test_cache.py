@@ -242,7 +242,7 @@ def test_an_interrupted_build_leaves_nothing_and_a_later_build_succeeds(
 
     def dies_on_the_second_file(path, *args, **kwargs):
         calls.append(path)
-        if len(calls) == 2:  # the first file is complete, the rows of the rest written
+        if len(calls) == 2:  # the first file is complete, the rows of all written
             raise OSError("disk full (simulated)")
         return real_finish(path, *args, **kwargs)
 

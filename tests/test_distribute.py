@@ -202,6 +202,7 @@ if mode == "multi":
         "task": {"type": "worker", "index": index}})
 import numpy as np, tensorflow as tf, keras, keras_kd
 from keras_kd import distribute
+distribute.LOG_EVERY = 2  # epochs of 3 steps per worker: mid-epoch reads happen too
 strategy = distribute.get_strategy("multi_worker" if mode == "multi" else "auto")
 keras.utils.set_random_seed(7)
 def mlp(h):
