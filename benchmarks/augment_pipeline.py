@@ -17,28 +17,17 @@ consumes can starve training.
 """
 
 import argparse
-import statistics
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 import keras_kd
+from benchmarks._timing import median_seconds
 from keras_kd import augment, data, models
 
 POLICIES = ("none", "jitter", "flip_crop", "randaugment", "mixup", "cutmix",
             "function_matching")
-
-
-def _median_time(fn, repeats):
-    fn()  # warm-up: tracing, thread pools
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main():
@@ -75,7 +64,7 @@ def main():
     rows = []
     for policy in POLICIES:
         ds = augment.apply(raw, policy, shape, seed=0, num_classes=classes)
-        rows.append((policy, images / _median_time(consume(ds), args.repeats)))
+        rows.append((policy, images / median_seconds(consume(ds), args.repeats)))
 
     in_memory = [b for b in raw]
     ready = tf.data.Dataset.from_tensor_slices(
@@ -85,7 +74,7 @@ def main():
     student = models.build(args.student_arch, shape, classes, name="student")
     distiller = keras_kd.Distiller(teacher, student, temperature=3.0, alpha=0.7)
     distiller.compile(keras.optimizers.Adam(1e-3))
-    step = images / _median_time(lambda: distiller.fit(ready, epochs=1, verbose=0), args.repeats)
+    step = images / median_seconds(lambda: distiller.fit(ready, epochs=1, verbose=0), args.repeats)
 
     print(f"{name}, batch {args.batch_size}, {args.batches} batches; median of "
           f"{args.repeats}; step = {args.teacher_arch} -> {args.student_arch}")

@@ -13,8 +13,8 @@ this machine, the teacher's inference and the student's training steps.
 
 import argparse
 import json
-import statistics
-import time
+
+from benchmarks._timing import median_seconds
 
 
 def forward_flops(model, shape):
@@ -32,16 +32,6 @@ def forward_flops(model, shape):
     info = tf.compat.v1.profiler.profile(
         graph=frozen.graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op", options=options)
     return int(info.total_float_ops)
-
-
-def _median_seconds(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main():
@@ -71,10 +61,10 @@ def main():
             x = np.random.default_rng(0).uniform(0, 255, (args.batch_size, *shape)).astype("float32")
             y = np.zeros(args.batch_size, "int32")
             if role == "teacher":
-                sec = _median_seconds(lambda m=model, x=x: m.predict_on_batch(x), args.repeats)
+                sec = median_seconds(lambda m=model, x=x: m.predict_on_batch(x), args.repeats)
             else:
                 model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-                sec = _median_seconds(lambda m=model, x=x, y=y: m.train_on_batch(x, y), args.repeats)
+                sec = median_seconds(lambda m=model, x=x, y=y: m.train_on_batch(x, y), args.repeats)
             row["images_per_s_cpu"] = args.batch_size / sec
             work = row["forward_gflops"] if role == "teacher" else row["train_step_gflops"]
             row["achieved_gflop_per_s_cpu"] = work * args.batch_size / sec

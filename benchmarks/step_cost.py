@@ -39,9 +39,9 @@ two models with equal shapes (the cost measured is its second student pass).
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
+
+from benchmarks._timing import interleaved
 
 ALL = ("teacher_infer", "student_train", "kd_train", "kd_cache_train", "kd_eval",
        "keras_train", "keras_eval", "kd_hint_train", "keras_hint_train", "kd_jit", "kd_spe8")
@@ -148,19 +148,6 @@ def build_runs(args):
     return {k: v for k, v in runs.items() if k in wanted}
 
 
-def measure(runs, repeats):
-    """Warm-up once each, then ``repeats`` interleaved rounds; medians (s)."""
-    for fn in runs.values():
-        fn()
-    times = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def ratios(m):
     out = {}
     if {"kd_train", "teacher_infer", "student_train"} <= set(m):
@@ -193,7 +180,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(ALL)}")
     args = parser.parse_args()
-    medians = measure(build_runs(args), args.repeats)
+    medians = interleaved(build_runs(args), args.repeats)
     n = args.steps * args.batch_size
     print(f"{'run':<16} {'epoch s':>8} {'images/s':>9}")
     for name, sec in medians.items():

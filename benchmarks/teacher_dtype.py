@@ -17,8 +17,8 @@ reduced-precision (``--dtype``, default bfloat16) inference:
 
 import argparse
 import json
-import statistics
-import time
+
+from benchmarks._timing import interleaved
 
 
 def main():
@@ -92,15 +92,7 @@ def main():
         "distill_float32": lambda: d32.fit(train_c, epochs=1, verbose=0),
         f"distill_{args.dtype}": lambda: dlow.fit(train_c, epochs=1, verbose=0),
     }
-    for fn in runs.values():
-        fn()
-    times = {k: [] for k in runs}
-    for _ in range(args.repeats):
-        for k, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved(runs, args.repeats)
     speed = {
         "teacher_inference_speedup": med["infer_float32"] / med[f"infer_{args.dtype}"],
         "distill_epoch_speedup": med["distill_float32"] / med[f"distill_{args.dtype}"],
