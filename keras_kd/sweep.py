@@ -621,7 +621,6 @@ def _teacher_cache(config, teacher, info, out, log):
         return None, {"used": False, "reason": f"augment={config.augment} (teacher online)"}
     if not config.use_cache:
         return None, {"used": False, "reason": "use_cache=False (teacher online)"}
-    from keras_kd import cache
 
     train, _, _ = data.load_unbatched(config.dataset, data_dir=config.data_dir,
                                       image_size=config.image_size)
