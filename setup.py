@@ -1,10 +1,14 @@
 """keras_kd: knowledge distillation for Keras 3 on TensorFlow."""
 
+import re
+
 from setuptools import find_packages, setup
+
+VERSION = re.search(r'__version__ = "([^"]+)"', open("keras_kd/_version.py", encoding="utf-8").read())[1]
 
 setup(
     name="keras_kd",
-    version="0.1.0",
+    version=VERSION,
     description="Knowledge distillation for Keras 3 / TensorFlow, from notebook to phone.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

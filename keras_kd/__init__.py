@@ -12,7 +12,7 @@ from keras_kd._backend import ensure_tensorflow_backend as _ensure
 _ensure()
 
 from keras_kd import features, losses  # noqa: E402
+from keras_kd._version import __version__  # noqa: E402
 from keras_kd.distiller import Distiller  # noqa: E402
 
-__version__ = "0.1.0"
 __all__ = ["Distiller", "features", "losses", "__version__"]
