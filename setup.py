@@ -28,14 +28,13 @@ setup(
         "mlxtend",
         # The LiteRT interpreter that checks exported .tflite files.
         "ai-edge-litert",
-        # keras-kd sweep: the grid search (keras_kd.sweep.GridOracle works
-        # around 1.4.8's resume bug) and the report's plots.
-        "keras-tuner==1.4.*",
+        # The sweep report's plots.
         "matplotlib",
     ],
     extras_require={
-        # nbclient + ipykernel execute examples/distill.ipynb in the tests.
-        "test": ["pytest>=8", "nbclient", "nbformat", "ipykernel"],
+        # nbclient + ipykernel execute examples/distill.ipynb in the tests;
+        # import-linter checks the layers of .importlinter (tests/test_layout.py).
+        "test": ["pytest>=8", "nbclient", "nbformat", "ipykernel", "import-linter>=2.1"],
     },
     entry_points={"console_scripts": ["keras-kd=keras_kd.cli:run"]},
 )

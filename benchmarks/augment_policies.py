@@ -21,7 +21,7 @@ import time
 import keras
 
 import keras_kd
-from keras_kd import augment, data, job, models
+from keras_kd import augment, data, distribute, job, models
 
 
 def main():
@@ -37,7 +37,7 @@ def main():
     parser.add_argument("--teacher_epochs", type=int, default=12)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     args = parser.parse_args()
-    with job.deterministic(args.seed):
+    with distribute.deterministic(args.seed):
         _run(args)
 
 

@@ -34,6 +34,7 @@ def _measure(args):
     import numpy as np
     import tensorflow as tf
 
+    import keras_kd
     from keras_kd import models
 
     strategy = distribute.get_strategy("mirrored" if args.replicas > 1 else "one_device")
@@ -45,7 +46,7 @@ def _measure(args):
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch_size).cache().prefetch(2)
     keras.utils.set_random_seed(0)
     with distribute.mixed_precision(args.policy):
-        distiller = distribute.build_distiller(
+        distiller = keras_kd.build_distiller(
             strategy,
             lambda: models.build(args.teacher, shape, 10, name="teacher"),
             lambda: models.build(args.student, shape, 10, name="student"),

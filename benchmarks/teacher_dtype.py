@@ -38,7 +38,7 @@ def main():
     import numpy as np
 
     import keras_kd
-    from keras_kd import data, losses, models
+    from keras_kd import data, losses, models, views
 
     keras.utils.set_random_seed(args.seed)
     train, val, info = data.load("mnist5k", batch_size=64, seed=args.seed)
@@ -47,7 +47,7 @@ def main():
                     metrics=["accuracy"])
     teacher.fit(train, epochs=args.teacher_epochs, verbose=0)
     teacher.trainable = False
-    low = models.with_compute_dtype(teacher, args.dtype)
+    low = views.with_compute_dtype(teacher, args.dtype)
 
     # Fidelity on all 5,000 images (validation, then the training split).
     x = np.concatenate([b[0].numpy() for b in val.rebatch(256)] +

@@ -42,7 +42,7 @@ import tensorflow as tf
 
 import keras_kd
 from keras_kd import augment, data, models
-from keras_kd.job import deterministic
+from keras_kd.distribute import deterministic
 
 #: The paper's MNIST figures (§3): test errors out of 10,000 (1,010 3s).
 PAPER = {

@@ -42,7 +42,7 @@ import numpy as np
 
 import keras_kd
 from keras_kd import augment, data, export, models
-from keras_kd.job import deterministic
+from keras_kd.distribute import deterministic
 
 DEFAULTS = dict(
     dataset="tfds:cifar10",

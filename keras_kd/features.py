@@ -1,67 +1,51 @@
 """Feature distillation: FitNets hints and attention transfer.
 
-Besides the logits, a student can be trained to match the teacher's
-*intermediate* layers. Two kinds of terms are offered, both chosen by layer
-name in functional or Sequential models:
+Besides the logits, a student can match the teacher's *intermediate* layers,
+chosen by name in functional or Sequential models:
 
-- :class:`Hint` (Romero et al. 2015, "FitNets: Hints for Thin Deep Nets"):
-  the student's feature map, passed through a learned projector when its shape
-  differs, regresses the teacher's.
-- :class:`AttentionTransfer` (Zagoruyko & Komodakis 2017, "Paying More
-  Attention to Attention", activation-based AT): the student matches the
-  teacher's normalised spatial attention maps; the channel counts may differ.
+- :class:`Hint` (Romero et al. 2015, "FitNets"): the student's feature map,
+  through a learned projector when its shape differs, regresses the teacher's.
+- :class:`AttentionTransfer` (Zagoruyko & Komodakis 2017, activation-based
+  AT): the student matches the teacher's normalised spatial attention maps
+  (the channel counts may differ).
 
-Pass them to the Distiller::
+Pass them to the Distiller, or in the string form of :func:`parse`::
 
-    from keras_kd import features
-    distiller = keras_kd.Distiller(teacher, student, temperature=4.0, alpha=0.9,
-        features=[features.Hint("t_block2", "s_block2", weight=1.0),
-                  features.AttentionTransfer([("t_block1", "s_block1"),
-                                              ("t_block2", "s_block2")])])
-
-or, from a command line, the string form read by :func:`parse`::
-
-    hint:t_block2=s_block2,weight=1;attention:t_block1=s_block1+t_block2=s_block2
+    distiller = keras_kd.Distiller(teacher, student, features=[
+        features.Hint("t_block2", "s_block2", weight=1.0),
+        features.AttentionTransfer([("t_block1", "s_block1"), ("t_block2", "s_block2")])])
+    # == features="hint:t_block2=s_block2;attention:t_block1=s_block1+t_block2=s_block2"
 
 The per-example objective becomes::
 
     loss_i = alpha · D(t_i, s_i; T) + (1 − alpha) · CE(y_i, s_i) + Σ_k weight_k · F_k,i
 
-where ``F_k,i`` is feature term ``k`` for example ``i`` (formulas below). Like
-the other terms it is reduced over the *global* batch (``Σ_i w_i · loss_i /
-B_global``), so any number of replicas gives the gradient of one device. Each
-term logs its unweighted batch mean as ``<name>_loss`` (``hint_loss``,
-``attention_loss``; a second term of the same name gets ``hint_2_loss``...).
+``F_k,i`` is term ``k`` for example ``i`` (formulas below), reduced over the
+*global* batch like the others (any number of replicas gives the gradient of
+one device). Each term logs its unweighted batch mean as ``<name>_loss``
+(``hint_loss``, ``attention_loss``; a second term of one name ``hint_2_loss``).
 
-Conventions and choices:
-
-- Feature maps are channels-last: ``[B, H, W, C]`` for images (``[B, C]`` or
-  ``[B, T, C]`` for hints on dense / sequence features). The math runs in
-  float32 whatever the compute dtype.
-- The student is run *once* per step: the Distiller builds a multi-output view
-  ``inputs → [logits, features...]`` over the student's own layers and weights
-  (and one over the teacher's), as :func:`keras_kd.models.logits_model` builds
-  a logits view. ``distiller(x)`` / ``predict`` stay the student's logits.
-- Projectors belong to the Distiller, not to the student: they are trained
-  with the student (they are in ``distiller.trainable_variables``), are saved
-  with a whole-Distiller ``.keras`` file, and never appear in
-  ``distiller.student`` (whose saving and TFLite export are unchanged).
-- Feature terms need the teacher's intermediate layers, so they cannot be
-  combined with cached teacher logits (offline distillation,
-  :mod:`keras_kd.cache`): the Distiller raises a ValueError.
-- Romero et al. train in two stages (hint pre-training of the student's lower
-  layers with the projector, then KD). keras_kd trains one joint objective;
-  for a hint-only warm-up, train a few epochs with a large hint ``weight``
-  first, then continue with a small one.
+Feature maps are channels-last, ``[B, H, W, C]`` (``[B, C]`` or ``[B, T, C]``
+for hints on dense / sequence features), and the math runs in float32. The
+student runs *once* per step, through a multi-output view ``inputs → [logits,
+features...]`` over its own layers and weights (:class:`FeaturePlan`). The
+projectors belong to the Distiller (trained with the student, saved with a
+whole-Distiller file, never in ``distiller.student``). Feature terms need the
+teacher's intermediate layers, so not cached teacher logits. Romero et al.
+train in two stages (hint pre-training, then KD); keras_kd trains one joint
+objective (for a warm-up, start with a large hint ``weight``).
 """
 
-import difflib
+import functools
 import math
 import numbers
+import operator
 import re
 
 import keras
 import tensorflow as tf
+
+from keras_kd import views
 
 __all__ = [
     "FeatureTerm",
@@ -72,6 +56,7 @@ __all__ = [
     "attention_loss",
     "parse",
     "to_spec",
+    "normalize",
     "FeaturePlan",
 ]
 
@@ -101,23 +86,16 @@ def hint_loss(teacher_features, student_features):
     (``N = H·W·C`` for a feature map). Romero et al. (2015, Eq. 3) write
     ``½ ‖u − r(v)‖²``; this is ``2 / N`` times that, i.e. ``nn.MSELoss()`` as in
     the common PyTorch ports, so the value does not grow with the layer size.
-
-    Args:
-      teacher_features, student_features: tensors of the same shape
-        ``[B, ...]``.
-
-    Returns:
-      float32 tensor ``[B]``.
+    Both features have one shape ``[B, ...]``; returns float32 ``[B]``.
     """
     t = _f32(teacher_features)
     s = _f32(student_features)
-    if t.shape.rank is not None and s.shape.rank is not None:
-        if not _shape_match(_static(t.shape), _static(s.shape)):
-            raise ValueError(
-                f"hint_loss needs features of one shape; got teacher "
-                f"{t.shape} and student {s.shape}. Fix: project the student's "
-                "features first (the Distiller's Hint term does this)."
-            )
+    if (t.shape.rank is not None and s.shape.rank is not None
+            and not views.shapes_compatible([_static(t.shape)], [_static(s.shape)])):
+        raise ValueError(
+            f"hint_loss needs features of one shape; got teacher {t.shape} and student {s.shape}. "
+            "Fix: project the student's features first (the Distiller's Hint term does this)."
+        )
     squared = tf.square(t - s)
     return tf.reduce_mean(tf.reshape(squared, [tf.shape(squared)[0], -1]), axis=-1)
 
@@ -132,18 +110,14 @@ def attention_map(features, p=2.0):
         attention_map_i = Q_i / sqrt(max(‖Q_i‖₂², 1e-12))
 
     (Zagoruyko & Komodakis 2017, §3.1, ``F^p_sum`` with ``p = 2`` by default;
-    an all-zero map gives zeros, not NaN.)
-
-    Returns:
-      float32 tensor ``[B, H·W]``.
+    an all-zero map gives zeros, not NaN). Returns float32 ``[B, H·W]``.
     """
     p = _check_p(p)
     a = _f32(features)
     if a.shape.rank is not None and a.shape.rank < 3:
         raise ValueError(
-            f"attention maps need a feature map [batch, height, width, "
-            f"channels] (rank >= 3); got shape {a.shape}. Fix: choose a "
-            "convolutional layer, not a dense or pooled one."
+            "attention maps need a feature map [batch, height, width, channels] (rank >= 3); got "
+            f"shape {a.shape}. Fix: choose a convolutional layer, not a dense or pooled one."
         )
     powered = tf.square(a) if p == 2.0 else tf.pow(tf.abs(a), p)
     q = tf.reduce_sum(powered, axis=-1)
@@ -160,17 +134,14 @@ def attention_loss(teacher_features, student_features, p=2.0):
     mean is the reference code's ``(at(x) - at(y)).pow(2).mean()``
     (github.com/szagoruyko/attention-transfer; also RepDistiller's
     ``Attention``). Spatial sizes must match; channel counts may differ.
-
-    Returns:
-      float32 tensor ``[B]``.
+    Returns float32 ``[B]``.
     """
     t = attention_map(teacher_features, p)
     s = attention_map(student_features, p)
     if t.shape[-1] is not None and s.shape[-1] is not None and t.shape[-1] != s.shape[-1]:
         raise ValueError(
-            f"attention maps of different sizes: teacher {t.shape[-1]} "
-            f"positions, student {s.shape[-1]}. The feature maps must have the "
-            "same height and width."
+            f"attention maps of different sizes: teacher {t.shape[-1]} positions, student "
+            f"{s.shape[-1]}. The feature maps must have the same height and width."
         )
     return tf.reduce_mean(tf.square(s - t), axis=-1)
 
@@ -179,33 +150,29 @@ def attention_loss(teacher_features, student_features, p=2.0):
 # Term specifications (plain, serialisable; built per Distiller by FeaturePlan).
 
 
+def _at_least(value, what, low, note=""):
+    """``value`` as a float; ValueError unless it is a finite number >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what} must be a number, got {value!r}.")
+    value = float(value)
+    if not math.isfinite(value) or value < low:
+        raise ValueError(f"{what} must be a finite number >= {low:g}, got {value}{note}.")
+    return value
+
+
 def _check_weight(weight):
-    if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
-        raise ValueError(f"feature weight must be a number, got {weight!r}.")
-    weight = float(weight)
-    if not math.isfinite(weight) or weight < 0:
-        raise ValueError(f"feature weight must be a finite number >= 0, got {weight}.")
-    return weight
+    return _at_least(weight, "feature weight", 0.0)
 
 
 def _check_p(p):
-    if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise ValueError(f"attention power p must be a number, got {p!r}.")
-    p = float(p)
-    if not math.isfinite(p) or p < 1.0:
-        raise ValueError(
-            f"attention power p must be a finite number >= 1, got {p} (p < 1 "
-            "has an infinite gradient at the zeros of a ReLU map). The paper's "
-            "default is p = 2."
-        )
-    return p
+    return _at_least(p, "attention power p", 1.0, " (p < 1 has an infinite gradient at the "
+                     "zeros of a ReLU map). The paper's default is p = 2")
 
 
 def _check_name(name):
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(
-            f"feature term name must be a letter followed by letters, digits or "
-            f"'_', got {name!r}."
+            f"feature term name must be a letter followed by letters, digits or '_', got {name!r}."
         )
     if f"{name}_loss" in _RESERVED_METRICS:
         raise ValueError(
@@ -215,20 +182,13 @@ def _check_name(name):
     return name
 
 
-def _check_layer_name(name, role):
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"the {role} layer name must be a non-empty string, got {name!r}.")
-    return name
-
-
 def _check_pairs(pairs, kind):
     if (isinstance(pairs, (tuple, list)) and len(pairs) == 2
             and all(isinstance(n, str) for n in pairs)):
         pairs = [pairs]  # one (teacher, student) pair
     if not isinstance(pairs, (tuple, list)) or not pairs:
         raise ValueError(
-            f"{kind} needs a non-empty list of (teacher_layer, student_layer) "
-            f"pairs, got {pairs!r}."
+            f"{kind} needs a non-empty list of (teacher_layer, student_layer) pairs, got {pairs!r}."
         )
     out = []
     for pair in pairs:
@@ -236,8 +196,10 @@ def _check_pairs(pairs, kind):
             raise ValueError(
                 f"{kind}: each pair must be (teacher_layer, student_layer), got {pair!r}."
             )
-        out.append((_check_layer_name(pair[0], "teacher"),
-                    _check_layer_name(pair[1], "student")))
+        for role, name in zip(("teacher", "student"), pair):
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"the {role} layer name must be a non-empty string, got {name!r}.")
+        out.append(tuple(pair))
     return tuple(out)
 
 
@@ -262,18 +224,9 @@ class FeatureTerm:
         self._weight = _check_weight(weight)
         self._name = _check_name(name)
 
-    @property
-    def pairs(self):
-        """``((teacher_layer, student_layer), ...)``."""
-        return self._pairs
-
-    @property
-    def weight(self):
-        return self._weight
-
-    @property
-    def name(self):
-        return self._name
+    pairs = property(lambda self: self._pairs, doc="``((teacher_layer, student_layer), ...)``.")
+    weight = property(lambda self: self._weight, doc="Multiplies the term in the loss.")
+    name = property(lambda self: self._name, doc="The metric is ``<name>_loss``.")
 
     def get_config(self):
         raise NotImplementedError
@@ -292,14 +245,13 @@ class FeatureTerm:
 
     def spec(self):
         """This term in the string form of :func:`parse` (``parse(t.spec()) == [t]``)."""
-        for pair in self.pairs:
-            for layer in pair:
-                if _SPEC_SPECIAL & set(layer) or layer != layer.strip():
-                    raise ValueError(
-                        f"layer name {layer!r} contains one of ; : , + = or "
-                        "surrounding spaces, so it cannot be written in the "
-                        "feature spec string; pass feature terms as Python objects."
-                    )
+        for layer in (name for pair in self.pairs for name in pair):
+            if _SPEC_SPECIAL & set(layer) or layer != layer.strip():
+                raise ValueError(
+                    f"layer name {layer!r} contains one of ; : , + = or surrounding spaces, so it "
+                    "cannot be written in the feature spec string; pass feature terms as Python "
+                    "objects."
+                )
         text = self.kind + ":" + "+".join(f"{t}={s}" for t, s in self.pairs)
         return text + "".join(f",{k}={v}" for k, v in self._options().items())
 
@@ -324,34 +276,26 @@ class FeatureTerm:
 class Hint(FeatureTerm):
     """FitNets hint (Romero et al. 2015) from a teacher layer to a student layer.
 
-    ``F_i = hint_loss(u_i, r(v_i))`` = mean over the ``N`` feature elements of
-    ``(u_i − r(v_i))²`` (:func:`hint_loss`; ``2 / N`` times the paper's
-    ``½ ‖u − r(v)‖²``), where ``u`` is the teacher layer's output and ``v``
-    the student layer's.
-
-    The regressor ``r`` is built only when the shapes differ (equal shapes:
-    ``r`` is the identity, no extra weights):
+    ``F_i = hint_loss(u_i, r(v_i))`` (:func:`hint_loss`) of the teacher layer's
+    output ``u`` and the student layer's ``v``, through a regressor ``r`` that
+    is built only when the shapes differ (else the identity, no weights):
 
     - rank 4 ``[B, H, W, C]``: when one map's height and width are integer
-      multiples of the other's, the larger map is average-pooled down to the
-      smaller (no weights; the paper instead uses a "valid" convolution of the
-      right kernel size); other spatial mismatches are an error. Then, if the
-      channels differ, a 1×1 ``Conv2D(C_teacher)`` with bias maps the
-      student's channels to the teacher's.
+      multiples of the other's, the larger is average-pooled down to the
+      smaller (no weights; the paper uses a "valid" convolution instead); other
+      spatial mismatches are an error. Then, if the channels differ, a 1×1
+      ``Conv2D(C_teacher)`` with bias maps the student's channels.
     - rank 2 ``[B, C]`` (and rank 3 ``[B, T, C]`` with equal ``T``): a
       ``Dense(C_teacher)`` with bias.
 
-    The regressor is trained with the student and discarded with the
-    Distiller: ``distiller.student`` never contains it. ``weight`` (default
-    1.0) scales the term in the loss; its right size depends on the feature
-    magnitudes (RepDistiller's CIFAR-100 benchmark uses 100 with this
-    mean-squared form).
+    ``r`` is trained with the student and never in ``distiller.student``.
 
     Args:
-      teacher_layer: name of a layer of the teacher (``[l.name for l in
-        teacher.layers]``).
-      student_layer: name of a layer of the student.
-      weight: ``>= 0``, multiplies the term in the loss.
+      teacher_layer, student_layer: names of a layer of each model
+        (``[l.name for l in teacher.layers]``).
+      weight: ``>= 0``, scales the term in the loss; its right size depends on
+        the feature magnitudes (RepDistiller's CIFAR-100 setting uses 100 with
+        this mean-squared form).
       name: the metric is logged as ``<name>_loss`` (default ``hint_loss``).
     """
 
@@ -361,21 +305,12 @@ class Hint(FeatureTerm):
     def __init__(self, teacher_layer, student_layer, weight=1.0, name="hint"):
         super().__init__([(teacher_layer, student_layer)], weight, name)
 
-    @property
-    def teacher_layer(self):
-        return self.pairs[0][0]
-
-    @property
-    def student_layer(self):
-        return self.pairs[0][1]
+    teacher_layer = property(lambda self: self.pairs[0][0])
+    student_layer = property(lambda self: self.pairs[0][1])
 
     def get_config(self):
-        return {
-            "teacher_layer": self.teacher_layer,
-            "student_layer": self.student_layer,
-            "weight": self.weight,
-            "name": self.name,
-        }
+        return {"teacher_layer": self.teacher_layer, "student_layer": self.student_layer,
+                "weight": self.weight, "name": self.name}
 
     def _build_pair(self, index, teacher_shape, student_shape, pair, plan_name):
         return _HintPair(teacher_shape, student_shape, pair, plan_name)
@@ -385,20 +320,16 @@ class Hint(FeatureTerm):
 class AttentionTransfer(FeatureTerm):
     """Activation-based attention transfer (Zagoruyko & Komodakis 2017).
 
-    For layer pairs ``j = 1..J`` with feature maps ``A_t^j``, ``A_s^j`` of the
-    same height and width (channel counts may differ; no projector)::
-
-        F_i = Σ_j (1 / (H_j·W_j)) · ‖Q̂_s,i^j − Q̂_t,i^j‖₂²,
-        Q̂ = Q / ‖Q‖₂,   Q = vec(Σ_c |A_c|^p)       (attention_map, p = 2)
-
-    and the loss adds ``weight · F_i``. With the default ``weight = β =
-    1000`` the batch mean of ``weight · F`` is exactly the reference code's
-    ``β · Σ_j (at(x_j) − at(y_j)).pow(2).mean()`` (szagoruyko/attention-transfer,
-    ``--beta 1e+3``; RepDistiller uses ``-b 1000`` with the same form). The
-    paper's Eq. (2) writes ``β/2 · Σ_j ‖Q̂_s^j − Q̂_t^j‖_2`` and sets "β = 10³
+    For layer pairs ``j`` whose maps have the same height and width (channels
+    may differ; no projector), ``F_i = Σ_j attention_loss(A_t^j, A_s^j, p)_i``
+    (:func:`attention_loss`, :func:`attention_map`). With the default ``weight
+    = β = 1000`` the batch mean of ``weight · F`` is exactly the reference
+    code's ``β · Σ_j (at(x_j) − at(y_j)).pow(2).mean()``
+    (szagoruyko/attention-transfer, ``--beta 1e+3``; RepDistiller's ``-b
+    1000``). The paper's Eq. (2), ``β/2 · Σ_j ‖Q̂_s^j − Q̂_t^j‖_2`` with "β = 10³
     divided by the number of elements in the attention map and the batch
-    size", i.e. the mean over positions and examples used here (the code
-    squares the norm; pass ``weight = β/2`` for the paper's ½).
+    size", is the same mean (the code squares the norm; ``weight = β/2``
+    gives the paper's ½).
 
     Args:
       pairs: ``[(teacher_layer, student_layer), ...]`` (or one pair).
@@ -414,17 +345,11 @@ class AttentionTransfer(FeatureTerm):
         super().__init__(pairs, weight, name)
         self._p = _check_p(p)
 
-    @property
-    def p(self):
-        return self._p
+    p = property(lambda self: self._p, doc="The power of the attention maps.")
 
     def get_config(self):
-        return {
-            "pairs": [list(pair) for pair in self.pairs],
-            "weight": self.weight,
-            "p": self.p,
-            "name": self.name,
-        }
+        return {"pairs": [list(pair) for pair in self.pairs], "weight": self.weight,
+                "p": self.p, "name": self.name}
 
     def _options(self):
         options = super()._options()
@@ -445,12 +370,6 @@ class AttentionTransfer(FeatureTerm):
 # Shape rules and projectors.
 
 
-def _shape_match(a, b):
-    return len(a) == len(b) and all(
-        x is None or y is None or x == y for x, y in zip(a, b)
-    )
-
-
 def _describe_pair(pair):
     return f"teacher layer {pair[0]!r} → student layer {pair[1]!r}"
 
@@ -458,19 +377,17 @@ def _describe_pair(pair):
 def _check_attention_shapes(t_shape, s_shape, pair):
     if len(t_shape) < 3 or len(s_shape) < 3:
         raise ValueError(
-            f"attention transfer ({_describe_pair(pair)}) needs convolutional "
-            f"feature maps [batch, height, width, channels]; got teacher "
-            f"{('batch',) + t_shape} and student {('batch',) + s_shape}. Fix: "
-            "choose convolutional layers (before any pooling to a vector), or "
-            "use a Hint for dense features."
+            f"attention transfer ({_describe_pair(pair)}) needs convolutional feature maps "
+            f"[batch, height, width, channels]; got teacher {('batch',) + t_shape} and student "
+            f"{('batch',) + s_shape}. Fix: choose convolutional layers (before any pooling to a "
+            "vector), or use a Hint for dense features."
         )
-    if not _shape_match(t_shape[:-1], s_shape[:-1]):
+    if not views.shapes_compatible([t_shape[:-1]], [s_shape[:-1]]):
         raise ValueError(
-            f"attention transfer ({_describe_pair(pair)}) needs the same "
-            f"spatial size in both maps; got teacher {t_shape[:-1]} and "
-            f"student {s_shape[:-1]} (channels may differ). Fix: pair layers "
-            "at the same resolution (e.g. the last layer of each stage), or "
-            "add a pooling layer in the model so that the sizes agree."
+            f"attention transfer ({_describe_pair(pair)}) needs the same spatial size in both "
+            f"maps; got teacher {t_shape[:-1]} and student {s_shape[:-1]} (channels may differ). "
+            "Fix: pair layers at the same resolution (e.g. the last layer of each stage), or add "
+            "a pooling layer in the model so that the sizes agree."
         )
 
 
@@ -482,31 +399,25 @@ class _HintPair:
         self.projector = None
         if len(t_shape) != len(s_shape):
             raise ValueError(
-                f"hint ({_describe_pair(pair)}): the features have different "
-                f"ranks: teacher {('batch',) + t_shape}, student "
-                f"{('batch',) + s_shape}. Fix: pair layers of the same kind "
-                "(two convolutional maps, or two vectors), or add a "
+                f"hint ({_describe_pair(pair)}): the features have different ranks: teacher "
+                f"{('batch',) + t_shape}, student {('batch',) + s_shape}. Fix: pair layers of the "
+                "same kind (two convolutional maps, or two vectors), or add a "
                 "GlobalAveragePooling2D / Flatten layer to the model."
             )
         if not t_shape:
-            raise ValueError(
-                f"hint ({_describe_pair(pair)}): the layers output one scalar "
-                "per example; choose layers with a feature axis."
-            )
+            raise ValueError(f"hint ({_describe_pair(pair)}): the layers output one scalar "
+                             "per example; choose layers with a feature axis.")
         t_channels, s_channels = t_shape[-1], s_shape[-1]
         if t_channels is None or s_channels is None:
-            raise ValueError(
-                f"hint ({_describe_pair(pair)}): the channel axis must be known "
-                f"statically; got teacher {t_shape}, student {s_shape}."
-            )
+            raise ValueError(f"hint ({_describe_pair(pair)}): the channel axis must be known "
+                             f"statically; got teacher {t_shape}, student {s_shape}.")
         if len(t_shape) == 3:
             self._pool(t_shape[:2], s_shape[:2], pair)
-        elif not _shape_match(t_shape[:-1], s_shape[:-1]):
+        elif not views.shapes_compatible([t_shape[:-1]], [s_shape[:-1]]):
             raise ValueError(
-                f"hint ({_describe_pair(pair)}): the features differ in more "
-                f"than the last (channel) axis: teacher {t_shape}, student "
-                f"{s_shape}. Only the channel axis can be projected. Fix: pair "
-                "layers whose other axes agree."
+                f"hint ({_describe_pair(pair)}): the features differ in more than the last "
+                f"(channel) axis: teacher {t_shape}, student {s_shape}. Only the channel axis can "
+                "be projected. Fix: pair layers whose other axes agree."
             )
         if t_channels != s_channels:
             name = f"{plan_name}_projector"
@@ -519,7 +430,6 @@ class _HintPair:
             self.projector.build(in_shape)
 
     def _pool(self, t_hw, s_hw, pair):
-        self.t_spatial = None
         if None in t_hw or None in s_hw or t_hw == s_hw:
             return
         if all(s % t == 0 for s, t in zip(s_hw, t_hw)):
@@ -530,10 +440,9 @@ class _HintPair:
             self.t_spatial = tuple(s_hw)
         else:
             raise ValueError(
-                f"hint ({_describe_pair(pair)}): the feature maps' spatial "
-                f"sizes {t_hw} (teacher) and {s_hw} (student) are not integer "
-                "multiples of each other, so neither can be average-pooled to "
-                "the other. Fix: pair layers at the same (or a 2×, 4×...) "
+                f"hint ({_describe_pair(pair)}): the feature maps' spatial sizes {t_hw} (teacher) "
+                f"and {s_hw} (student) are not integer multiples of each other, so neither can be "
+                "average-pooled to the other. Fix: pair layers at the same (or a 2×, 4×...) "
                 "resolution, or add a pooling / Resizing layer to the model."
             )
 
@@ -554,124 +463,29 @@ class _HintPair:
 
 
 # ---------------------------------------------------------------------------
-# Layer look-up and the multi-output views.
-
-
-def _is_graph_model(model):
-    from keras_kd.models import _is_functional
-
-    return _is_functional(model)
-
-
-def _nested_paths(model, name, prefix=""):
-    """Paths ``outer/inner`` of layers called ``name`` inside nested models."""
-    found = []
-    for layer in getattr(model, "layers", []) or []:
-        if isinstance(layer, keras.Model):
-            for inner in getattr(layer, "layers", []) or []:
-                if inner.name == name:
-                    found.append(f"{prefix}{layer.name}/{name}")
-            found += _nested_paths(layer, name, f"{prefix}{layer.name}/")
-    return found
-
-
-def _feature_tensor(model, layer_name, role):
-    """The symbolic output of ``model``'s layer ``layer_name`` in its graph."""
-    if not _is_graph_model(model):
-        raise ValueError(
-            f"the {role} {model.name!r} is a subclassed model: keras_kd reads "
-            "intermediate layers from the graph of functional or Sequential "
-            "models, and a subclassed call() has none. Fix: build the "
-            f"{role} with the functional API (keras.Model(inputs, outputs)) or "
-            "keras.Sequential, or distil logits only (features=None)."
-        )
-    try:
-        model.inputs  # noqa: B018  (raises for an unbuilt Sequential)
-    except (AttributeError, ValueError):
-        raise ValueError(
-            f"the {role} {model.name!r} has no defined inputs yet, so its layers "
-            "have no outputs to read. Fix: start the Sequential model with "
-            "keras.Input(shape), or build it before creating the Distiller."
-        ) from None
-    layers = list(model.layers)
-    names = [layer.name for layer in layers]
-    matches = [layer for layer in layers if layer.name == layer_name]
-    if not matches:
-        message = f"the {role} {model.name!r} has no layer named {layer_name!r}."
-        close = difflib.get_close_matches(layer_name, names, n=5, cutoff=0.5)
-        if close:
-            message += f" Did you mean {', '.join(repr(c) for c in close)}?"
-        nested = _nested_paths(model, layer_name)
-        if nested:
-            message += (
-                f" A layer of that name is inside a nested model "
-                f"({', '.join(nested)}); keras_kd reads top-level layers only. "
-                "Fix: pair the nested model's own output (its name), or build "
-                "the model flat."
-            )
-        message += (
-            f" List the names with [l.name for l in {role}.layers]; they are: "
-            f"{names if len(names) <= 40 else names[:40] + ['...']}."
-        )
-        raise ValueError(message)
-    layer = matches[0]
-    from keras.src.ops.function import make_node_key
-
-    graph = getattr(getattr(model, "_functional", model), "_nodes", None)
-    nodes = [
-        node for index, node in enumerate(layer._inbound_nodes)
-        if graph is None or make_node_key(layer, index) in graph
-    ]
-    if len(nodes) != 1:
-        raise ValueError(
-            f"the {role} layer {layer_name!r} is called {len(nodes)} times in "
-            f"{model.name!r} (a shared layer), so its output is ambiguous. Fix: "
-            "pair a layer that runs once (e.g. the one right after it)."
-        )
-    outputs = nodes[0].output_tensors
-    if len(outputs) != 1:
-        raise ValueError(
-            f"the {role} layer {layer_name!r} returns {len(outputs)} tensors; a "
-            "feature term needs a layer with a single tensor output. Fix: pair "
-            "a layer that consumes them (e.g. the Add/Concatenate after it)."
-        )
-    return outputs[0]
-
-
-def _logits_tensor(view):
-    outputs = view.outputs
-    if len(outputs) != 1:
-        raise ValueError(
-            f"{view.name!r} has {len(outputs)} outputs; the Distiller needs one "
-            "logits output."
-        )
-    return outputs[0]
-
-
-def _unique(names):
-    out = []
-    for name in names:
-        if name not in out:
-            out.append(name)
-    return out
+# The Distiller's forward passes and feature losses.
 
 
 class FeaturePlan:
-    """Feature terms built for one teacher/student pair.
+    """The Distiller's forward passes, with feature terms built for its models.
 
-    Holds the multi-output views ``inputs → [logits, features...]`` of both
-    models (their own layers and weights: one forward pass each), the
-    projector layers, and the per-term losses. Built by the Distiller; not
-    part of the public API beyond ``metric_names``, ``weights`` and
-    ``projectors``.
+    Without terms it runs the two logits views; with terms, the multi-output
+    views ``inputs → [logits, features...]`` of both models (one forward pass
+    each, :func:`keras_kd.views.tapped`), and holds the projectors and the
+    per-term losses. Public beyond the Distiller: ``metric_names``,
+    ``weights``, ``projectors``.
     """
 
     def __init__(self, terms, teacher, student, teacher_logits_view, student_logits_view):
-        from keras_kd.models import model_inputs
-
         self.terms = tuple(terms)
         self.metric_names = []
         self.weights = [term.weight for term in self.terms]
+        self.projectors = []
+        self._pairs = []  # per term: [(t_index, s_index, adapter)]
+        self._teacher_logits_view = teacher_logits_view
+        self._student_logits_view = student_logits_view
+        if not self.terms:
+            return
         term_names = []
         for term in self.terms:
             name, k = term.name, 2
@@ -680,91 +494,77 @@ class FeaturePlan:
             term_names.append(name)
             self.metric_names.append(f"{name}_loss")
 
-        t_names = _unique(t for term in self.terms for t, _ in term.pairs)
-        s_names = _unique(s for term in self.terms for _, s in term.pairs)
-        t_tensors = [_feature_tensor(teacher, n, "teacher") for n in t_names]
-        s_tensors = [_feature_tensor(student, n, "student") for n in s_names]
-        self._t_index = {n: i for i, n in enumerate(t_names)}
-        self._s_index = {n: i for i, n in enumerate(s_names)}
-
-        self.teacher_view = keras.Model(
-            model_inputs(teacher_logits_view),
-            [_logits_tensor(teacher_logits_view)] + t_tensors,
-            name=f"{teacher.name}_features",
-        )
-        self.student_view = keras.Model(
-            model_inputs(student_logits_view),
-            [_logits_tensor(student_logits_view)] + s_tensors,
-            name=f"{student.name}_features",
-        )
-
-        self.projectors = []
-        self._pairs = []  # per term: [(t_index, s_index, adapter)]
+        t_names = list(dict.fromkeys(t for term in self.terms for t, _ in term.pairs))
+        s_names = list(dict.fromkeys(s for term in self.terms for _, s in term.pairs))
+        self.teacher_view, t_tensors = views.tapped(teacher_logits_view, teacher, t_names,
+                                                    "teacher")
+        self.student_view, s_tensors = views.tapped(student_logits_view, student, s_names,
+                                                    "student")
         for term, name in zip(self.terms, term_names):
             built = []
             for j, (t, s) in enumerate(term.pairs):
-                t_shape = _static(t_tensors[self._t_index[t]].shape)
-                s_shape = _static(s_tensors[self._s_index[s]].shape)
+                t_index, s_index = t_names.index(t), s_names.index(s)
                 pair_name = name if len(term.pairs) == 1 else f"{name}_{j}"
-                adapter = term._build_pair(j, t_shape, s_shape, (t, s), pair_name)
+                adapter = term._build_pair(j, _static(t_tensors[t_index].shape),
+                                           _static(s_tensors[s_index].shape), (t, s), pair_name)
                 if getattr(adapter, "projector", None) is not None:
                     self.projectors.append(adapter.projector)
-                built.append((self._t_index[t], self._s_index[s], adapter))
+                built.append((t_index, s_index, adapter))
             self._pairs.append(built)
 
-    @staticmethod
-    def _split(outputs):
-        outputs = list(outputs)
-        return outputs[0], outputs[1:]
-
-    def teacher_forward(self, x):
-        """``(logits, [features...])`` of the teacher in inference mode, float32."""
-        logits, feats = self._split(self.teacher_view(x, training=False))
+    def teacher_outputs(self, x):
+        """``(logits, [features...] or None)`` of the teacher in inference mode;
+        float32 logits, no gradient."""
+        if not self.terms:
+            logits = self._teacher_logits_view(x, training=False)
+            return tf.stop_gradient(tf.cast(logits, tf.float32)), None
+        logits, *feats = self.teacher_view(x, training=False)
         return (tf.stop_gradient(tf.cast(logits, tf.float32)),
                 [tf.stop_gradient(f) for f in feats])
 
-    def student_forward(self, x, training):
-        """``(logits, [features...])`` of the student, one forward pass."""
-        return self._split(self.student_view(x, training=training))
+    def student_outputs(self, x, training, with_features=True):
+        """``(logits, [features...] or None)`` of the student: one forward pass."""
+        if not self.terms or not with_features:
+            return self._student_logits_view(x, training=training), None
+        logits, *feats = self.student_view(x, training=training)
+        return logits, feats
 
-    def per_example(self, teacher_features, student_features):
-        """Unweighted per-example loss ``[B]`` (float32) of every term, in order."""
-        values = []
-        for built in self._pairs:
-            total = None
-            for t_index, s_index, adapter in built:
-                value = adapter(teacher_features[t_index], student_features[s_index])
-                total = value if total is None else total + value
-            values.append(total)
-        return values
+    def losses(self, teacher_features, student_features):
+        """Unweighted per-example loss ``[B]`` (float32) of every term, in order;
+        ``[]`` when either model's features are None (no terms, cached logits)."""
+        if teacher_features is None or student_features is None:
+            return []
+        return [
+            functools.reduce(operator.add, [adapter(teacher_features[t], student_features[s])
+                                            for t, s, adapter in built])
+            for built in self._pairs
+        ]
+
+    def add_weighted(self, total, feature_losses):
+        """``total + Σ_k weight_k · F_k`` over the terms' per-example losses."""
+        for weight, value in zip(self.weights, feature_losses):
+            total = total + weight * value
+        return total
 
 
 # ---------------------------------------------------------------------------
 # Normalising the Distiller's ``features=`` argument and the string form.
 
 
-_KINDS = {
-    "hint": Hint,
-    "fitnets": Hint,
-    "fitnet": Hint,
-    "attention": AttentionTransfer,
-    "at": AttentionTransfer,
-}
+_KINDS = {"hint": Hint, "fitnets": Hint, "fitnet": Hint,
+          "attention": AttentionTransfer, "at": AttentionTransfer}
 _OPTIONS = {Hint: ("weight", "name"), AttentionTransfer: ("weight", "p", "name")}
 
 _GRAMMAR = (
-    "KIND:TEACHER_LAYER=STUDENT_LAYER[+TEACHER_LAYER=STUDENT_LAYER...][,weight=W]"
-    "[,name=N] terms separated by ';' (KIND is hint or attention; attention "
-    "also takes p=P), e.g. 'hint:t_conv2=s_conv2,weight=10;"
-    "attention:t_conv1=s_conv1+t_conv2=s_conv2'"
+    "KIND:TEACHER_LAYER=STUDENT_LAYER[+TEACHER_LAYER=STUDENT_LAYER...][,weight=W][,name=N] terms "
+    "separated by ';' (KIND is hint or attention; attention also takes p=P), e.g. "
+    "'hint:t_conv2=s_conv2,weight=10;attention:t_conv1=s_conv1+t_conv2=s_conv2'"
 )
 
 
 def _parse_term(text):
     if ":" not in text:
-        raise ValueError(
-            f"feature term {text!r} has no KIND: prefix. Expected {_GRAMMAR}."
-        )
+        raise ValueError(f"feature term {text!r} has no KIND: prefix. Expected {_GRAMMAR}.")
     kind, _, rest = text.partition(":")
     kind = kind.strip().lower()
     if kind not in _KINDS:
@@ -793,8 +593,7 @@ def _parse_term(text):
         key, value = key.strip().lower(), value.strip()
         if not eq or not key or not value:
             raise ValueError(
-                f"bad option {option!r} in {text!r}: write KEY=VALUE "
-                f"({', '.join(_OPTIONS[cls])})."
+                f"bad option {option!r} in {text!r}: write KEY=VALUE ({', '.join(_OPTIONS[cls])})."
             )
         if key not in _OPTIONS[cls]:
             raise ValueError(
@@ -803,15 +602,10 @@ def _parse_term(text):
             )
         if key in options:
             raise ValueError(f"option {key!r} given twice in {text!r}.")
-        if key in ("weight", "p"):
-            try:
-                options[key] = float(value)
-            except ValueError:
-                raise ValueError(
-                    f"option {key}={value!r} in {text!r} is not a number."
-                ) from None
-        else:
-            options[key] = value
+        try:
+            options[key] = float(value) if key in ("weight", "p") else value
+        except ValueError:
+            raise ValueError(f"option {key}={value!r} in {text!r} is not a number.") from None
     if cls is Hint:
         if len(pairs) != 1:
             raise ValueError(
@@ -838,16 +632,9 @@ def parse(spec):
     → ``[Hint("t_conv2", "s_conv2", weight=10.0), AttentionTransfer([("t_conv1",
     "s_conv1"), ("t_conv2", "s_conv2")])]``. A hint takes one pair per term.
     Quote the flag in a shell (``--features='...'``) because of ``;``, or pass
-    a list of strings (one term each, e.g. from a repeated flag).
-
-    Args:
-      spec: a string, a list of strings, or None / "" (no terms).
-
-    Returns:
-      a list of :class:`FeatureTerm`.
-
-    Raises:
-      ValueError: naming the malformed part and the expected grammar.
+    a list of strings (one term each, e.g. from a repeated flag); None or ""
+    give no terms. Returns a list of :class:`FeatureTerm`; a ValueError names
+    the malformed part and the expected grammar.
     """
     if spec is None:
         return []
@@ -874,10 +661,8 @@ def normalize(features):
     if isinstance(features, (str, FeatureTerm, dict)):
         features = [features]
     if not isinstance(features, (list, tuple)):
-        raise ValueError(
-            f"features must be a list of keras_kd.features terms (Hint, "
-            f"AttentionTransfer) or a spec string, got {type(features).__name__}."
-        )
+        raise ValueError(f"features must be a list of keras_kd.features terms (Hint, "
+                         f"AttentionTransfer) or a spec string, got {type(features).__name__}.")
     terms = []
     for item in features:
         if isinstance(item, str):
@@ -887,8 +672,6 @@ def normalize(features):
         elif isinstance(item, FeatureTerm):
             terms.append(item)
         else:
-            raise ValueError(
-                f"features must hold keras_kd.features terms (Hint, "
-                f"AttentionTransfer) or spec strings, got {item!r}."
-            )
+            raise ValueError(f"features must hold keras_kd.features terms (Hint, "
+                             f"AttentionTransfer) or spec strings, got {item!r}.")
     return tuple(terms)

@@ -39,6 +39,7 @@ A custom loss is any callable with the same signature (it may also take a
 """
 
 import inspect
+import math
 import numbers
 
 import tensorflow as tf
@@ -51,6 +52,10 @@ __all__ = [
     "mse_probs",
     "dkd",
     "dist",
+    "cross_entropy",
+    "per_example",
+    "check_temperature",
+    "check_alpha",
     "get",
     "register",
     "name_of",
@@ -59,17 +64,47 @@ __all__ = [
 ]
 
 
+def _number(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}.")
+    return float(value)
+
+
+def check_temperature(value, name="temperature"):
+    """Returns the temperature ``T`` as a float; ValueError unless it is a finite
+    number > 0. The one rule for ``T`` (the losses, the Distiller, the job's
+    ``--temperature``); ``name`` is what the error calls it."""
+    value = _number(value, name)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"{name} must be a finite number > 0, got {value} (1 is the plain "
+            "softmax; 2-8 gives the soft targets of Hinton et al. 2015)."
+        )
+    return value
+
+
+def check_alpha(value, name="alpha"):
+    """Returns ``alpha`` as a float; ValueError unless it is a number in [0, 1].
+
+    ``alpha`` weighs the distillation loss and ``1 − alpha`` the label loss
+    (the Distiller, the job's ``--alpha``); ``name`` is what the error calls it.
+    """
+    value = _number(value, name)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number in [0, 1], got {value}.")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"{name} must be in [0, 1], got {value}: it weighs the distillation "
+            "loss, and 1 - alpha the label loss."
+        )
+    return value
+
+
 def _check_temperature(temperature):
-    """Returns the temperature as a float32 tensor; rejects T <= 0 when known."""
-    if isinstance(temperature, bool):
-        raise TypeError("temperature must be a positive number, got a bool.")
-    if isinstance(temperature, numbers.Number):
-        if not temperature > 0:
-            raise ValueError(
-                f"temperature must be > 0, got {temperature}. Fix: use T = 1 "
-                "for plain softmax targets, or a larger T (e.g. 2-8) for "
-                "softer ones."
-            )
+    """The temperature as a float32 tensor; a Python number must pass
+    :func:`check_temperature` (a tensor is taken as it is)."""
+    if isinstance(temperature, (bool, numbers.Number)):
+        check_temperature(temperature)
     return tf.cast(temperature, tf.float32)
 
 
@@ -334,6 +369,104 @@ def dist(teacher_logits, student_logits, temperature, beta=1.0, gamma=1.0):
     inter = _pearson_distance(q, p, axis=-1)
     intra = tf.reduce_mean(_batch_pearson_distance(q, p))
     return temperature * temperature * (beta * inter + gamma * intra)
+
+
+def _labels_kind(labels, num_classes):
+    """'sparse' or 'dense' from the static shape of the labels."""
+    rank = labels.shape.rank
+    if rank == 1 or (rank == 2 and labels.shape[-1] == 1):
+        return "sparse"
+    if rank == 2 and labels.shape[-1] == num_classes:
+        return "dense"
+    raise ValueError(
+        f"labels of shape {labels.shape} do not fit {num_classes} classes: pass "
+        f"integer class ids of shape [batch] or one-hot / soft label "
+        f"vectors of shape [batch, {num_classes}]."
+    )
+
+
+def _checked_class_ids(labels, num_classes):
+    """int64 class ids ``[batch]``; the graph fails unless they are whole numbers
+    in ``[0, num_classes)`` (``tf.debugging`` checks, removed by XLA)."""
+    labels = tf.reshape(labels, [-1])
+    checks = []
+    if labels.dtype.is_floating:
+        checks.append(tf.debugging.assert_equal(
+            labels, tf.round(labels),
+            message=(
+                "keras_kd: sparse labels must be whole numbers (class "
+                "ids); got a fractional value. Fix: pass integer ids, "
+                f"or soft labels of shape [batch, {num_classes}]."
+            ),
+        ))
+    labels = tf.cast(labels, tf.int64)
+    message = (
+        f"keras_kd: labels must be integer class ids in [0, {num_classes}) "
+        f"(the models output {num_classes} logits). Fix: check the "
+        "dataset's labels, or build the models with the right number "
+        "of classes."
+    )
+    checks += [
+        tf.debugging.assert_non_negative(labels, message=message),
+        tf.debugging.assert_less(labels, tf.constant(num_classes, tf.int64), message=message),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(labels)
+
+
+def cross_entropy(labels, logits):
+    """Per-example softmax cross-entropy of ``logits`` on the true labels.
+
+    ``CE_i = −Σ_c y_ic · log softmax(z_i)_c`` in float32 (the label loss the
+    Distiller weighs by ``1 − alpha``). The labels are either
+
+    - sparse class ids, shape ``[B]`` or ``[B, 1]`` (any int dtype, or whole-
+      valued floats): ``CE_i = −log softmax(z_i)_{y_i}``. Ids outside ``[0, N)``
+      or fractional values fail the graph with a ``tf.debugging`` error
+      naming the fix (XLA compiles these checks away); or
+    - dense one-hot / soft label vectors ``[B, N]`` (e.g. MixUp/CutMix).
+
+    Args:
+      labels: as above (tensor or array).
+      logits: ``[B, N]`` logits, any float dtype.
+
+    Returns:
+      float32 ``[B]``.
+
+    Raises:
+      ValueError: labels whose static shape is neither ``[B]``, ``[B, 1]`` nor
+        ``[B, N]``.
+    """
+    labels = tf.convert_to_tensor(labels)  # NumPy labels under run_eagerly=True
+    num_classes = logits.shape[-1]
+    logits = tf.cast(logits, tf.float32)
+    if _labels_kind(labels, num_classes) == "sparse":
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=_checked_class_ids(labels, num_classes), logits=logits
+        )
+    return tf.nn.softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.float32), logits=logits
+    )
+
+
+def per_example(values, fn, logits):
+    """``values`` (what loss ``fn`` returned for ``logits``) as float32 ``[B]``.
+
+    A ``[B, 1]`` result is squeezed; any other shape than ``[B]`` (e.g. a
+    batch mean) is a ValueError that names ``fn`` and the fix.
+    """
+    values = tf.cast(values, tf.float32)
+    if values.shape.rank == 2 and values.shape[-1] == 1:
+        values = tf.squeeze(values, -1)
+    if values.shape.rank != 1:
+        raise ValueError(
+            f"the distillation loss {getattr(fn, '__name__', fn)!r} "
+            f"returned shape {values.shape}; it must return one value per "
+            f"example, shape [batch] (the logits have shape {logits.shape}). "
+            "Fix: reduce over the class axis only (e.g. "
+            "tf.reduce_sum(..., axis=-1)), not over the batch."
+        )
+    return values
 
 
 _REGISTRY = {

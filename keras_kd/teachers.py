@@ -11,9 +11,9 @@ import os
 
 import keras
 
-from keras_kd import errors
+from keras_kd import errors, views
 
-__all__ = ["load", "load_model", "check_fits"]
+__all__ = ["load", "load_model", "check_fits", "logits_view"]
 
 
 def load_model(path, flag="--model"):
@@ -59,3 +59,23 @@ def load(path, info, flag="--teacher"):
     model = load_model(path, flag)
     check_fits(model, info, "teacher")
     return model
+
+
+def logits_view(teacher, dtype="float32"):
+    """The frozen teacher's inference view: ``(view, recovered)``.
+
+    ``view`` computes the teacher's logits in ``dtype`` (float32, bfloat16 or
+    float16: :func:`keras_kd.views.with_compute_dtype`, a copy for a reduced
+    dtype) and stops before a final softmax (:func:`keras_kd.views.logits_model`;
+    ``recovered`` is True then). The model it runs is frozen (``trainable =
+    False``); for float32 and a float32 teacher, that is ``teacher`` itself.
+    The one place a teacher's view is built: the Distiller, the cache and the
+    job's checks call it. Call the view with ``training=False``.
+
+    Raises:
+      ValueError: an unknown ``dtype``; a subclassed teacher with a reduced
+        ``dtype`` or ending in a softmax.
+    """
+    runner = views.with_compute_dtype(teacher, dtype)
+    runner.trainable = False
+    return views.logits_model(runner, "teacher")

@@ -269,8 +269,8 @@ def f():
 teacher = f()
 student = keras.models.clone_model(teacher)
 student.set_weights(teacher.get_weights())
-d = distribute.build_distiller(strategy, teacher, student, temperature=2.0, alpha=0.5,
-                               optimizer=keras.optimizers.SGD(0.0))
+d = keras_kd.build_distiller(strategy, teacher, student, temperature=2.0, alpha=0.5,
+                             optimizer=keras.optimizers.SGD(0.0))
 h = d.fit(ds, epochs=1, verbose=0).history
 # Control: a student that sees its own, second view (a random shift inside
 # it) must give KL > 0 here, or this measurement could not detect anything.
@@ -279,8 +279,8 @@ def shifted_student():
     g.set_weights(teacher.get_weights())
     i = keras.Input((16, 16, 3))
     return keras.Model(i, g(keras.layers.RandomTranslation(0.2, 0.2, seed=1)(i)))
-c = distribute.build_distiller(strategy, teacher, shifted_student, temperature=2.0,
-                               alpha=0.5, optimizer=keras.optimizers.SGD(0.0))
+c = keras_kd.build_distiller(strategy, teacher, shifted_student, temperature=2.0,
+                             alpha=0.5, optimizer=keras.optimizers.SGD(0.0))
 hc = c.fit(ds, epochs=1, verbose=0).history
 print("RESULT" + json.dumps({"replicas": strategy.num_replicas_in_sync,
       "distillation_loss": h["distillation_loss"][-1],

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_kd import Distiller, cache, data, job, models
+from keras_kd import Distiller, cache, data, job, models, views
 from keras_kd.distiller import LABELS, TEACHER_LOGITS
 
 SHAPE, CLASSES, N = (6, 6, 1), 5, 96
@@ -72,7 +72,7 @@ def test_full_cache_is_bit_identical_to_teacher_predict(xy, tmp_path):
     assert meta["teacher_fingerprint"] == cache.teacher_fingerprint(teacher)
     assert meta["dataset_fingerprint"] == cache.dataset_fingerprint(_ds(x, y))
     assert meta["teacher_name"] == "teacher" and meta["dataset_id"] == "tiny"
-    xs, t, ys = _targets(cache.load(tmp_path / "c", teacher, _ds(x, y)))
+    xs, t, ys = _targets(cache.attach(_ds(x, y), tmp_path / "c", teacher))
     np.testing.assert_array_equal(xs, x)
     np.testing.assert_array_equal(ys, y)
     np.testing.assert_array_equal(t, expected)
@@ -81,7 +81,7 @@ def test_full_cache_is_bit_identical_to_teacher_predict(xy, tmp_path):
 def test_top_k_is_the_numpy_reference_and_uses_the_logits_of_a_softmax_teacher(xy, tmp_path):
     x, y = xy
     teacher = _softmax_teacher()
-    view, recovered = models.logits_model(teacher)
+    view, recovered = views.logits_model(teacher)
     assert recovered
     logits = view.predict(x, batch_size=256, verbose=0).astype(np.float64)
     # batch_size=7: the rows of many batches are appended to each file
@@ -298,6 +298,54 @@ def test_augmentation_is_refused():
         with pytest.raises(ValueError, match="Beyer et al. 2022.*--augment=none.*drop "
                                              "--teacher_cache"):
             cache.check_no_augmentation(spec)
+
+
+def test_check_usable_refuses_what_a_cache_cannot_serve_naming_the_flags():
+    cache.check_usable()  # a cache, nothing else: fine
+    cache.check_usable(directory="some/dir", top_k=3, augment=None, features="",
+                       teacher_dtype="float32")
+    # Without a cache folder nothing else is refused, but a top_k needs one.
+    cache.check_usable(directory=False, augment="jitter", multi_worker=True,
+                       features="hint:a=b", teacher_dtype="bfloat16")
+    with pytest.raises(ValueError, match=r"^--teacher_cache_top_k=3 needs --teacher_cache=DIR "
+                                         r"\(the folder that stores the teacher's logits\)\. "
+                                         "Fix: pass both, or neither.$"):
+        cache.check_usable(directory=False, top_k=3)
+    for k in (0, -2, True, 2.5, "3"):
+        with pytest.raises(ValueError, match=r"^--teacher_cache_top_k must be an integer ≥ 1 "
+                                             r"\(below the number of classes\); leave it unset"):
+            cache.check_usable(top_k=k)
+    with pytest.raises(ValueError, match="^--augment='jitter' cannot be used with a teacher "
+                                         "cache.*Beyer et al. 2022"):
+        cache.check_usable(augment="jitter")
+    with pytest.raises(ValueError, match="^--teacher_cache cannot be used with "
+                                         "--strategy=multi_worker: .*only one may write it"):
+        cache.check_usable(multi_worker=True)
+    for features in ("hint:t_conv=s_conv", ["attention:a=b"]):
+        with pytest.raises(ValueError, match="^--features needs the teacher's feature maps, "
+                                             "which the teacher cache does not store"):
+            cache.check_usable(features=features)
+    with pytest.raises(ValueError, match="^--teacher_dtype=bfloat16 has no effect with "
+                                         "--teacher_cache: the cache stores the teacher's "
+                                         "logits, computed once"):
+        cache.check_usable(teacher_dtype="bfloat16")
+
+
+def test_precheck_fails_before_any_teacher_runs(xy, tmp_path):
+    x, y = xy
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(cache.CacheError, match="is a file, not a folder"):
+        cache.precheck(tmp_path / "file")
+    for k in (0, 10, 2.0):
+        with pytest.raises(ValueError, match=r"^top_k must be an integer in \[1, 9\] for this "
+                                             r"10-class teacher; leave it unset \(None\)"):
+            cache.precheck(tmp_path / "new", k, num_classes=10)
+    cache.precheck(tmp_path / "new", 9, num_classes=10)
+    cache.build(_mlp(0, name="teacher"), _ds(x, y), tmp_path / "c", top_k=2, log=None)
+    cache.precheck(tmp_path / "c", 2, num_classes=CLASSES)
+    with pytest.raises(cache.CacheMismatchError, match="top_k changed"):
+        cache.precheck(tmp_path / "c", None, num_classes=CLASSES)
+    assert sorted(os.listdir(tmp_path)) == ["c", "file"]
 
 
 # ---------------------------------------------------------------------------

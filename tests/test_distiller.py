@@ -263,31 +263,6 @@ def test_softmax_teacher_and_student_are_distilled_from_their_logits(data):
     )
 
 
-def test_softmax_layer_at_the_end_is_cut_off(data):
-    x, _ = data
-    keras.utils.set_random_seed(3)
-    inputs = keras.Input((FEATURES,))
-    logits = keras.layers.Dense(NUM_CLASSES)(inputs)
-    seq = keras.Model(inputs, keras.layers.Softmax()(logits))
-    view, recovered = keras_kd.distiller.logits_model(seq)
-    assert recovered
-    expected = x @ seq.layers[1].kernel.numpy() + seq.layers[1].bias.numpy()
-    np.testing.assert_allclose(view.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-5)
-
-
-def test_subclassed_softmax_model_is_refused():
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.out = keras.layers.Dense(NUM_CLASSES, activation="softmax")
-
-        def call(self, x):
-            return self.out(x)
-
-    with pytest.raises(ValueError, match="pre-softmax logits"):
-        keras_kd.distiller.logits_model(Sub(), "teacher")
-
-
 def test_evaluate_runs_the_teacher_only_when_asked(teacher, student, data):
     x, y = data
     calls = {"n": 0}
@@ -354,8 +329,8 @@ def test_label_shape_errors(teacher, student, data):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"temperature": 0.0}, "temperature must be > 0"),
-        ({"temperature": -2}, "temperature must be > 0"),
+        ({"temperature": 0.0}, "temperature must be a finite number > 0"),
+        ({"temperature": -2}, "temperature must be a finite number > 0"),
         ({"alpha": 1.5}, r"alpha must be in \[0, 1\]"),
         ({"alpha": -0.1}, r"alpha must be in \[0, 1\]"),
         ({"alpha": "x"}, "alpha must be a number"),
@@ -506,27 +481,6 @@ def test_keras_loss_objects_are_refused(teacher, student):
         keras_kd.Distiller(teacher, student, distillation_loss=keras.losses.KLDivergence())
 
 
-def test_ops_softmax_and_nested_softmax_heads_are_recovered(data):
-    x, _ = data
-    keras.utils.set_random_seed(4)
-    inputs = keras.Input((FEATURES,))
-    dense = keras.layers.Dense(NUM_CLASSES)
-    functional = keras.Model(inputs, keras.ops.softmax(dense(inputs)))
-    view, recovered = keras_kd.models.logits_model(functional)
-    assert recovered
-    np.testing.assert_allclose(
-        view.predict(x, verbose=0),
-        x @ dense.kernel.numpy() + dense.bias.numpy(), rtol=1e-5, atol=1e-5,
-    )
-    head = keras.Sequential([keras.layers.Dense(NUM_CLASSES, activation="softmax")])
-    nested = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(8), head])
-    view, recovered = keras_kd.models.logits_model(nested)
-    assert recovered
-    logits = view.predict(x, verbose=0)
-    np.testing.assert_allclose(np_softmax(logits, 1.0), nested.predict(x, verbose=0), rtol=1e-4, atol=1e-6)
-    assert not np.allclose(np_softmax(logits, 1.0).sum(-1), logits.sum(-1))  # logits, not probs
-
-
 def test_loaded_distiller_with_softmax_models_keeps_training(data, tmp_path):
     x, y = data
     t = mlp(32, "t", seed=1, softmax=True)
@@ -633,7 +587,7 @@ def test_bfloat16_teacher_gives_close_soft_targets_and_leaves_the_teacher_alone(
     x, y = data
     before = weights_of(teacher)
     d = keras_kd.Distiller(teacher, student, temperature=3.0, teacher_dtype="bfloat16")
-    low = d._teacher_forward(x).numpy()
+    low = d._plan.teacher_outputs(x)[0].numpy()
     high = teacher.predict(x, verbose=0)
     assert low.dtype == np.float32
     # bfloat16 keeps 8 bits of mantissa: relative error ~ 2^-8 per operation.
@@ -649,3 +603,41 @@ def test_bfloat16_teacher_gives_close_soft_targets_and_leaves_the_teacher_alone(
     assert back.teacher_dtype == "bfloat16"
     with pytest.raises(ValueError, match="teacher_dtype must be one of"):
         keras_kd.Distiller(teacher, student, teacher_dtype="int8")
+
+
+def test_check_settings_names_the_flags_with_a_prefix():
+    """The one check of the settings: the Distiller's texts, or the job's with "--"."""
+    from keras_kd.distiller import check_settings
+
+    ok = check_settings(temperature=3, alpha=1, distillation_loss="KL",
+                        features="hint:a=b", teacher_dtype="float32", prefix="--")
+    assert ok["temperature"] == 3.0 and ok["alpha"] == 1.0
+    assert ok["distillation_loss"] is losses.kl_divergence
+    assert ok["features"] == (keras_kd.features.Hint("a", "b"),)
+    assert ok["teacher_dtype"] == "float32"
+    base = dict(temperature=4.0, alpha=0.9, distillation_loss="kl", prefix="--")
+    for change, match in [
+        ({"temperature": 0}, r"^--temperature must be a finite number > 0, got 0\.0 "),
+        ({"alpha": 2}, r"^--alpha must be in \[0, 1\], got 2\.0: "),
+        ({"alpha": None}, r"^--alpha must be a number"),
+        ({"teacher_dtype": "int8"}, r"^--teacher_dtype must be one of float32, bfloat16, "),
+        ({"teacher_dtype": "bfloat16", "features": "hint:a=b"},
+         r"^--teacher_dtype='bfloat16' cannot be combined with --features .*Fix: drop "
+         r"--teacher_dtype, or --features\."),
+        ({"distillation_loss": "kld"}, "Valid names"),
+        ({"features": "hint:a"}, "bad layer pair"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            check_settings(**{**base, **change})
+
+
+def test_teacher_dtype_with_features_is_refused(teacher, student):
+    with pytest.raises(ValueError, match="^teacher_dtype='float16' cannot be combined with "
+                                         "features"):
+        keras_kd.Distiller(teacher, student, teacher_dtype="float16", features="hint:a=b")
+
+
+def test_build_distiller_is_exported_from_the_package():
+    assert keras_kd.build_distiller is keras_kd.distiller.build_distiller
+    assert "build_distiller" in keras_kd.distiller.__all__
+    assert "logits_model" not in keras_kd.distiller.__all__

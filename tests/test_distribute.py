@@ -178,7 +178,7 @@ def test_build_distiller_moves_models_into_the_strategy(rng):
     teacher, student = _tiny_models(1)  # built outside any strategy
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     assert not distribute._created_in(strategy, teacher.variables[0])
-    d = distribute.build_distiller(
+    d = keras_kd.build_distiller(
         strategy, teacher, lambda: _tiny_models(2)[1], temperature=2.0, alpha=0.5,
         optimizer=keras.optimizers.SGD(0.1), metrics=["accuracy"])
     assert d.teacher is not teacher
@@ -190,7 +190,7 @@ def test_build_distiller_moves_models_into_the_strategy(rng):
     history = d.fit(x, y, batch_size=8, epochs=1, verbose=0).history
     assert np.isfinite(history["loss"][0]) and "accuracy" in history
     with pytest.raises(ValueError, match="keras.Model or a function"):
-        distribute.build_distiller(strategy, "teacher.keras", student)
+        keras_kd.build_distiller(strategy, "teacher.keras", student)
 
 
 _WORKER = r"""
@@ -325,3 +325,30 @@ def test_dist_intra_class_term_spans_the_global_batch(tmp_path):
     assert gap("dist") < 2e-5  # float32 rounding of the all-reduced sums
     np.testing.assert_allclose(res["dist/one"]["loss"], res["dist/two"]["loss"], rtol=1e-5)
     assert gap("control") > 1e-2
+
+
+def test_in_scope_keeps_a_model_of_the_strategy_and_copies_others():
+    import tensorflow as tf
+
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    outside = _tiny_models(1)[0]
+    with strategy.scope():
+        inside = _tiny_models(2)[0]
+        assert distribute.in_scope(strategy, inside, "teacher") is inside
+        copy = distribute.in_scope(strategy, outside, "teacher")
+    assert copy is not outside
+    assert all(distribute._created_in(strategy, v) for v in copy.variables)
+    with pytest.raises(ValueError, match="student must be a keras.Model"):
+        distribute.in_scope(strategy, 3, "student")
+
+
+def test_check_settings_is_the_rule_of_get_strategy_and_mixed_precision():
+    distribute.check_settings(strategy="mirrored", mixed_precision="mixed_bfloat16")
+    with pytest.raises(ValueError, match=r"^unknown --strategy='horovod'; valid: auto, "
+                                         r"mirrored, one_device, multi_worker, tpu\.$"):
+        distribute.check_settings(strategy="horovod", prefix="--")
+    with pytest.raises(ValueError, match=r"^unknown --mixed_precision='float8'; valid: "
+                                         r"float32, mixed_float16, mixed_bfloat16\.$"):
+        distribute.check_settings(mixed_precision="float8", prefix="--")
+    with pytest.raises(ValueError, match=r"^unknown strategy='horovod'; valid: "):
+        distribute.get_strategy("horovod")

@@ -160,6 +160,22 @@ def test_softmax_ending_model_exports_logits_or_probabilities_once(trained, tmp_
         assert check["agreement"] >= 0.99 and check["max_abs_diff"] < 1e-4
 
 
+def test_a_mixed_float16_model_is_exported_in_float32(trained, tmp_path):
+    """TFLite's builtin kernels take no float16: the file computes what a
+    float32 model with the same weights computes."""
+    _, val, info = trained
+    reference = models.build("mlp:hidden=32", info.input_shape, info.num_classes, seed=3)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = models.build("mlp:hidden=32", info.input_shape, info.num_classes, seed=3)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert any(layer.compute_dtype == "float16" for layer in model.layers)
+    path = export.to_tflite(model, str(tmp_path / "m.tflite"))
+    result = export.verify(path, val, reference_model=reference)
+    assert result["agreement"] == 1.0 and result["max_abs_diff"] < 1e-3
+
+
 def test_written_files_get_the_usual_permissions(trained, tmp_path):
     model, _, _ = trained
     path = export.to_tflite(model, str(tmp_path / "s.tflite"), class_names=["a"] * 10)
@@ -365,17 +381,45 @@ def test_quantization_errors(trained, tmp_path):
     model, val, _ = trained
     with pytest.raises(ValueError, match="needs representative_data.*dynamic"):
         export.to_tflite(model, str(tmp_path / "s.tflite"), "int8")
-    with pytest.raises(ValueError, match="unknown quantization 'int4'"):
+    with pytest.raises(ValueError, match="unknown quantization='int4'"):
         export.to_tflite(model, str(tmp_path / "s.tflite"), "int4")
-    with pytest.raises(ValueError, match="int8_io=True needs quantization='int8'"):
+    with pytest.raises(ValueError, match="unknown quantization='auto'.*export_verified"):
+        export.to_tflite(model, str(tmp_path / "s.tflite"), "auto")
+    with pytest.raises(ValueError, match="int8_io needs quantization=int8, got 'dynamic'"):
         export.to_tflite(model, str(tmp_path / "s.tflite"), "dynamic", int8_io=True)
+    with pytest.raises(ValueError, match="int8_io needs quantization=int8, got 'auto'"):
+        export.export_verified(model, str(tmp_path / "s.tflite"), val, int8_io=True)
     with pytest.raises(ValueError, match="is empty"):
         export.to_tflite(model, str(tmp_path / "s.tflite"), "int8", np.zeros((0, 28, 28, 1)))
     with pytest.raises(ValueError, match=r"shape \(32, 32, 3\)"):
         export.to_tflite(model, str(tmp_path / "s.tflite"), "int8", np.zeros((4, 32, 32, 3)))
-    with pytest.raises(ValueError, match="min_agreement must be in"):
+    with pytest.raises(ValueError, match="min_agreement must be a fraction in"):
         export.export_verified(model, str(tmp_path / "s.tflite"), val, min_agreement=99)
     assert os.listdir(tmp_path) == []
+
+
+def test_check_settings_names_the_flag_or_the_argument():
+    for mode in ("auto", *export.QUANTIZATIONS):
+        export.check_settings(mode, None, int8_io=mode == "int8")
+    export.check_settings("int8", 0.0, True, flag="quantization", auto=False)
+    export.check_settings("none", 1.0)
+    with pytest.raises(ValueError, match=r"^unknown --export_quantization='int4'; "
+                                         r"valid: auto, none, float16, dynamic, int8\.$"):
+        export.check_settings("int4", flag="--export_quantization")
+    with pytest.raises(ValueError, match=r"^unknown quantization='auto'; "
+                                         r"valid: none, float16, dynamic, int8\. .*export_verified"):
+        export.check_settings("auto", flag="quantization", auto=False)
+    with pytest.raises(ValueError, match="^--int8_io needs --quantization=int8, got 'auto': "
+                                         "only a fully integer model"):
+        export.check_settings("auto", int8_io=True)
+    with pytest.raises(ValueError, match="^int8_io needs quantization=int8, got 'float16'"):
+        export.check_settings("float16", int8_io=True, flag="quantization")
+    for bad in (-0.01, 1.5, 99):
+        with pytest.raises(ValueError, match=r"^--min_agreement must be a fraction in \[0, 1\] "
+                                             r"\(e\.g\. 0\.99\), got "):
+            export.check_settings("auto", bad)
+    with pytest.raises(ValueError, match="^min_agreement must be a fraction"):
+        export.check_settings("dynamic", 2, flag="quantization")
 
 
 def _dead_relu_model():

@@ -336,3 +336,89 @@ def test_dist_is_zero_for_a_perfect_student_and_blind_to_scale(rng):
 
 def test_dist_is_registered():
     assert losses.get("dist") is losses.dist and not losses.accepts_labels(losses.dist)
+
+
+# -- the one rule for temperature and alpha --------------------------------------------
+
+
+def test_check_temperature_texts():
+    assert losses.check_temperature(2) == 2.0 and isinstance(losses.check_temperature(2), float)
+    assert losses.check_temperature(np.float32(0.5)) == 0.5
+    for bad in (0.0, -1, float("inf"), float("nan")):
+        with pytest.raises(ValueError) as err:
+            losses.check_temperature(bad)
+        assert str(err.value) == (
+            f"temperature must be a finite number > 0, got {float(bad)} (1 is the plain "
+            "softmax; 2-8 gives the soft targets of Hinton et al. 2015).")
+    for bad in (True, "4", None):
+        with pytest.raises(ValueError, match=r"^--temperature must be a number, got "):
+            losses.check_temperature(bad, "--temperature")
+    # The losses use the same rule for Python numbers (a tensor passes as it is).
+    t = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match="must be a finite number > 0"):
+        losses.kl_divergence(t, t, float("inf"))
+    with pytest.raises(ValueError, match="must be a number"):
+        losses.kl_divergence(t, t, True)
+    assert losses.kl_divergence(t, t, tf.constant(2.0)).shape == (2,)
+
+
+def test_check_alpha_texts():
+    assert losses.check_alpha(0) == 0.0 and losses.check_alpha(1) == 1.0
+    with pytest.raises(ValueError) as err:
+        losses.check_alpha(1.5, "--alpha")
+    assert str(err.value) == ("--alpha must be in [0, 1], got 1.5: it weighs the distillation "
+                              "loss, and 1 - alpha the label loss.")
+    with pytest.raises(ValueError) as err:
+        losses.check_alpha(float("nan"))
+    assert str(err.value) == "alpha must be a finite number in [0, 1], got nan."
+    with pytest.raises(ValueError, match=r"^alpha must be a number, got 'x'\.$"):
+        losses.check_alpha("x")
+    with pytest.raises(ValueError, match=r"^alpha must be a number, got False\.$"):
+        losses.check_alpha(False)
+
+
+# -- the label loss ---------------------------------------------------------------------
+
+
+def np_cross_entropy(labels, logits):
+    logp = np.log(np_softmax(logits, 1.0))
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[-1] == logits.shape[-1]:
+        return -np.sum(labels * logp, axis=-1)
+    ids = labels.reshape(-1).astype(int)
+    return -logp[np.arange(len(ids)), ids]
+
+
+def test_cross_entropy_matches_numpy(rng):
+    logits = (rng.normal(size=(6, 4)) * 3).astype(np.float32)
+    ids = rng.integers(0, 4, size=6)
+    soft = rng.dirichlet(np.ones(4), size=6).astype(np.float32)
+    for labels in (ids.astype(np.int32), ids.astype(np.int64)[:, None],
+                   ids.astype(np.float32), np.eye(4, dtype=np.float32)[ids], soft):
+        got = losses.cross_entropy(labels, logits)
+        assert got.dtype == tf.float32 and got.shape == (6,)
+        np.testing.assert_allclose(got.numpy(), np_cross_entropy(labels, logits),
+                                   rtol=1e-5, atol=1e-6)
+    # float16 logits: the math runs in float32.
+    got = losses.cross_entropy(ids, tf.constant(logits, tf.float16))
+    assert got.dtype == tf.float32
+
+
+def test_cross_entropy_label_checks():
+    logits = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"\[batch, 4\]"):
+        losses.cross_entropy(np.zeros((3, 5), np.float32), logits)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"class ids in \[0, 4\)"):
+        losses.cross_entropy(np.array([0, 4, 1]), logits)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"class ids in \[0, 4\)"):
+        losses.cross_entropy(np.array([0, -1, 1]), logits)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="whole numbers"):
+        losses.cross_entropy(np.array([0.0, 1.5, 1.0], np.float32), logits)
+
+
+def test_per_example_checks_the_shape_of_a_loss():
+    fn = losses.kl_divergence
+    logits = tf.zeros((4, 3))
+    np.testing.assert_array_equal(losses.per_example(tf.ones((4, 1)), fn, logits), np.ones(4))
+    with pytest.raises(ValueError, match=r"'kl_divergence' returned shape \(\).*one value per"):
+        losses.per_example(tf.constant(1.0), fn, logits)

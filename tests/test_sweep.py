@@ -6,11 +6,10 @@ import re
 import shutil
 
 import keras
-import keras_tuner as kt
 import numpy as np
 import pytest
 
-from keras_kd import Distiller, cli, data, job, models, sweep
+from keras_kd import Distiller, cli, data, distribute, job, models, sweep
 
 TINY = [
     "--temperature=1,4",
@@ -38,11 +37,11 @@ def count_trials(monkeypatch, fail_at=None):
     calls = []
     real = sweep.train_trial
 
-    def counted(config, info, teacher, values, *args, **kwargs):
+    def counted(state, teacher, values, *args, **kwargs):
         calls.append(dict(values))
         if len(calls) == fail_at:
             raise RuntimeError("simulated crash")
-        return real(config, info, teacher, values, *args, **kwargs)
+        return real(state, teacher, values, *args, **kwargs)
 
     monkeypatch.setattr(sweep, "train_trial", counted)
     return calls
@@ -72,20 +71,22 @@ def table_rows(markdown):
     return header, rows
 
 
+def trial_file(out, trial_id, suffix=".keras"):
+    return out / "trials" / f"{trial_id}{suffix}"
+
+
 def test_sweep_writes_every_output(swept):
     out, _ = swept
     names = set(os.listdir(out))
     assert {"sweep.md", "sweep.json", "best.flags", "best_student.keras", "teacher.keras",
-            "accuracy_vs_temperature.png", "best_curves.png", "tuner", "teacher_cache",
-            "baselines.json"} <= names
+            "accuracy_vs_temperature.png", "best_curves.png", "trials", "teacher_cache",
+            "baselines", "config.json"} <= names
     assert not [n for n in names if n.startswith(".")]  # no temporary files left
-    # keras-tuner keeps its state and trial files; no Distiller (teacher) is saved.
-    trials = sorted(os.listdir(out / "tuner" / "sweep"))
-    assert trials == ["oracle.json", "trial_0000", "trial_0001", "trial_0002", "trial_0003",
-                      "tuner0.json"]
-    for t in trials[1:5]:
-        assert sorted(os.listdir(out / "tuner" / "sweep" / t)) == [
-            "result.json", "student.keras", "trial.json"]
+    assert not [n for n in names if n.endswith("_backup")]  # backups dropped when done
+    # A student, a result and a history per trial; no Distiller (teacher) is saved.
+    assert sorted(os.listdir(out / "trials")) == sorted(
+        f"{i:04d}{s}" for i in range(4) for s in (".keras", ".json", "_history.csv"))
+    assert sorted(os.listdir(out / "baselines")) == ["0.json", "0.keras", "0_history.csv"]
 
 
 def test_sweep_md_is_sorted_by_validation_accuracy(swept):
@@ -117,8 +118,7 @@ def test_recorded_accuracy_is_the_students(swept):
     assert results["teacher"]["val_accuracy"] == job.evaluate(teacher, val)["accuracy"]
     assert len(results["rows"]) == 4 and [r["rank"] for r in results["rows"]] == [1, 2, 3, 4]
     for row in results["rows"]:
-        student = keras.saving.load_model(
-            out / "tuner" / "sweep" / f"trial_{row['trial_id']}" / "student.keras")
+        student = keras.saving.load_model(trial_file(out, row["trial_id"]))
         assert row["val_accuracy"] == job.evaluate(student, val)["accuracy"]
         pred = student.predict(x_val, verbose=0).argmax(-1)
         assert row["teacher_agreement"] == pytest.approx(np.mean(pred == teacher_pred), abs=1e-9)
@@ -135,12 +135,12 @@ def test_a_trial_equals_an_independent_distiller_fit(swept):
     """The trial's student is what Distiller.fit gives with the same config.
 
     Independent path: online distillation (the sweep trained from the cache),
-    data.load, models.build(seed + 1), job.deterministic(seed).
+    data.load, models.build(seed + 1), distribute.deterministic(seed).
     """
     out, results = swept
     row = next(r for r in results["rows"] if r["temperature"] == 4.0 and r["alpha"] == 0.5)
     seed = 0
-    with job.deterministic(seed):
+    with distribute.deterministic(seed):
         keras.utils.set_random_seed(seed)
         train, val, info = data.load("mnist5k", batch_size=128, seed=seed)
         teacher = keras.saving.load_model(out / "teacher.keras")
@@ -148,8 +148,7 @@ def test_a_trial_equals_an_independent_distiller_fit(swept):
         distiller = Distiller(teacher, student, temperature=4.0, alpha=0.5)
         distiller.compile(optimizer=keras.optimizers.Adam(2e-3), metrics=["accuracy"])
         distiller.fit(train, epochs=1, verbose=0)
-    swept_student = keras.saving.load_model(
-        out / "tuner" / "sweep" / f"trial_{row['trial_id']}" / "student.keras")
+    swept_student = keras.saving.load_model(trial_file(out, row["trial_id"]))
     for a, b in zip(student.get_weights(), swept_student.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
     assert abs(job.evaluate(student, val)["accuracy"] - row["val_accuracy"]) <= 0.002
@@ -198,7 +197,7 @@ def test_a_deleted_result_is_the_only_trial_rerun(swept, monkeypatch, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     row = results["rows"][2]
-    os.remove(copy / "tuner" / "sweep" / f"trial_{row['trial_id']}" / "result.json")
+    os.remove(trial_file(copy, row["trial_id"], ".json"))
     calls = count_trials(monkeypatch)
     assert run_sweep([f"--output_dir={copy}"]) == 0
     assert calls == [row["values"]]
@@ -206,10 +205,8 @@ def test_a_deleted_result_is_the_only_trial_rerun(swept, monkeypatch, tmp_path):
         again = json.load(f)
     assert [(r["trial_id"], r["val_accuracy"]) for r in again["rows"]] == [
         (r["trial_id"], r["val_accuracy"]) for r in results["rows"]]
-    trial = json.loads((copy / "tuner" / "sweep" / f"trial_{row['trial_id']}" / "trial.json")
-                       .read_text())
-    assert trial["status"] == "COMPLETED" and trial["score"] == row["val_accuracy"]
-    assert len(trial["metrics"]["metrics"]["val_accuracy"]["observations"][0]["value"]) == 1
+    stored = json.loads(trial_file(copy, row["trial_id"], ".json").read_text())
+    assert stored["val_accuracy"] == row["val_accuracy"] and stored["values"] == row["values"]
 
 
 def test_a_crash_mid_sweep_resumes_with_the_missing_trials(swept, monkeypatch, tmp_path, capsys):
@@ -242,7 +239,7 @@ def test_other_settings_in_the_same_folder_are_refused(swept, capsys):
     assert run_sweep(["--epochs=2", f"--output_dir={out}"]) == 2
     assert "holds a sweep with other settings (epochs differ)" in capsys.readouterr().err
     assert run_sweep(["--temperature=1,2", f"--output_dir={out}"]) == 2
-    assert "(temperatures differ)" in capsys.readouterr().err
+    assert "(temperature differ)" in capsys.readouterr().err
 
 
 BAD_GRIDS = [
@@ -289,38 +286,15 @@ def test_arch_lists_keep_their_options():
     assert sweep.parse_list("distillation_loss", "kl, dkd") == ["kl", "dkd"]
 
 
-def test_grid_oracle_survives_a_restart(tmp_path):
-    """keras-tuner 1.4.8's GridSearchOracle raises KeyError when a search is
-    resumed (keras-team/keras-tuner#1055); GridOracle runs each point once."""
-    seen = []
-
-    class Toy(kt.engine.base_tuner.BaseTuner):
-        def run_trial(self, trial):
-            values = dict(trial.hyperparameters.values)
-            seen.append(values)
-            if len(seen) == 3:
-                raise kt.errors.FatalError("crash")
-            return {"val_accuracy": values["a"] * values["b"]}
-
-    def tuner():
-        hps = kt.HyperParameters()
-        hps.Choice("a", [1.0, 2.0, 3.0])
-        hps.Choice("b", [0.5, 0.9])
-        oracle = sweep.GridOracle(objective=kt.Objective("val_accuracy", "max"),
-                                  hyperparameters=hps, tune_new_entries=False,
-                                  allow_new_entries=False)
-        t = Toy(oracle, directory=str(tmp_path), project_name="p", overwrite=False)
-        t.oracle.verbose = 0
-        return t
-
-    with pytest.raises(kt.errors.FatalError):
-        tuner().search()
-    t = tuner()
-    t.search()
-    grid = [{"a": a, "b": b} for a in (1.0, 2.0, 3.0) for b in (0.5, 0.9)]
-    assert seen == grid[:3] + grid[2:]  # the crashed point again, then the rest
-    assert sorted(tr.score for tr in t.oracle.trials.values()) == sorted(
-        g["a"] * g["b"] for g in grid)
-    seen.clear()
-    tuner().search()
-    assert seen == []
+def test_the_grid_is_walked_in_order_and_checked_by_the_job():
+    config = job.JobConfig(temperature=2.0)
+    grid = sweep.check_grid(config, {"alpha": [0.5, "0.9"], "temperature": ["1", 4]})
+    assert list(grid) == list(sweep.GRID_FLAGS)  # axes in GRID_FLAGS order, left out: the config's
+    assert grid == {"temperature": [1.0, 4.0], "alpha": [0.5, 0.9],
+                    "distillation_loss": ["kl"], "student_arch": [config.student_arch]}
+    assert [(p["temperature"], p["alpha"]) for p in sweep.points(grid)] == [
+        (1.0, 0.5), (1.0, 0.9), (4.0, 0.5), (4.0, 0.9)]
+    with pytest.raises(ValueError, match="--temperature must be a finite number > 0"):
+        sweep.check_grid(config, {"temperature": [1, -1]})  # the job's own rule and text
+    with pytest.raises(ValueError, match="unknown grid axes \\['epochs'\\]"):
+        sweep.check_grid(config, {"epochs": [1, 2]})

@@ -1,0 +1,186 @@
+"""The settings of a run: :class:`JobConfig`, one field per ``keras-kd`` flag.
+
+The main job (:mod:`keras_kd.job`), the sweep (trials are
+``dataclasses.replace(config, ...)``) and the CLI (whose flags are generated
+from the fields: name, type, default, choices and help) all read it.
+:meth:`JobConfig.validate` owns no rule of its own beyond the run's length and
+optimizer: it calls each rule where it lives (the Distiller's, the cache's, the
+export's, the augmentation's, the strategies') with flag names.
+"""
+
+import dataclasses
+import os
+
+import keras
+
+from keras_kd import augment, cache, data, distiller, distribute, export, models
+from keras_kd.export import QUANTIZATIONS
+
+__all__ = ["JobConfig", "make_optimizer", "OPTIMIZERS"]
+
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+
+
+def _field(default, help, **meta):
+    """A config field with its command-line help (``keras_kd.cli`` makes the flags)."""
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+@dataclasses.dataclass
+class JobConfig:
+    """Everything the main job needs; each field is a ``keras-kd`` flag of the same name.
+
+    The defaults are the measured defaults of BUILD_NOTES.md ("Choosing the defaults").
+    """
+
+    dataset: str = _field("mnist5k", "mnist5k (embedded), tfds:<name> or folder:<path>.")
+    data_dir: str | None = _field(None, "tensorflow-datasets data_dir holding pre-downloaded data.")
+    image_size: tuple | None = _field(
+        None, "Resize images to H,W (needed for datasets of mixed sizes).",
+        parse=data.parse_image_size)
+    teacher: str | None = _field(None, "Path to a trained .keras teacher; empty trains one.")
+    teacher_arch: str = _field(
+        "cnn", "Teacher architecture spec, e.g. cnn:width=2, mlp, resnet_cifar:depth=20.")
+    student_arch: str = _field(
+        "mlp:hidden=400x400",
+        "Student architecture spec, e.g. cnn:width=0.25, mlp:hidden=800x800.")
+    temperature: float = _field(3.0, "Softmax temperature T of the soft targets (> 0).")
+    alpha: float = _field(
+        0.7, "Weight of the distillation loss; 1 - alpha weighs the label loss.")
+    distillation_loss: str = _field(
+        "kl", "Distillation loss: kl, soft_ce, mse_logits, mse_probs, dkd or dist.")
+    optimizer: str = _field("adam", "Optimizer for all three models.", choices=OPTIMIZERS)
+    learning_rate: float = _field(2e-3, "Learning rate.")
+    epochs: int = _field(12, "Epochs for the baseline and the distilled student.")
+    teacher_epochs: int = _field(12, "Epochs for training the teacher.")
+    batch_size: int = _field(64, "Batch size (the global batch under a strategy).")
+    augment: str = _field(
+        "jitter", "Augmentation policy for the students (keras_kd.augment.POLICIES, chained "
+        "with +, options like jitter:pixels=2); one view per batch for teacher and student.")
+    teacher_augment: str | None = _field(
+        None, "Augmentation for teacher training (default: --augment).")
+    teacher_cache: str | None = _field(
+        None, "Offline distillation: compute the teacher's logits on the training split "
+        "once, store them in DIR, and train the student from them; needs --augment=none. A "
+        "DIR holding a cache is reused after checking it is this teacher's and this data's.")
+    teacher_cache_top_k: int | None = _field(
+        None, "With --teacher_cache: store only the K largest logits per image and the mean "
+        "of the rest (unset: all logits).")
+    seed: int = _field(0, "Random seed.")
+    output_dir: str | None = _field(None, "Output folder (default ./kd_runs/<timestamp>).")
+    export: bool = _field(True, "Export and verify student.tflite.")
+    export_quantization: str = _field(
+        "auto", "Quantization of student.tflite: none (float32), float16, dynamic (int8 "
+        "weights), int8 (full integer, calibrated on training images), or auto: the first of "
+        "int8, dynamic, float16, none whose top-1 agreement with the Keras student on the "
+        "validation split is at least --min_agreement (default 0.99).",
+        choices=("auto", *QUANTIZATIONS))
+    min_agreement: float | None = _field(
+        None, "Fail the export if student.tflite agrees with the Keras student (top-1, "
+        "validation split) less often than this fraction, e.g. 0.99; also the bar of "
+        "--export_quantization=auto.")
+    deterministic: bool = _field(
+        True, "TensorFlow op determinism and a seeded global RNG: the same --seed gives the "
+        "same run on the same machine and TensorFlow build.")
+    strategy: str = _field(
+        "auto", "tf.distribute strategy: auto, mirrored, one_device, multi_worker "
+        "(TF_CONFIG), tpu.", choices=distribute.STRATEGIES)
+    num_cpu_devices: int | None = _field(
+        None, "Split the CPU into N logical devices (multi-replica runs without GPUs).")
+    mixed_precision: str = _field(
+        "float32", "Keras dtype policy for training.", choices=distribute.MIXED_PRECISION)
+    checkpoint_dir: str | None = _field(
+        None, "Back up every epoch here; rerunning the same command after a crash or kill "
+        "resumes from the last backup.")
+    jit_compile: bool = _field(
+        False, "XLA-compile the train steps (one replica only; off under multi-replica "
+        "strategies). XLA drops the label-range check. Often slower on CPU.")
+    features: str | None = _field(
+        None, "Feature distillation terms between named layers, e.g. with "
+        "--student_arch=cnn:width=0.5: 'hint:block2_conv=block2_conv,weight=1;attention:"
+        "block1_relu=block1_relu' (FitNets hints with a learned projector where shapes "
+        "differ; attention transfer). Quote it in a shell.")
+    teacher_dtype: str = _field(
+        "float32", "Precision of the frozen teacher's inference (float32 also for a teacher "
+        "built under --mixed_precision; its logits are cast to float32 before the softmax). "
+        "Not with --teacher_cache.", choices=("float32", "bfloat16", "float16"))
+    verbose: int = _field(1, "Keras verbosity: 0 silent, 1 progress bars, 2 one line per epoch.")
+    flags_used: dict = dataclasses.field(default_factory=dict, metadata={"cli": False})
+
+    def validate(self):
+        """Raises ValueError for values the job cannot run with.
+
+        Each rule lives next to what it checks (the Distiller's, the cache's,
+        the export's, the augmentation's); this only calls them with flag names.
+        """
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be at least 1, got {self.epochs}.")
+        if self.teacher_epochs < 1 and not self.teacher:
+            raise ValueError(
+                f"--teacher_epochs={self.teacher_epochs} would distil from an "
+                "untrained teacher. Fix: train it (--teacher_epochs ≥ 1) or load "
+                "one with --teacher=path.keras."
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be at least 1, got {self.batch_size}.")
+        if not self.learning_rate > 0:
+            raise ValueError(
+                f"--learning_rate must be > 0, got {self.learning_rate} "
+                "(e.g. 2e-3 for adam, 0.05 for sgd)."
+            )
+        _optimizer_class(self.optimizer)  # before TensorFlow starts (no variables)
+        distiller.check_settings(
+            temperature=self.temperature, alpha=self.alpha,
+            distillation_loss=self.distillation_loss, features=self.features,
+            teacher_dtype=self.teacher_dtype, prefix="--")
+        distribute.check_settings(strategy=self.strategy, mixed_precision=self.mixed_precision,
+                                  prefix="--")
+        augment.parse(self.augment)
+        augment.parse(self.teacher_augment)
+        export.check_settings(self.export_quantization, self.min_agreement,
+                              flag="--export_quantization")
+        models.parse_spec(self.teacher_arch)
+        models.parse_spec(self.student_arch)
+        cache.check_usable(
+            directory=bool(self.teacher_cache), top_k=self.teacher_cache_top_k,
+            augment=self.augment, multi_worker=self.strategy == "multi_worker",
+            features=self.features, teacher_dtype=self.teacher_dtype)
+        if self.teacher and not os.path.isfile(self.teacher):
+            raise ValueError(
+                f"--teacher={self.teacher!r} does not exist. Fix: pass the path "
+                "of a saved .keras teacher, or leave --teacher empty to train one."
+            )
+
+    def resume_settings(self):
+        """What a run's results depend on: compared when a checkpoint is resumed.
+
+        Where and how it runs may change between resumptions (e.g. resume a
+        CPU run on several GPUs); what it trains may not.
+        """
+        settings = {k: v for k, v in dataclasses.asdict(self).items()
+                    if k not in _RESUME_IGNORES}
+        settings["image_size"] = list(self.image_size or []) or None
+        return settings
+
+
+_RESUME_IGNORES = (
+    "output_dir", "verbose", "checkpoint_dir", "flags_used", "export",
+    "export_quantization", "min_agreement",
+    "strategy", "num_cpu_devices", "jit_compile", "mixed_precision", "deterministic",
+)
+
+
+def _optimizer_class(name):
+    """The Keras optimizer class of a name, and its extra settings; the one rule for names."""
+    found = {"adam": (keras.optimizers.Adam, {}),
+             "sgd": (keras.optimizers.SGD, {"momentum": 0.9, "nesterov": True}),
+             "rmsprop": (keras.optimizers.RMSprop, {})}.get(str(name).lower())
+    if found is None:
+        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}.")
+    return found
+
+
+def make_optimizer(name, learning_rate):
+    """A fresh Keras optimizer by name (adam, sgd with Nesterov momentum 0.9, rmsprop)."""
+    cls, settings = _optimizer_class(name)
+    return cls(learning_rate, **settings)
