@@ -47,12 +47,8 @@ keras-cv 0.9 is its last release; its layers now live in Keras core with
 other arguments (see BUILD_NOTES.md). Every keras-cv reference is in this
 module, so the move is a one-file change. keras-cv's vectorized layers ignore
 ``training=False`` and always augment, so keras_kd only maps them over
-training data, never places them inside a model.
-
-    from keras_kd import augment, data
-    train, val, info = data.load("mnist5k", batch_size=64)
-    train = augment.apply(train, "jitter+mixup", num_classes=info.num_classes)
-    distiller.fit(train)   # labels are now mixed one-hot vectors
+training data, never places them inside a model. README.md shows
+:func:`apply` in use.
 """
 
 import tensorflow as tf
@@ -97,12 +93,9 @@ def parse(spec):
     """``"jitter:pixels=3+mixup"`` → ``[("jitter", {...}), ("mixup", {...})]``.
 
     Every option of a policy is present in its dict (defaults filled in);
-    integer options are ints, the others floats.
-
-    Raises:
-      ValueError: an unknown policy (the message lists the valid ones), an
-        unknown option (lists the policy's options), or a value that is not
-        a number in the option's range.
+    integer options are ints, the others floats. Raises ValueError for an
+    unknown policy or option (listing the valid ones) or a value outside the
+    option's range.
     """
     if spec is None:
         return []
@@ -116,8 +109,7 @@ def parse(spec):
             raise ValueError(
                 f"unknown augmentation policy {name!r}. Valid policies: "
                 f"{', '.join(sorted(POLICIES))} (chain them with '+', e.g. "
-                "'randaugment+mixup'; options after ':', e.g. 'jitter:pixels=2')."
-            )
+                "'randaugment+mixup'; options after ':', e.g. 'jitter:pixels=2').")
         schema = POLICIES[name]
         options = {k: d for k, (d, *_rest) in schema.items()}
         for item in filter(None, (o.strip() for o in opts.split(","))):
@@ -126,8 +118,7 @@ def parse(spec):
             if not eq or key not in schema:
                 raise ValueError(
                     f"unknown option {item!r} for augmentation policy {name!r}; "
-                    f"valid options: {_options_help(name)}."
-                )
+                    f"valid options: {_options_help(name)}.")
             options[key] = _number(name, key, value.strip(), schema[key])
         if name != "none":
             parsed.append((name, options))
@@ -147,8 +138,7 @@ def _number(name, key, text, rule):
         bounds = f"≥ {low:g}" if high is None else f"in [{low:g}, {high:g}]"
         kind = "an integer" if integer else "a number"
         raise ValueError(
-            f"augmentation option {name}:{key}={text!r} must be {kind} {bounds}."
-        )
+            f"augmentation option {name}:{key}={text!r} must be {kind} {bounds}.")
     return int(number) if integer else number
 
 
@@ -160,8 +150,7 @@ def mixes_labels(spec):
 def _needs_labels(spec, but):
     return ValueError(
         f"augmentation policy {spec!r} mixes labels (MixUp/CutMix), but {but}. Fix: use "
-        "an image-only policy (jitter, flip_crop, randaugment) or a dataset of (images, labels)."
-    )
+        "an image-only policy (jitter, flip_crop, randaugment) or a dataset of (images, labels).")
 
 
 def _seed(seed, offset):
@@ -177,8 +166,7 @@ def _jitter(options, input_shape, seed):
         if options["pixels"] >= min(height, width) / 2:
             raise ValueError(
                 f"jitter pixels={options['pixels']:g} is too large for "
-                f"{height}x{width} images; use less than half the image size."
-            )
+                f"{height}x{width} images; use less than half the image size.")
         layers.append(keras_cv.layers.RandomTranslation(
             height_factor=options["pixels"] / height,
             width_factor=options["pixels"] / width,
@@ -238,24 +226,18 @@ def _randaugment(options, input_shape, seed, value_range):
         return [_GrayAsRGB(layer)]
     if channels != 3:
         raise ValueError(
-            f"randaugment needs 1- or 3-channel images, got {channels} channels."
-        )
+            f"randaugment needs 1- or 3-channel images, got {channels} channels.")
     return [layer]
 
 
 class Augmentation:
     """A parsed policy, applied to one batch: ``(images, labels) → (images, labels)``.
 
-    Args:
-      spec: a policy spec (see the module docstring).
-      input_shape: ``(H, W, C)`` of the images.
-      num_classes: needed by label-mixing policies when labels are sparse ids.
-      seed: makes the random transformations reproducible.
-      value_range: the images' ``(low, high)``; ``(0, 255)`` for keras_kd data.
-
-    ``mixes_labels`` tells whether the labels come out as mixed one-hot vectors.
-    Calling it with ``labels=None`` augments images only (an error for a
-    label-mixing policy).
+    ``input_shape`` is the images' ``(H, W, C)``; ``num_classes`` is needed by
+    label-mixing policies for sparse labels; ``value_range`` is the images'
+    ``(low, high)``. ``mixes_labels`` tells whether the labels come out as
+    mixed one-hot vectors. Calling it with ``labels=None`` augments images
+    only (an error for a label-mixing policy).
     """
 
     def __init__(self, spec, input_shape, num_classes=None, seed=None,
@@ -295,8 +277,7 @@ class Augmentation:
             raise ValueError(
                 f"augmentation policy {self.spec!r} mixes labels, which needs the "
                 "number of classes for sparse labels. Fix: pass num_classes= "
-                "(keras_kd.data's info.num_classes)."
-            )
+                "(keras_kd.data's info.num_classes).")
         ids = tf.cast(tf.reshape(labels, [-1]), tf.int32)
         return tf.one_hot(ids, self.num_classes, dtype=tf.float32)
 
@@ -400,15 +381,10 @@ def apply(dataset, spec, input_shape=None, seed=None, num_classes=None,
     AUTOTUNE``, then prefetch), so both models of a Distiller see the same
     augmented images. Returns ``dataset`` unchanged for ``"none"``. With a
     label-mixing policy the labels come out as mixed one-hot vectors
-    (``num_classes`` is needed for sparse labels). Every batch is checked
-    against ``value_range`` as it passes.
-
-    Raises:
-      ValueError: an invalid spec, or a label-mixing policy on a dataset
-        without labels.
-      tf.errors.InvalidArgumentError: when iterated, a batch outside
-        ``value_range`` (or 0-1 data given to a 0-255 policy); the message
-        names the fix.
+    (``num_classes`` is needed for sparse labels). Raises ValueError for an
+    invalid spec or a label-mixing policy on a dataset without labels; when
+    iterated, tf.errors.InvalidArgumentError for a batch outside
+    ``value_range`` (or 0-1 data given to a 0-255 policy).
     """
     spec_elements = dataset.element_spec
     has_labels = isinstance(spec_elements, tuple) and len(spec_elements) >= 2

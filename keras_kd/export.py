@@ -1,23 +1,19 @@
 """TFLite (LiteRT) export of a trained classifier, quantized, checked on real data.
 
-- :func:`to_tflite` converts a Keras classifier to a ``.tflite`` file in one of
-  four quantization modes, with builtin ops only (unless ``allow_flex``);
-- :func:`verify` runs the file with the LiteRT interpreter (``ai_edge_litert``)
-  on real examples and compares it with the Keras model;
-- :func:`export_verified` does both and moves the files into place only if the
-  check passes (``quantization="auto"`` picks the smallest mode that agrees
-  with Keras); the main job and ``keras-kd export`` use it. Their settings
-  follow :func:`check_settings`, which the job's flags share.
+:func:`to_tflite` converts a Keras classifier to a ``.tflite`` file, builtin
+ops only (unless ``allow_flex``); :func:`verify` runs it with the LiteRT
+interpreter (``ai_edge_litert``) on real examples against the Keras model;
+:func:`export_verified` (used by the main job and ``keras-kd export``) does
+both and moves the files into place only if the check passes. The rules for
+their settings, shared with the job's flags, are :func:`check_settings`'s.
 
 Quantization modes (``w`` a float weight, ``q`` its integer code):
 
 - ``"none"``: float32 weights and activations; the reference.
-- ``"float16"``: weights stored as float16 (half the size), dequantized to
-  float32 at load; the CPU computes in float32.
-- ``"dynamic"``: matmul/convolution weights stored as int8, ``w ≈ s·q``,
-  ``s = max|w| / 127`` (per output channel for convolutions); activations
-  stay float32, quantized on the fly for the int8 kernels. About 4× smaller;
-  no calibration data.
+- ``"float16"``: float16 weights (half the size), dequantized to float32 at load.
+- ``"dynamic"``: matmul/convolution weights as int8, ``w ≈ s·q``, ``s = max|w| / 127``
+  (per output channel for convolutions); float32 activations, quantized on the
+  fly for the int8 kernels. About 4× smaller; no calibration data.
 - ``"int8"``: full integer. Weights as in ``dynamic``; activations int8,
   ``r = s·(q − z)``, ``(s, z)`` from the ranges seen on ``representative_data``
   (at most :data:`REPRESENTATIVE_LIMIT` real training examples). The input
@@ -37,8 +33,7 @@ failed conversion or check writes nothing and leaves earlier files untouched):
 - ``student.json`` (:func:`metadata_path`): the same JSON, plus
   ``"verification"`` (:func:`verify`'s figures) from :func:`export_verified`::
 
-      {"format": "keras_kd.tflite/1", "model_file": "student.tflite",
-       "quantization": "int8",
+      {"format": "keras_kd.tflite/1", "model_file": "student.tflite", "quantization": "int8",
        "input": {"name": "pixels", "shape": [1, 28, 28, 1], "layout": "NHWC",
                  "dtype": "float32", "value_range": [0, 255],
                  "quantization": null},        # or {"scale": s, "zero_point": z}
@@ -74,15 +69,12 @@ import tensorflow as tf
 from keras_kd import _io, views
 from keras_kd._version import __version__
 
-__all__ = [
-    "QUANTIZATIONS", "AUTO_ORDER", "AUTO_MIN_AGREEMENT", "REPRESENTATIVE_LIMIT",
-    "AgreementError", "RuntimeCheckError", "check_settings", "to_tflite", "verify",
-    "export_verified", "read_metadata", "labels_path", "metadata_path",
-]
+__all__ = ["QUANTIZATIONS", "AUTO_ORDER", "AUTO_MIN_AGREEMENT", "REPRESENTATIVE_LIMIT",
+           "AgreementError", "RuntimeCheckError", "check_settings", "to_tflite", "verify",
+           "export_verified", "read_metadata", "labels_path", "metadata_path"]
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-# quantization="auto" tries these in order (smallest and fastest first) and
-# keeps the first whose top-1 agreement with Keras is at least the bar.
+# quantization="auto" tries these in order, smallest and fastest first (export_verified).
 AUTO_ORDER = ("int8", "dynamic", "float16", "none")
 AUTO_MIN_AGREEMENT = 0.99
 REPRESENTATIVE_LIMIT = 300
@@ -96,17 +88,6 @@ class AgreementError(ValueError):
 
 class RuntimeCheckError(ValueError):
     """The converted file does not run in the LiteRT interpreter."""
-
-
-def _does_not_run(what, err):
-    return RuntimeCheckError(
-        f"{what} does not run in the LiteRT interpreter ({' '.join(str(err).split())}). "
-        "With int8 this happens when calibration sees an activation that is always "
-        "zero (e.g. every ReLU of a layer dead on the representative data): its "
-        "scale degenerates and LiteRT's default CPU delegate (XNNPACK) refuses it. "
-        "Fix: calibrate on more varied real training images, train the model "
-        "longer, or use quantization='dynamic'."
-    )
 
 
 def labels_path(tflite_path):
@@ -123,16 +104,14 @@ def _check_model(model):
     if not isinstance(model, keras.Model):
         raise ValueError(
             f"to_tflite needs a keras.Model, got {type(model).__name__}. Fix: "
-            "load it first with keras.saving.load_model('model.keras')."
-        )
+            "load it first with keras.saving.load_model('model.keras').")
     shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
     if shape is None or any(d is None for d in shape):
         raise ValueError(
             f"the model's input shape {shape} is not fully fixed; a phone "
             "runtime needs fixed height, width and channels. Fix: build the "
             "model with keras.Input(shape=(H, W, C)), or wrap it: "
-            "inp = keras.Input((H, W, C)); keras.Model(inp, model(inp))."
-        )
+            "inp = keras.Input((H, W, C)); keras.Model(inp, model(inp)).")
     return shape
 
 
@@ -148,29 +127,25 @@ def check_settings(quantization, min_agreement=None, int8_io=False, flag="--quan
                    *, auto=True):
     """Raises ValueError for export settings that cannot work (the one home of these rules).
 
-    ``quantization`` is a mode of :data:`QUANTIZATIONS`, or ``"auto"`` where
-    ``auto`` (not for :func:`to_tflite`, which writes the one mode given);
-    ``int8_io`` needs ``"int8"``; ``min_agreement`` is None or a fraction in
-    [0, 1]. ``flag`` names the quantization setting in the messages: a
-    command-line flag (``"--export_quantization"``: the others are then named
-    ``--int8_io``, ``--min_agreement``) or a Python argument (``"quantization"``).
+    ``quantization`` is a mode of :data:`QUANTIZATIONS`, or ``"auto"`` where ``auto``
+    (not for :func:`to_tflite`, which writes the one mode given); ``int8_io`` needs
+    ``"int8"``; ``min_agreement`` is None or a fraction in [0, 1]. ``flag`` names the
+    quantization setting in the messages: a command-line flag (``"--export_quantization"``:
+    the others are then ``--int8_io``, ``--min_agreement``) or an argument (``"quantization"``).
     """
     dashes = "--" if flag.startswith("--") else ""
     valid = ("auto", *QUANTIZATIONS) if auto else QUANTIZATIONS
     if quantization not in valid:
         raise ValueError(
             f"unknown {flag}={quantization!r}; valid: {', '.join(valid)}."
-            + ("" if auto else " ('auto', which tries several, is export_verified's.)")
-        )
+            + ("" if auto else " ('auto', which tries several, is export_verified's.)"))
     if int8_io and quantization != "int8":
         raise ValueError(
             f"{dashes}int8_io needs {flag}=int8, got {quantization!r}: only a fully integer "
-            "model has int8 input and output tensors ('auto' may choose a float mode)."
-        )
+            "model has int8 input and output tensors ('auto' may choose a float mode).")
     if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
         raise ValueError(
-            f"{dashes}min_agreement must be a fraction in [0, 1] (e.g. 0.99), got {min_agreement}."
-        )
+            f"{dashes}min_agreement must be a fraction in [0, 1] (e.g. 0.99), got {min_agreement}.")
 
 
 def _representative_examples(data, input_shape, limit=REPRESENTATIVE_LIMIT):
@@ -192,8 +167,7 @@ def _representative_examples(data, input_shape, limit=REPRESENTATIVE_LIMIT):
             raise ValueError(
                 f"representative_data holds examples of shape {images.shape[1:]}, "
                 f"but the model takes {input_shape}. Fix: pass training images "
-                "of the model's input shape (raw pixels, as the model takes them)."
-            )
+                "of the model's input shape (raw pixels, as the model takes them).")
         examples.append(images[: limit - seen])
         seen += len(examples[-1])
         if seen >= limit:
@@ -201,8 +175,7 @@ def _representative_examples(data, input_shape, limit=REPRESENTATIVE_LIMIT):
     if not seen:
         raise ValueError(
             "representative_data is empty. Fix: pass a few hundred real "
-            "training examples, e.g. train_ds.take(5) or x_train[:300]."
-        )
+            "training examples, e.g. train_ds.take(5) or x_train[:300].")
     return np.concatenate(examples)
 
 
@@ -234,15 +207,6 @@ def _ops_in_message(message, label):
     return sorted(set(names))
 
 
-def _where(message, ops):
-    """Graph locations of ``ops`` in a converter error, e.g. ``functional/lambda/Cumprod``."""
-    places = []
-    for op, place in re.findall(r'fused\["(\w+):", "([^"@]+)@', message):
-        if op in ops and place not in places:
-            places.append(place)
-    return places
-
-
 def _convert(model, quantization, examples, allow_flex, int8_io):
     """The converted flatbuffer, made quietly, with clear errors for unsupported ops."""
     try:
@@ -259,10 +223,9 @@ def _convert(model, quantization, examples, allow_flex, int8_io):
             raise _unsupported(
                 "needs TensorFlow ops that LiteRT's builtin kernels do not have", flex, message,
                 "Only the Flex delegate runs them: the app must link "
-                "tensorflow-lite-select-tf-ops (several MB), and ai-edge-litert's "
-                "interpreter cannot check the file. Fix: replace the layers that use "
-                "them with builtin ones, or accept Flex ops with allow_flex=True "
-                "(keras-kd export --allow_flex).") from err
+                "tensorflow-lite-select-tf-ops (several MB), and ai-edge-litert's interpreter "
+                "cannot check the file. Fix: replace the layers that use them with builtin ones, "
+                "or accept Flex ops with allow_flex=True (keras-kd export --allow_flex).") from err
         if custom:
             raise _unsupported(
                 "uses ops that neither LiteRT's builtins nor the Flex delegate have", custom,
@@ -271,7 +234,11 @@ def _convert(model, quantization, examples, allow_flex, int8_io):
 
 
 def _unsupported(what, ops, message, fix):
-    places = _where(message, ops)
+    """The error for ``ops``, with their graph locations in the converter's ``message``."""
+    places = []
+    for op, place in re.findall(r'fused\["(\w+):", "([^"@]+)@', message):
+        if op in ops and place not in places:
+            places.append(place)
     return ValueError(f"the model {what}: {', '.join(ops)}"
                       + (f" (at {', '.join(places)})" if places else "") + f". {fix}")
 
@@ -286,24 +253,16 @@ def _tensor_info(model, index, signature_names):
     from ai_edge_litert import schema_py_generated as schema
 
     tensor = model.subgraphs[0].tensors[index]
+    names = {int(t.tensorIndex): _text(t.name) for t in signature_names or []}
     q = tensor.quantization
     scale = [] if q is None or q.scale is None else list(q.scale)
     quant = None
     if len(scale) == 1 and scale[0] != 0:
         quant = {"scale": float(scale[0]), "zero_point": int(q.zeroPoint[0])}
     types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    return {
-        "name": {int(t.tensorIndex): _text(t.name) for t in signature_names or []}.get(
-            int(index), _text(tensor.name)),
-        "shape": [int(d) for d in tensor.shape],
-        "dtype": types[tensor.type],
-        "quantization": quant,
-    }
-
-
-def _flex_ops(model):
-    codes = [_text(code.customCode) for code in model.operatorCodes or []]
-    return sorted({c[len("Flex"):] for c in codes if c and c.startswith("Flex")})
+    return {"name": names.get(int(index), _text(tensor.name)),
+            "shape": [int(d) for d in tensor.shape],
+            "dtype": types[tensor.type], "quantization": quant}
 
 
 def _with_metadata(flatbuffer, describe):
@@ -317,7 +276,9 @@ def _with_metadata(flatbuffer, describe):
     subgraph = model.subgraphs[0]
     inp = _tensor_info(model, subgraph.inputs[0], sig and sig.inputs)
     out = _tensor_info(model, subgraph.outputs[0], sig and sig.outputs)
-    metadata = describe(inp, out, _flex_ops(model))
+    codes = [_text(code.customCode) for code in model.operatorCodes or []]
+    flex_ops = sorted({c[len("Flex"):] for c in codes if c and c.startswith("Flex")})
+    metadata = describe(inp, out, flex_ops)
     buffer, entry = schema.BufferT(), schema.MetadataT()
     buffer.data = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
     model.buffers.append(buffer)
@@ -342,8 +303,7 @@ def read_metadata(tflite_path):
     except Exception as err:  # not a flatbuffer at all
         raise ValueError(
             f"{tflite_path!r} is not a readable .tflite file ({err}). Fix: pass a "
-            "file written by keras_kd.export.to_tflite."
-        ) from err
+            "file written by keras_kd.export.to_tflite.") from err
     return None
 
 
@@ -352,36 +312,28 @@ def to_tflite(model, path, quantization="none", representative_data=None,
               class_names=None, input_range=(0, 255)):
     """Converts ``model`` to a TFLite file at ``path``; returns ``path``.
 
-    The file holds builtin LiteRT ops only, is loaded and invoked once in
-    LiteRT before anything is written, and carries its description as
-    metadata; ``metadata_path(path)`` and ``labels_path(path)`` are written
+    The file (builtin LiteRT ops only) is run once in LiteRT before anything
+    is written; ``metadata_path(path)`` and ``labels_path(path)`` are written
     beside it (the module docstring has the modes and the format).
 
-    Args:
-      model: a ``keras.Model`` with a fixed input shape that outputs logits
-        (one trained under a mixed-precision policy is exported in float32).
-      path: destination ``.tflite`` path, written atomically.
-      quantization: one of :data:`QUANTIZATIONS`.
-      representative_data: int8 only: real training examples (raw pixels as
-        the model takes them) to calibrate the activation ranges: an array
-        ``[N, H, W, C]``, or a dataset / iterable of ``(images, labels)`` or
-        image batches. The first :data:`REPRESENTATIVE_LIMIT` are used.
-      probabilities: the file outputs probabilities (a softmax appended, never
-        twice); by default logits, also for a model that ends in softmax.
-      allow_flex: accept TensorFlow ops that LiteRT's builtins lack (Select
-        TF ops, run by the Flex delegate); by default they are refused, named.
-      int8_io: int8 only: int8 input and output tensors (default float32).
-      class_names: written one per line to ``labels_path(path)`` and into
-        the metadata.
-      input_range: ``(low, high)`` of the input values the model expects,
-        recorded in the metadata (keras_kd models take raw 0–255 pixels).
+    ``model``: a ``keras.Model`` with a fixed input shape that outputs logits
+    (one trained under a mixed-precision policy is exported in float32).
+    ``representative_data`` (int8 only): real training examples, raw pixels
+    as the model takes them, to calibrate the activation ranges: an array
+    ``[N, H, W, C]``, or a dataset / iterable of ``(images, labels)`` or image
+    batches; the first :data:`REPRESENTATIVE_LIMIT` are used.
+    ``probabilities``: a softmax appended (never twice); by default the file
+    outputs logits, also for a model that ends in softmax. ``allow_flex``:
+    accept TensorFlow ops that LiteRT's builtins lack (Select TF ops, run by
+    the Flex delegate); by default they are refused, named. ``int8_io`` (int8
+    only): int8 input and output tensors. ``class_names``: written one per
+    line to ``labels_path(path)`` and into the metadata. ``input_range``: the
+    input values the model expects, recorded in the metadata.
 
-    Raises:
-      ValueError: not a Keras model, an input shape that is not fixed, a path
-        not ending in ``.tflite``, bad settings (:func:`check_settings`),
-        ``int8`` without ``representative_data``, or ops outside the builtins.
-      RuntimeCheckError: the converted file does not run in LiteRT.
-      OSError: the destination folder cannot be created or written.
+    Raises ValueError (not a Keras model, an input shape that is not fixed, a path
+    not ending in ``.tflite``, bad settings, ``int8`` without ``representative_data``,
+    ops outside the builtins), RuntimeCheckError (the file does not run in LiteRT)
+    or OSError (the folder cannot be created or written).
     """
     input_shape = _check_model(model)
     check_settings(quantization, int8_io=int8_io, flag="quantization", auto=False)
@@ -390,12 +342,10 @@ def to_tflite(model, path, quantization="none", representative_data=None,
     if quantization == "int8":
         if representative_data is None:
             raise ValueError(
-                "quantization='int8' needs representative_data: a few hundred real "
-                "training examples (raw pixels, e.g. train_ds.take(5) or "
-                "x_train[:300]) to calibrate the int8 activation ranges. Fix: pass "
-                "representative_data=..., or use quantization='dynamic' (int8 "
-                "weights, float activations), which needs none."
-            )
+                "quantization='int8' needs representative_data: a few hundred real training "
+                "examples (raw pixels, e.g. train_ds.take(5) or x_train[:300]) to calibrate the "
+                "int8 activation ranges. Fix: pass representative_data=..., or use "
+                "quantization='dynamic' (int8 weights, float activations), which needs none.")
         examples = _representative_examples(representative_data, input_shape)
     source_name = model.name
     # TFLite's builtin kernels take no float16 (a model trained under mixed_float16).
@@ -427,8 +377,7 @@ def to_tflite(model, path, quantization="none", representative_data=None,
     flatbuffer, metadata = _with_metadata(flatbuffer, describe)
     if not metadata["flex_ops"]:  # ai-edge-litert has no Flex delegate
         _check_runs(flatbuffer, f"the {quantization} file")  # before anything is written
-    # Converted and checked in memory, then written: a failure writes nothing.
-    # The .tflite goes last, so a new model file always has current sidecars.
+    # Nothing was written so far; the .tflite goes last, so it always has current sidecars.
     if class_names is not None:
         _io.write_text(labels_path(path), "".join(f"{c}\n" for c in class_names))
     _io.write_json(metadata_path(path), metadata)
@@ -450,18 +399,14 @@ def _interpreter(model, num_threads):
                 f"{source.get('model_path', 'the file')} uses Select TF (Flex) ops, "
                 "which ai-edge-litert's interpreter cannot run (it has no Flex "
                 "delegate), so it cannot be verified here. Fix: export without Flex "
-                "ops, or check it in an app that links tensorflow-lite-select-tf-ops."
-            ) from err
+                "ops, or check it in an app that links tensorflow-lite-select-tf-ops.") from err
         raise
     return interpreter
 
 
 def _check_runs(flatbuffer, what):
-    """Loads ``flatbuffer`` in LiteRT and runs it once on a blank image.
-
-    Delegates (XNNPACK) are prepared at the first ``invoke``, so loading
-    alone does not show that a file runs.
-    """
+    """Runs ``flatbuffer`` once in LiteRT on a blank image: delegates (XNNPACK)
+    are prepared at the first ``invoke``, so loading alone shows nothing."""
     interpreter = _interpreter(flatbuffer, 1)
     inp = interpreter.get_input_details()[0]
     _invoke(interpreter, inp, np.zeros(inp["shape"], np.float32), what)
@@ -474,13 +419,18 @@ def _invoke(interpreter, inp, x, what):
     try:
         interpreter.invoke()
     except RuntimeError as err:
-        raise _does_not_run(what, err) from err
+        raise RuntimeCheckError(
+            f"{what} does not run in the LiteRT interpreter ({' '.join(str(err).split())}). "
+            "With int8 this happens when calibration sees an activation that is always "
+            "zero (e.g. every ReLU of a layer dead on the representative data): its "
+            "scale degenerates and LiteRT's default CPU delegate (XNNPACK) refuses it. "
+            "Fix: calibrate on more varied real training images, train the model "
+            "longer, or use quantization='dynamic'.") from err
     return time.perf_counter() - start
 
 
 def _quantize(x, detail):
-    """Float values → the integer codes of an int8/uint8 tensor: round(x/s) + z;
-    float tensors take them as they are."""
+    """Float values → an int8/uint8 tensor's codes, round(x/s) + z; floats pass."""
     if not np.issubdtype(detail["dtype"], np.integer):
         return x
     scale, zero_point = detail["quantization"]
@@ -501,29 +451,21 @@ def verify(tflite_path, dataset, reference_model=None, *, probabilities=None,
            max_examples=1000, num_threads=1, warmup=5):
     """Runs the ``.tflite`` file on ``dataset`` and compares it with Keras.
 
-    Each example is fed alone (batch 1, as on a phone). A file with int8
-    input gets ``round(x / s) + z`` of the float pixels; int8 outputs are
-    dequantized, ``s·(q − z)``, before any comparison.
+    Each example is fed alone (batch 1, as on a phone); int8 input and output
+    tensors are (de)quantized as the module docstring says, before any
+    comparison. ``dataset``: batches of ``(images, labels)`` (sparse ids), raw
+    pixels as the Keras model takes them, read up to ``max_examples``.
+    ``reference_model`` (optional): the Keras model it was exported from.
+    ``probabilities``: the file outputs probabilities, so the reference's
+    logits are softmaxed (default: what the file's metadata says, else logits).
+    ``num_threads``: LiteRT CPU threads; ``warmup``: untimed first invokes.
 
-    Args:
-      tflite_path: a ``.tflite`` file (e.g. written by :func:`to_tflite`).
-      dataset: batches of ``(images, labels)`` (sparse ids), raw pixels as
-        the Keras model takes them; read up to ``max_examples`` examples.
-      reference_model: optional, the Keras model it was exported from (for
-        ``agreement`` and ``max_abs_diff``).
-      probabilities: the file outputs probabilities, so the reference's
-        logits are softmaxed to compare. Default: what the file's metadata
-        says (logits when it has none).
-      num_threads, warmup: LiteRT CPU threads; untimed first invokes.
-
-    Returns:
-      dict with ``examples``, ``accuracy`` (top-1 against the labels),
-      ``agreement`` (top-1 equal to the Keras model's), ``max_abs_diff``
-      (largest absolute difference of the dequantized outputs, in logits or
-      probabilities), ``latency_ms_median`` (one ``invoke`` of one example,
-      after ``warmup`` calls; quantizing the input is not timed),
-      ``size_bytes``, ``quantization``, ``input_dtype``, ``output_kind`` and
-      ``num_threads``.
+    Returns a dict with ``examples``, ``accuracy`` (top-1 against the labels),
+    with ``reference_model`` also ``agreement`` (top-1 equal to the reference's)
+    and ``max_abs_diff`` (of the dequantized outputs, logits or probabilities),
+    ``latency_ms_median`` (one ``invoke`` of one example, after ``warmup``
+    calls, input quantization untimed), ``size_bytes``, ``quantization``,
+    ``input_dtype``, ``output_kind`` and ``num_threads``.
     """
     metadata = read_metadata(tflite_path) or {}
     if probabilities is None:
@@ -539,11 +481,9 @@ def verify(tflite_path, dataset, reference_model=None, *, probabilities=None,
         images, y = np.asarray(batch[0], dtype=np.float32), batch[1]
         if images.shape[1:] != tuple(inp["shape"][1:]):
             raise ValueError(
-                f"the dataset has images of shape {images.shape[1:]}, but "
-                f"{tflite_path!r} takes {tuple(int(d) for d in inp['shape'][1:])}. "
-                "Fix: verify on the dataset the model was trained on (or pass "
-                "image_size to data.load)."
-            )
+                f"the dataset has images of shape {images.shape[1:]}, but {tflite_path!r} "
+                f"takes {tuple(int(d) for d in inp['shape'][1:])}. Fix: verify on the dataset "
+                "the model was trained on (or pass image_size to data.load).")
         if reference_model is not None:
             ref = tf.cast(reference_model(images, training=False), tf.float32)
             if probabilities:
@@ -587,25 +527,18 @@ def export_verified(model, path, validation_data, *, quantization="auto",
     ``model``; only the chosen one is moved to ``path`` (with its sidecars), so
     a file that fails the check never replaces an existing one.
 
-    Args:
-      quantization: a mode of :data:`QUANTIZATIONS`, or ``"auto"``: try
-        :data:`AUTO_ORDER` (int8 first; skipped without
-        ``representative_data``) and keep the first mode whose agreement is
-        at least ``min_agreement`` (default :data:`AUTO_MIN_AGREEMENT`).
-      min_agreement: with an explicit mode, fail (``AgreementError``) if the
-        agreement is below it; ``None``: no bar.
-      log: optional ``print``-like function for progress lines.
-      Others: as for :func:`to_tflite` and :func:`verify`.
+    ``quantization="auto"`` tries :data:`AUTO_ORDER` (int8 only with
+    ``representative_data``) and keeps the first mode whose agreement reaches
+    ``min_agreement`` (default :data:`AUTO_MIN_AGREEMENT`); an explicit mode
+    fails below ``min_agreement`` (None: no bar). ``log``: an optional
+    ``print``-like function for progress lines. The others are :func:`to_tflite`'s
+    and :func:`verify`'s.
 
-    Returns:
-      :func:`verify`'s dict plus ``quantization`` (the mode written) and,
-      for ``"auto"``, ``candidates`` (the figures of every mode tried). With
-      Flex ops (``allow_flex``) the file cannot be run here: the dict then
-      has ``verified: False`` and ``flex_ops``.
-
-    Raises:
-      AgreementError: no candidate reached the bar (nothing is written).
-      ValueError, OSError: as :func:`to_tflite`.
+    Returns :func:`verify`'s dict plus ``quantization`` (the mode written)
+    and, for ``"auto"``, ``candidates`` (the figures of every mode tried).
+    With Flex ops (``allow_flex``) the file cannot be run here: the dict then
+    has ``verified: False`` and ``flex_ops``. Raises AgreementError (no
+    candidate reached the bar; nothing is written), else as :func:`to_tflite`.
     """
     check_settings(quantization, min_agreement, int8_io, flag="quantization")
     log = log or (lambda *_: None)
@@ -639,8 +572,7 @@ def export_verified(model, path, validation_data, *, quantization="auto",
                         f"the {mode} file uses Flex ops ({', '.join(flex_ops)}), which "
                         "ai-edge-litert cannot run, so its agreement with Keras cannot be "
                         "measured here. Fix: pass an explicit quantization and no "
-                        "min_agreement to export it unchecked."
-                    )
+                        "min_agreement to export it unchecked.")
                 figures = {"quantization": mode, "verified": False, "flex_ops": flex_ops,
                            "size_bytes": os.path.getsize(staged)}
                 log(f"export: {base} uses Flex ops {', '.join(flex_ops)}; not verified.")
@@ -659,11 +591,9 @@ def export_verified(model, path, validation_data, *, quantization="auto",
             seen = ", ".join(f"{t['quantization']} " + (
                 f"{t['agreement']:.2%}" if "agreement" in t else "does not run") for t in tried)
             raise AgreementError(
-                f"the exported model agrees with the Keras model on fewer than "
-                f"{bar:.2%} of the validation examples "
-                f"({seen}); nothing was written. Fix: a milder quantization "
-                "(float16 or none), a lower min_agreement, or a better trained model."
-            )
+                f"the exported model agrees with the Keras model on fewer than {bar:.2%} of the "
+                f"validation examples ({seen}); nothing was written. Fix: a milder quantization "
+                "(float16 or none), a lower min_agreement, or a better trained model.")
         mode, staged, figures = chosen
         if auto:
             figures = {**figures, "candidates": tried}

@@ -6,31 +6,18 @@ chosen by name in functional or Sequential models:
 - :class:`Hint` (Romero et al. 2015, "FitNets"): the student's feature map,
   through a learned projector when its shape differs, regresses the teacher's.
 - :class:`AttentionTransfer` (Zagoruyko & Komodakis 2017, activation-based
-  AT): the student matches the teacher's normalised spatial attention maps
-  (the channel counts may differ).
+  AT): the student matches the teacher's normalised spatial attention maps.
 
-Pass them to the Distiller, or in the string form of :func:`parse`::
-
-    distiller = keras_kd.Distiller(teacher, student, features=[
-        features.Hint("t_block2", "s_block2", weight=1.0),
-        features.AttentionTransfer([("t_block1", "s_block1"), ("t_block2", "s_block2")])])
-    # == features="hint:t_block2=s_block2;attention:t_block1=s_block1+t_block2=s_block2"
-
-The per-example objective becomes::
-
-    loss_i = alpha · D(t_i, s_i; T) + (1 − alpha) · CE(y_i, s_i) + Σ_k weight_k · F_k,i
-
-``F_k,i`` is term ``k`` for example ``i`` (formulas below), reduced over the
-*global* batch like the others (any number of replicas gives the gradient of
-one device). Each term logs its unweighted batch mean as ``<name>_loss``
-(``hint_loss``, ``attention_loss``; a second term of one name ``hint_2_loss``).
+Pass them to the Distiller's ``features=``, as objects or in the string form
+of :func:`parse` (README.md, "Feature distillation", has an example). Term
+``k`` adds ``weight_k · F_k,i`` to example ``i``'s loss (the objective in
+:mod:`keras_kd.distiller`), reduced over the *global* batch like the others,
+and logs its unweighted batch mean as ``<name>_loss`` (``hint_loss``,
+``attention_loss``; a second term of one name ``hint_2_loss``).
 
 Feature maps are channels-last, ``[B, H, W, C]`` (``[B, C]`` or ``[B, T, C]``
 for hints on dense / sequence features), and the math runs in float32. The
-student runs *once* per step, through a multi-output view ``inputs → [logits,
-features...]`` over its own layers and weights (:class:`FeaturePlan`). The
-projectors belong to the Distiller (trained with the student, saved with a
-whole-Distiller file, never in ``distiller.student``). Feature terms need the
+student runs *once* per step (:class:`FeaturePlan`). Feature terms need the
 teacher's intermediate layers, so not cached teacher logits. Romero et al.
 train in two stages (hint pre-training, then KD); keras_kd trains one joint
 objective (for a warm-up, start with a large hint ``weight``).
@@ -47,18 +34,8 @@ import tensorflow as tf
 
 from keras_kd import views
 
-__all__ = [
-    "FeatureTerm",
-    "Hint",
-    "AttentionTransfer",
-    "hint_loss",
-    "attention_map",
-    "attention_loss",
-    "parse",
-    "to_spec",
-    "normalize",
-    "FeaturePlan",
-]
+__all__ = ["FeatureTerm", "Hint", "AttentionTransfer", "hint_loss", "attention_map",
+           "attention_loss", "parse", "to_spec", "normalize", "FeaturePlan"]
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _SPEC_SPECIAL = set(";:,+=")
@@ -94,8 +71,7 @@ def hint_loss(teacher_features, student_features):
             and not views.shapes_compatible([_static(t.shape)], [_static(s.shape)])):
         raise ValueError(
             f"hint_loss needs features of one shape; got teacher {t.shape} and student {s.shape}. "
-            "Fix: project the student's features first (the Distiller's Hint term does this)."
-        )
+            "Fix: project the student's features first (the Distiller's Hint term does this).")
     squared = tf.square(t - s)
     return tf.reduce_mean(tf.reshape(squared, [tf.shape(squared)[0], -1]), axis=-1)
 
@@ -117,8 +93,7 @@ def attention_map(features, p=2.0):
     if a.shape.rank is not None and a.shape.rank < 3:
         raise ValueError(
             "attention maps need a feature map [batch, height, width, channels] (rank >= 3); got "
-            f"shape {a.shape}. Fix: choose a convolutional layer, not a dense or pooled one."
-        )
+            f"shape {a.shape}. Fix: choose a convolutional layer, not a dense or pooled one.")
     powered = tf.square(a) if p == 2.0 else tf.pow(tf.abs(a), p)
     q = tf.reduce_sum(powered, axis=-1)
     q = tf.reshape(q, [tf.shape(q)[0], -1])
@@ -141,8 +116,7 @@ def attention_loss(teacher_features, student_features, p=2.0):
     if t.shape[-1] is not None and s.shape[-1] is not None and t.shape[-1] != s.shape[-1]:
         raise ValueError(
             f"attention maps of different sizes: teacher {t.shape[-1]} positions, student "
-            f"{s.shape[-1]}. The feature maps must have the same height and width."
-        )
+            f"{s.shape[-1]}. The feature maps must have the same height and width.")
     return tf.reduce_mean(tf.square(s - t), axis=-1)
 
 
@@ -160,10 +134,6 @@ def _at_least(value, what, low, note=""):
     return value
 
 
-def _check_weight(weight):
-    return _at_least(weight, "feature weight", 0.0)
-
-
 def _check_p(p):
     return _at_least(p, "attention power p", 1.0, " (p < 1 has an infinite gradient at the "
                      "zeros of a ReLU map). The paper's default is p = 2")
@@ -171,14 +141,11 @@ def _check_p(p):
 
 def _check_name(name):
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(
-            f"feature term name must be a letter followed by letters, digits or '_', got {name!r}."
-        )
+        raise ValueError("feature term name must be a letter followed by letters, digits or '_', "
+                         f"got {name!r}.")
     if f"{name}_loss" in _RESERVED_METRICS:
-        raise ValueError(
-            f"feature term name {name!r} would log '{name}_loss', which the "
-            "Distiller already logs. Choose another name."
-        )
+        raise ValueError(f"feature term name {name!r} would log '{name}_loss', which the "
+                         "Distiller already logs. Choose another name.")
     return name
 
 
@@ -187,20 +154,16 @@ def _check_pairs(pairs, kind):
             and all(isinstance(n, str) for n in pairs)):
         pairs = [pairs]  # one (teacher, student) pair
     if not isinstance(pairs, (tuple, list)) or not pairs:
-        raise ValueError(
-            f"{kind} needs a non-empty list of (teacher_layer, student_layer) pairs, got {pairs!r}."
-        )
-    out = []
+        raise ValueError(f"{kind} needs a non-empty list of (teacher_layer, student_layer) pairs, "
+                         f"got {pairs!r}.")
     for pair in pairs:
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise ValueError(
-                f"{kind}: each pair must be (teacher_layer, student_layer), got {pair!r}."
-            )
+            raise ValueError(f"{kind}: each pair must be (teacher_layer, student_layer), got "
+                             f"{pair!r}.")
         for role, name in zip(("teacher", "student"), pair):
             if not isinstance(name, str) or not name.strip():
                 raise ValueError(f"the {role} layer name must be a non-empty string, got {name!r}.")
-        out.append(tuple(pair))
-    return tuple(out)
+    return tuple(tuple(pair) for pair in pairs)
 
 
 def _fmt(x):
@@ -221,7 +184,7 @@ class FeatureTerm:
 
     def __init__(self, pairs, weight, name):
         self._pairs = _check_pairs(pairs, type(self).__name__)
-        self._weight = _check_weight(weight)
+        self._weight = _at_least(weight, "feature weight", 0.0)
         self._name = _check_name(name)
 
     pairs = property(lambda self: self._pairs, doc="``((teacher_layer, student_layer), ...)``.")
@@ -236,12 +199,17 @@ class FeatureTerm:
         return cls(**config)
 
     def _options(self):
+        """The options that differ from the defaults, in the order of the docs."""
         options = {}
         if self.weight != self.default_weight:
             options["weight"] = _fmt(self.weight)
+        options.update(self._extra_options())
         if self.name != self.kind:
             options["name"] = self.name
         return options
+
+    def _extra_options(self):
+        return {}
 
     def spec(self):
         """This term in the string form of :func:`parse` (``parse(t.spec()) == [t]``)."""
@@ -250,8 +218,7 @@ class FeatureTerm:
                 raise ValueError(
                     f"layer name {layer!r} contains one of ; : , + = or surrounding spaces, so it "
                     "cannot be written in the feature spec string; pass feature terms as Python "
-                    "objects."
-                )
+                    "objects.")
         text = self.kind + ":" + "+".join(f"{t}={s}" for t, s in self.pairs)
         return text + "".join(f",{k}={v}" for k, v in self._options().items())
 
@@ -265,10 +232,8 @@ class FeatureTerm:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
 
-    # -- hooks for FeaturePlan -------------------------------------------------
-
     def _build_pair(self, index, teacher_shape, student_shape, pair, plan_name):
-        """Returns a callable ``(t, s) -> [B]`` for one pair, creating any layer."""
+        """For FeaturePlan: a callable ``(t, s) -> [B]`` for one pair, creating any layer."""
         raise NotImplementedError
 
 
@@ -289,18 +254,11 @@ class Hint(FeatureTerm):
       ``Dense(C_teacher)`` with bias.
 
     ``r`` is trained with the student and never in ``distiller.student``.
-
-    Args:
-      teacher_layer, student_layer: names of a layer of each model
-        (``[l.name for l in teacher.layers]``).
-      weight: ``>= 0``, scales the term in the loss; its right size depends on
-        the feature magnitudes (RepDistiller's CIFAR-100 setting uses 100 with
-        this mean-squared form).
-      name: the metric is logged as ``<name>_loss`` (default ``hint_loss``).
+    The right ``weight`` (``>= 0``) depends on the feature magnitudes
+    (RepDistiller's CIFAR-100 setting uses 100 with this mean-squared form).
     """
 
     kind = "hint"
-    default_weight = 1.0
 
     def __init__(self, teacher_layer, student_layer, weight=1.0, name="hint"):
         super().__init__([(teacher_layer, student_layer)], weight, name)
@@ -322,20 +280,14 @@ class AttentionTransfer(FeatureTerm):
 
     For layer pairs ``j`` whose maps have the same height and width (channels
     may differ; no projector), ``F_i = Σ_j attention_loss(A_t^j, A_s^j, p)_i``
-    (:func:`attention_loss`, :func:`attention_map`). With the default ``weight
-    = β = 1000`` the batch mean of ``weight · F`` is exactly the reference
-    code's ``β · Σ_j (at(x_j) − at(y_j)).pow(2).mean()``
-    (szagoruyko/attention-transfer, ``--beta 1e+3``; RepDistiller's ``-b
-    1000``). The paper's Eq. (2), ``β/2 · Σ_j ‖Q̂_s^j − Q̂_t^j‖_2`` with "β = 10³
-    divided by the number of elements in the attention map and the batch
-    size", is the same mean (the code squares the norm; ``weight = β/2``
-    gives the paper's ½).
-
-    Args:
-      pairs: ``[(teacher_layer, student_layer), ...]`` (or one pair).
-      weight: ``>= 0``, ``β`` above; default 1000.
-      p: power of the attention map, ``>= 1``; default 2 (the paper's choice).
-      name: the metric is logged as ``<name>_loss`` (default ``attention_loss``).
+    (:func:`attention_loss`, :func:`attention_map`; ``p >= 1``). With the
+    default ``weight = β = 1000`` the batch mean of ``weight · F`` is exactly
+    the reference code's ``β · Σ_j (at(x_j) − at(y_j)).pow(2).mean()``
+    (``--beta 1e+3``; RepDistiller's ``-b 1000``). The paper's Eq. (2),
+    ``β/2 · Σ_j ‖Q̂_s^j − Q̂_t^j‖_2`` with "β = 10³ divided by the number of
+    elements in the attention map and the batch size", is the same mean (the
+    code squares the norm; ``weight = β/2`` gives the paper's ½). ``pairs``
+    may also be one ``(teacher_layer, student_layer)`` pair.
     """
 
     kind = "attention"
@@ -351,19 +303,12 @@ class AttentionTransfer(FeatureTerm):
         return {"pairs": [list(pair) for pair in self.pairs], "weight": self.weight,
                 "p": self.p, "name": self.name}
 
-    def _options(self):
-        options = super()._options()
-        if self.p != 2.0:  # weight, p, name: the order of the docs
-            name = options.pop("name", None)
-            options["p"] = _fmt(self.p)
-            if name is not None:
-                options["name"] = name
-        return options
+    def _extra_options(self):
+        return {"p": _fmt(self.p)} if self.p != 2.0 else {}
 
     def _build_pair(self, index, teacher_shape, student_shape, pair, plan_name):
         _check_attention_shapes(teacher_shape, student_shape, pair)
-        p = self.p
-        return lambda t, s: attention_loss(t, s, p)
+        return functools.partial(attention_loss, p=self.p)
 
 
 # ---------------------------------------------------------------------------
@@ -380,30 +325,26 @@ def _check_attention_shapes(t_shape, s_shape, pair):
             f"attention transfer ({_describe_pair(pair)}) needs convolutional feature maps "
             f"[batch, height, width, channels]; got teacher {('batch',) + t_shape} and student "
             f"{('batch',) + s_shape}. Fix: choose convolutional layers (before any pooling to a "
-            "vector), or use a Hint for dense features."
-        )
+            "vector), or use a Hint for dense features.")
     if not views.shapes_compatible([t_shape[:-1]], [s_shape[:-1]]):
         raise ValueError(
             f"attention transfer ({_describe_pair(pair)}) needs the same spatial size in both "
             f"maps; got teacher {t_shape[:-1]} and student {s_shape[:-1]} (channels may differ). "
             "Fix: pair layers at the same resolution (e.g. the last layer of each stage), or add "
-            "a pooling layer in the model so that the sizes agree."
-        )
+            "a pooling layer in the model so that the sizes agree.")
 
 
 class _HintPair:
     """One hint pair's adapter: optional pooling, optional projector, loss."""
 
     def __init__(self, t_shape, s_shape, pair, plan_name):
-        self.t_pool = self.s_pool = None
-        self.projector = None
+        self.t_pool = self.s_pool = self.t_spatial = self.projector = None
         if len(t_shape) != len(s_shape):
             raise ValueError(
                 f"hint ({_describe_pair(pair)}): the features have different ranks: teacher "
                 f"{('batch',) + t_shape}, student {('batch',) + s_shape}. Fix: pair layers of the "
                 "same kind (two convolutional maps, or two vectors), or add a "
-                "GlobalAveragePooling2D / Flatten layer to the model."
-            )
+                "GlobalAveragePooling2D / Flatten layer to the model.")
         if not t_shape:
             raise ValueError(f"hint ({_describe_pair(pair)}): the layers output one scalar "
                              "per example; choose layers with a feature axis.")
@@ -417,8 +358,7 @@ class _HintPair:
             raise ValueError(
                 f"hint ({_describe_pair(pair)}): the features differ in more than the last "
                 f"(channel) axis: teacher {t_shape}, student {s_shape}. Only the channel axis can "
-                "be projected. Fix: pair layers whose other axes agree."
-            )
+                "be projected. Fix: pair layers whose other axes agree.")
         if t_channels != s_channels:
             name = f"{plan_name}_projector"
             if len(t_shape) == 3:
@@ -443,10 +383,7 @@ class _HintPair:
                 f"hint ({_describe_pair(pair)}): the feature maps' spatial sizes {t_hw} (teacher) "
                 f"and {s_hw} (student) are not integer multiples of each other, so neither can be "
                 "average-pooled to the other. Fix: pair layers at the same (or a 2×, 4×...) "
-                "resolution, or add a pooling / Resizing layer to the model."
-            )
-
-    t_spatial = None
+                "resolution, or add a pooling / Resizing layer to the model.")
 
     @staticmethod
     def _avg_pool(x, size):
@@ -513,14 +450,13 @@ class FeaturePlan:
             self._pairs.append(built)
 
     def teacher_outputs(self, x):
-        """``(logits, [features...] or None)`` of the teacher in inference mode;
-        float32 logits, no gradient."""
+        """``(float32 logits, [features...] or None)`` of the teacher: inference, no gradient."""
         if not self.terms:
-            logits = self._teacher_logits_view(x, training=False)
-            return tf.stop_gradient(tf.cast(logits, tf.float32)), None
-        logits, *feats = self.teacher_view(x, training=False)
-        return (tf.stop_gradient(tf.cast(logits, tf.float32)),
-                [tf.stop_gradient(f) for f in feats])
+            logits, feats = self._teacher_logits_view(x, training=False), None
+        else:
+            logits, *feats = self.teacher_view(x, training=False)
+            feats = [tf.stop_gradient(f) for f in feats]
+        return tf.stop_gradient(tf.cast(logits, tf.float32)), feats
 
     def student_outputs(self, x, training, with_features=True):
         """``(logits, [features...] or None)`` of the student: one forward pass."""
@@ -568,13 +504,10 @@ def _parse_term(text):
     kind, _, rest = text.partition(":")
     kind = kind.strip().lower()
     if kind not in _KINDS:
-        raise ValueError(
-            f"unknown feature kind {kind!r} in {text!r}; valid: "
-            f"{', '.join(sorted(_KINDS))}. Expected {_GRAMMAR}."
-        )
+        raise ValueError(f"unknown feature kind {kind!r} in {text!r}; valid: "
+                         f"{', '.join(sorted(_KINDS))}. Expected {_GRAMMAR}.")
     cls = _KINDS[kind]
-    items = [item.strip() for item in rest.split(",")]
-    pair_text, option_texts = items[0], items[1:]
+    pair_text, *option_texts = [item.strip() for item in rest.split(",")]
     if not pair_text:
         raise ValueError(f"feature term {text!r} names no layer pair. Expected {_GRAMMAR}.")
     pairs = []
@@ -582,10 +515,8 @@ def _parse_term(text):
         t, eq, s = pair.partition("=")
         t, s = t.strip(), s.strip()
         if not eq or not t or not s or "=" in s:
-            raise ValueError(
-                f"bad layer pair {pair.strip()!r} in {text!r}: write "
-                "TEACHER_LAYER=STUDENT_LAYER (pairs joined by '+')."
-            )
+            raise ValueError(f"bad layer pair {pair.strip()!r} in {text!r}: write "
+                             "TEACHER_LAYER=STUDENT_LAYER (pairs joined by '+').")
         pairs.append((t, s))
     options = {}
     for option in option_texts:
@@ -593,13 +524,10 @@ def _parse_term(text):
         key, value = key.strip().lower(), value.strip()
         if not eq or not key or not value:
             raise ValueError(
-                f"bad option {option!r} in {text!r}: write KEY=VALUE ({', '.join(_OPTIONS[cls])})."
-            )
+                f"bad option {option!r} in {text!r}: write KEY=VALUE ({', '.join(_OPTIONS[cls])}).")
         if key not in _OPTIONS[cls]:
-            raise ValueError(
-                f"unknown option {key!r} for {cls.kind} in {text!r}; valid: "
-                f"{', '.join(_OPTIONS[cls])}."
-            )
+            raise ValueError(f"unknown option {key!r} for {cls.kind} in {text!r}; valid: "
+                             f"{', '.join(_OPTIONS[cls])}.")
         if key in options:
             raise ValueError(f"option {key!r} given twice in {text!r}.")
         try:
@@ -608,10 +536,8 @@ def _parse_term(text):
             raise ValueError(f"option {key}={value!r} in {text!r} is not a number.") from None
     if cls is Hint:
         if len(pairs) != 1:
-            raise ValueError(
-                f"a hint term takes one layer pair, got {len(pairs)} in {text!r}. "
-                "Fix: write one hint per pair, e.g. 'hint:a=b;hint:c=d'."
-            )
+            raise ValueError(f"a hint term takes one layer pair, got {len(pairs)} in {text!r}. "
+                             "Fix: write one hint per pair, e.g. 'hint:a=b;hint:c=d'.")
         return Hint(pairs[0][0], pairs[0][1], **options)
     return AttentionTransfer(pairs, **options)
 
@@ -628,12 +554,9 @@ def parse(spec):
         OPTION := 'weight=' FLOAT | 'name=' NAME | 'p=' FLOAT   (p: attention only)
         KIND   := 'hint' | 'fitnets' | 'attention' | 'at'
 
-    Example: ``hint:t_conv2=s_conv2,weight=10;attention:t_conv1=s_conv1+t_conv2=s_conv2``
-    → ``[Hint("t_conv2", "s_conv2", weight=10.0), AttentionTransfer([("t_conv1",
-    "s_conv1"), ("t_conv2", "s_conv2")])]``. A hint takes one pair per term.
-    Quote the flag in a shell (``--features='...'``) because of ``;``, or pass
-    a list of strings (one term each, e.g. from a repeated flag); None or ""
-    give no terms. Returns a list of :class:`FeatureTerm`; a ValueError names
+    e.g. ``hint:t_conv2=s_conv2,weight=10;attention:t_conv1=s_conv1+t_conv2=s_conv2``;
+    a hint takes one pair per term. ``spec`` may also be a list of strings
+    (e.g. from a repeated flag); None or "" give no terms. A ValueError names
     the malformed part and the expected grammar.
     """
     if spec is None:

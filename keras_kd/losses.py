@@ -1,14 +1,13 @@
 """Distillation losses: pure functions of logits.
 
-Every loss here has the signature::
-
-    loss(teacher_logits, student_logits, temperature) -> per-example loss, shape [batch]
-
-and takes *logits* (pre-softmax scores), never probabilities. The softmax and
-logarithm math runs in float32 through ``tf.nn.log_softmax`` whatever the
-input dtype (float16 ``log(softmax(z))`` underflows to ``log(0) = -inf``), and
-the result is float32. Reduction over the batch is the caller's job
-(:class:`keras_kd.Distiller` reduces over the *global* batch).
+Every loss here is ``loss(teacher_logits, student_logits, temperature)`` ->
+float32 per-example loss, shape ``[batch]``, and takes *logits* (pre-softmax
+scores), never probabilities. The softmax and logarithm math runs in float32
+through ``tf.nn.log_softmax`` whatever the input dtype (float16
+``log(softmax(z))`` underflows to ``log(0) = -inf``). Reduction over the batch
+is the caller's job (:class:`keras_kd.Distiller` reduces over the *global*
+batch). README.md ("Losses") has the table of names, custom losses (any
+callable of this signature, optionally taking ``labels=``) and loss options.
 
 Notation: ``t`` teacher logits, ``s`` student logits, ``T`` temperature,
 ``p = softmax(t / T)`` the teacher's soft targets, ``q = softmax(s / T)`` the
@@ -18,9 +17,8 @@ Scaling. Hinton et al. (2015, §2) multiply the soft-target loss by ``T²``: the
 gradient of ``KL(p‖q)`` with respect to ``s`` is ``(q − p) / T``, so without
 the factor the distillation term fades as ``1 / T²`` next to the hard-label
 term. ``kl_divergence``, ``soft_cross_entropy`` and ``mse_probs`` carry the
-``T²`` factor, so ``alpha`` weighs comparable magnitudes at any temperature;
-``mse_logits`` has no temperature, and is scaled so that it is the
-high-temperature limit of ``kl_divergence`` for zero-mean logits.
+``T²`` factor (so do ``dkd`` and ``dist``), so ``alpha`` weighs comparable
+magnitudes at any temperature; ``mse_logits`` has no temperature.
 
 >>> import numpy as np
 >>> t = np.array([[2.0, 0.5, -1.0]]); s = np.array([[1.0, 1.0, 0.0]])
@@ -28,20 +26,13 @@ high-temperature limit of ``kl_divergence`` for zero-mean logits.
 0.3579...
 >>> get("kl") is kl_divergence
 True
-
-A custom loss is any callable with the same signature (it may also take a
-``labels`` keyword: the Distiller then passes the true labels)::
-
-    def my_loss(teacher_logits, student_logits, temperature):
-        return keras_kd.losses.kl_divergence(teacher_logits, student_logits,
-                                             temperature) * 0.5
-    Distiller(teacher, student, distillation_loss=my_loss)
 """
 
 import inspect
 import math
 import numbers
 
+import keras
 import tensorflow as tf
 
 __all__ = [
@@ -72,31 +63,23 @@ def _number(value, name):
 
 def check_temperature(value, name="temperature"):
     """Returns the temperature ``T`` as a float; ValueError unless it is a finite
-    number > 0. The one rule for ``T`` (the losses, the Distiller, the job's
-    ``--temperature``); ``name`` is what the error calls it."""
+    number > 0. The one rule for ``T``; ``name`` is what the error calls it."""
     value = _number(value, name)
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(
-            f"{name} must be a finite number > 0, got {value} (1 is the plain "
-            "softmax; 2-8 gives the soft targets of Hinton et al. 2015)."
-        )
+        raise ValueError(f"{name} must be a finite number > 0, got {value} (1 is the plain "
+                         "softmax; 2-8 gives the soft targets of Hinton et al. 2015).")
     return value
 
 
 def check_alpha(value, name="alpha"):
     """Returns ``alpha`` as a float; ValueError unless it is a number in [0, 1].
-
-    ``alpha`` weighs the distillation loss and ``1 − alpha`` the label loss
-    (the Distiller, the job's ``--alpha``); ``name`` is what the error calls it.
-    """
+    The one rule for ``alpha``; ``name`` is what the error calls it."""
     value = _number(value, name)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number in [0, 1], got {value}.")
     if not 0.0 <= value <= 1.0:
-        raise ValueError(
-            f"{name} must be in [0, 1], got {value}: it weighs the distillation "
-            "loss, and 1 - alpha the label loss."
-        )
+        raise ValueError(f"{name} must be in [0, 1], got {value}: it weighs the distillation "
+                         "loss, and 1 - alpha the label loss.")
     return value
 
 
@@ -111,9 +94,7 @@ def _check_temperature(temperature):
 def _as_f32(logits, name):
     logits = tf.convert_to_tensor(logits)
     if not logits.dtype.is_floating:
-        raise TypeError(
-            f"{name} must be floating-point logits, got dtype {logits.dtype.name}."
-        )
+        raise TypeError(f"{name} must be floating-point logits, got dtype {logits.dtype.name}.")
     return tf.cast(logits, tf.float32)
 
 
@@ -123,24 +104,25 @@ def _pair(teacher_logits, student_logits):
     t_classes = t.shape[-1] if t.shape.rank else None
     s_classes = s.shape[-1] if s.shape.rank else None
     if t_classes is not None and s_classes is not None and t_classes != s_classes:
-        raise ValueError(
-            "teacher and student logits must have the same number of "
-            f"classes on the last axis, got shapes {t.shape} and {s.shape}."
-        )
+        raise ValueError("teacher and student logits must have the same number of classes on "
+                         f"the last axis, got shapes {t.shape} and {s.shape}.")
     return t, s
 
 
+def _soft(teacher_logits, student_logits, temperature, fn, student_fn=None):
+    """``(T, fn(t / T), student_fn(s / T))``: ``fn`` is ``tf.nn.softmax`` or
+    ``tf.nn.log_softmax`` over the classes (``student_fn`` defaults to ``fn``)."""
+    temperature = _check_temperature(temperature)
+    t, s = _pair(teacher_logits, student_logits)
+    return (temperature, fn(t / temperature, axis=-1),
+            (student_fn or fn)(s / temperature, axis=-1))
+
+
 def soft_targets(logits, temperature):
-    """Temperature-softened probabilities ``softmax(z / T)``, in float32.
+    """Temperature-softened probabilities ``softmax(z / T)``, float32 ``[..., N]``.
 
-    Args:
-      logits: ``[..., N]`` logits (any float dtype).
-      temperature: ``T > 0``; ``T = 1`` is the plain softmax, larger ``T``
-        gives a flatter distribution that shows the relative sizes of the
-        small probabilities ("dark knowledge").
-
-    Returns:
-      ``[..., N]`` float32 probabilities summing to 1 on the last axis.
+    ``T = 1`` is the plain softmax; a larger ``T`` gives a flatter distribution
+    that shows the relative sizes of the small probabilities ("dark knowledge").
     """
     temperature = _check_temperature(temperature)
     return tf.nn.softmax(_as_f32(logits, "logits") / temperature, axis=-1)
@@ -149,18 +131,13 @@ def soft_targets(logits, temperature):
 def kl_divergence(teacher_logits, student_logits, temperature):
     """``T² · KL(p ‖ q) = T² · Σᵢ pᵢ (log pᵢ − log qᵢ)`` per example.
 
-    ``p = softmax(t/T)``, ``q = softmax(s/T)``. Its gradient with respect to
-    the student logits is ``T · (q − p)`` (Hinton et al. 2015, §2, times the
-    ``T²`` factor). It is 0 exactly when the two soft-target vectors agree,
-    and is the loss the distillation literature means by "KD".
-
-    Returns:
-      float32 ``[batch]`` (the logits' leading shape).
+    Its gradient with respect to the student logits is ``T · (q − p)``
+    (Hinton et al. 2015, §2, times the ``T²`` factor). It is 0 exactly when
+    the two soft-target vectors agree, and is the loss the distillation
+    literature means by "KD".
     """
-    temperature = _check_temperature(temperature)
-    t, s = _pair(teacher_logits, student_logits)
-    log_p = tf.nn.log_softmax(t / temperature, axis=-1)
-    log_q = tf.nn.log_softmax(s / temperature, axis=-1)
+    temperature, log_p, log_q = _soft(teacher_logits, student_logits, temperature,
+                                      tf.nn.log_softmax)
     # multiply_no_nan: a class the teacher rules out (logit -inf, p = 0)
     # contributes 0, not 0 · (−inf − log q) = NaN.
     kl = tf.reduce_sum(tf.math.multiply_no_nan(log_p - log_q, tf.exp(log_p)), axis=-1)
@@ -173,17 +150,10 @@ def soft_cross_entropy(teacher_logits, student_logits, temperature):
     Equals ``kl_divergence + T² · H(p)``: the teacher's entropy is a constant
     for the student, so both give the same gradient ``T · (q − p)``; this one
     does not reach 0 at the optimum (its minimum is ``T² · H(p)``).
-
-    Returns:
-      float32 ``[batch]``.
     """
-    temperature = _check_temperature(temperature)
-    t, s = _pair(teacher_logits, student_logits)
-    p = tf.nn.softmax(t / temperature, axis=-1)
-    log_q = tf.nn.log_softmax(s / temperature, axis=-1)
-    return -temperature * temperature * tf.reduce_sum(
-        tf.math.multiply_no_nan(log_q, p), axis=-1
-    )
+    temperature, p, log_q = _soft(teacher_logits, student_logits, temperature,
+                                  tf.nn.softmax, tf.nn.log_softmax)
+    return -temperature * temperature * tf.reduce_sum(tf.math.multiply_no_nan(log_q, p), axis=-1)
 
 
 def mse_logits(teacher_logits, student_logits, temperature=None):
@@ -194,9 +164,6 @@ def mse_logits(teacher_logits, student_logits, temperature=None):
     ``kl_divergence`` for zero-mean logits (Hinton et al. 2015, §2.1:
     ``T² · KL → (1/2N) Σ (sᵢ − tᵢ)²`` as ``T → ∞``), so ``alpha`` means the
     same for both; the gradient is ``(s − t) / N``.
-
-    Returns:
-      float32 ``[batch]``.
     """
     del temperature
     t, s = _pair(teacher_logits, student_logits)
@@ -210,28 +177,17 @@ def mse_probs(teacher_logits, student_logits, temperature):
     ``[0, 2·T²]``. The ``T²`` factor offsets the ``1/T`` by which both the
     probabilities' spread and their derivative shrink at high temperature,
     as for ``kl_divergence``.
-
-    Returns:
-      float32 ``[batch]``.
     """
-    temperature = _check_temperature(temperature)
-    t, s = _pair(teacher_logits, student_logits)
-    p = tf.nn.softmax(t / temperature, axis=-1)
-    q = tf.nn.softmax(s / temperature, axis=-1)
+    temperature, p, q = _soft(teacher_logits, student_logits, temperature, tf.nn.softmax)
     return temperature * temperature * tf.reduce_sum(tf.square(q - p), axis=-1)
 
 
 def _target_ids(labels, num_classes):
-    """Class ids ``[batch]`` from sparse ids, one-hot or soft (mixed) labels.
-
-    Soft labels (MixUp/CutMix) give their dominant class.
-    """
+    """Class ids ``[batch]`` from sparse ids, or one-hot / soft labels' dominant class."""
     if labels is None:
-        raise ValueError(
-            "this distillation loss needs the true labels (e.g. dkd). Fix: give "
-            "the Distiller labelled batches (x, y), or use a loss without "
-            "labels such as 'kl'."
-        )
+        raise ValueError("this distillation loss needs the true labels (e.g. dkd). Fix: give the "
+                         "Distiller labelled batches (x, y), or use a loss without labels such "
+                         "as 'kl'.")
     labels = tf.convert_to_tensor(labels)
     if labels.shape.rank == 2 and labels.shape[-1] == num_classes and num_classes != 1:
         return tf.argmax(labels, axis=-1, output_type=tf.int32)
@@ -241,7 +197,7 @@ def _target_ids(labels, num_classes):
 def dkd(teacher_logits, student_logits, temperature, labels=None, alpha=1.0, beta=8.0):
     """Decoupled KD (Zhao et al. 2022): ``T² (α·TCKD + β·NCKD)`` per example.
 
-    With ``y`` the true class, ``p = softmax(t/T)``, ``q = softmax(s/T)``:
+    With ``y`` the true class:
 
     - target-class KD, a KL between the binary distributions "target or
       not": ``TCKD = KL([p_y, 1 − p_y] ‖ [q_y, 1 − q_y])``;
@@ -253,22 +209,13 @@ def dkd(teacher_logits, student_logits, temperature, labels=None, alpha=1.0, bet
     Classical KD is ``TCKD + (1 − p_y)·NCKD``; DKD decouples the weights
     (the paper's CIFAR-100 settings: ``α = 1``, ``β = 8``). All terms are
     computed in log space from ``log_softmax``; ``T²`` as for ``kl``.
-
-    Args:
-      labels: the true classes: sparse ids ``[batch]``, or one-hot / soft
-        labels ``[batch, N]`` (their dominant class). Required.
-      alpha, beta: the TCKD and NCKD weights.
-
-    Returns:
-      float32 ``[batch]``.
+    ``labels`` (required) are sparse ids ``[batch]``, or one-hot / soft
+    labels ``[batch, N]`` (their dominant class).
     """
-    temperature = _check_temperature(temperature)
-    t, s = _pair(teacher_logits, student_logits)
-    num_classes = t.shape[-1]
-    target = tf.one_hot(_target_ids(labels, num_classes), tf.shape(t)[-1], on_value=True,
-                        off_value=False, dtype=tf.bool)
-    log_p = tf.nn.log_softmax(t / temperature, axis=-1)
-    log_q = tf.nn.log_softmax(s / temperature, axis=-1)
+    temperature, log_p, log_q = _soft(teacher_logits, student_logits, temperature,
+                                      tf.nn.log_softmax)
+    target = tf.one_hot(_target_ids(labels, log_p.shape[-1]), tf.shape(log_p)[-1],
+                        on_value=True, off_value=False, dtype=tf.bool)
     minus_inf = tf.fill(tf.shape(log_p), float("-inf"))
 
     def split(log_probs):
@@ -282,10 +229,8 @@ def dkd(teacher_logits, student_logits, temperature, labels=None, alpha=1.0, bet
     tckd = (tf.exp(p_in) * (p_in - q_in)
             + tf.math.multiply_no_nan(p_out - q_out, tf.exp(p_out)))
     others = tf.where(target, tf.zeros_like(p_hat), tf.exp(p_hat))
-    nckd = tf.reduce_sum(
-        tf.math.multiply_no_nan(tf.where(target, tf.zeros_like(p_hat), p_hat - q_hat), others),
-        axis=-1,
-    )
+    nckd = tf.reduce_sum(tf.math.multiply_no_nan(
+        tf.where(target, tf.zeros_like(p_hat), p_hat - q_hat), others), axis=-1)
     return temperature * temperature * (alpha * tckd + beta * nckd)
 
 
@@ -347,25 +292,15 @@ def dist(teacher_logits, student_logits, temperature, beta=1.0, gamma=1.0):
         DIST  = T² · (β · inter + γ · intra)
 
     (Huang et al. 2022, §3, with the ``T²`` of the authors' code; β = γ = 1
-    are its defaults,
-    T = 4 its CIFAR setting). ``inter`` is per example; ``intra`` is a
-    property of the whole batch, so each example gets
+    are its defaults, T = 4 its CIFAR setting). ``inter`` is per example;
+    ``intra`` is a property of the whole batch, so each example gets
     ``T² (β · d(Q[i], P[i]) + γ · intra)``: their batch mean is DIST. Under a
     ``tf.distribute`` strategy ``intra`` is taken over the **global** batch
-    (from per-class sums all-reduced over the replicas), so 1 device and N replicas
-    give the same loss and gradient. A batch of one example has no spread
-    across the batch: its ``intra`` is 1 (ρ taken as 0).
-
-    Args:
-      beta, gamma: the inter- and intra-class weights.
-
-    Returns:
-      float32 ``[batch]``.
+    (from per-class sums all-reduced over the replicas), so 1 device and N
+    replicas give the same loss and gradient. A batch of one example has no
+    spread across the batch: its ``intra`` is 1 (ρ taken as 0).
     """
-    temperature = _check_temperature(temperature)
-    t, s = _pair(teacher_logits, student_logits)
-    p = tf.nn.softmax(t / temperature, axis=-1)
-    q = tf.nn.softmax(s / temperature, axis=-1)
+    temperature, p, q = _soft(teacher_logits, student_logits, temperature, tf.nn.softmax)
     inter = _pearson_distance(q, p, axis=-1)
     intra = tf.reduce_mean(_batch_pearson_distance(q, p))
     return temperature * temperature * (beta * inter + gamma * intra)
@@ -378,11 +313,9 @@ def _labels_kind(labels, num_classes):
         return "sparse"
     if rank == 2 and labels.shape[-1] == num_classes:
         return "dense"
-    raise ValueError(
-        f"labels of shape {labels.shape} do not fit {num_classes} classes: pass "
-        f"integer class ids of shape [batch] or one-hot / soft label "
-        f"vectors of shape [batch, {num_classes}]."
-    )
+    raise ValueError(f"labels of shape {labels.shape} do not fit {num_classes} classes: pass "
+                     "integer class ids of shape [batch] or one-hot / soft label vectors of "
+                     f"shape [batch, {num_classes}].")
 
 
 def _checked_class_ids(labels, num_classes):
@@ -391,21 +324,13 @@ def _checked_class_ids(labels, num_classes):
     labels = tf.reshape(labels, [-1])
     checks = []
     if labels.dtype.is_floating:
-        checks.append(tf.debugging.assert_equal(
-            labels, tf.round(labels),
-            message=(
-                "keras_kd: sparse labels must be whole numbers (class "
-                "ids); got a fractional value. Fix: pass integer ids, "
-                f"or soft labels of shape [batch, {num_classes}]."
-            ),
-        ))
+        checks.append(tf.debugging.assert_equal(labels, tf.round(labels), message=(
+            "keras_kd: sparse labels must be whole numbers (class ids); got a fractional value. "
+            f"Fix: pass integer ids, or soft labels of shape [batch, {num_classes}].")))
     labels = tf.cast(labels, tf.int64)
-    message = (
-        f"keras_kd: labels must be integer class ids in [0, {num_classes}) "
-        f"(the models output {num_classes} logits). Fix: check the "
-        "dataset's labels, or build the models with the right number "
-        "of classes."
-    )
+    message = (f"keras_kd: labels must be integer class ids in [0, {num_classes}) (the models "
+               f"output {num_classes} logits). Fix: check the dataset's labels, or build the "
+               "models with the right number of classes.")
     checks += [
         tf.debugging.assert_non_negative(labels, message=message),
         tf.debugging.assert_less(labels, tf.constant(num_classes, tf.int64), message=message),
@@ -417,8 +342,8 @@ def _checked_class_ids(labels, num_classes):
 def cross_entropy(labels, logits):
     """Per-example softmax cross-entropy of ``logits`` on the true labels.
 
-    ``CE_i = −Σ_c y_ic · log softmax(z_i)_c`` in float32 (the label loss the
-    Distiller weighs by ``1 − alpha``). The labels are either
+    ``CE_i = −Σ_c y_ic · log softmax(z_i)_c``, float32 ``[B]`` (the label loss
+    the Distiller weighs by ``1 − alpha``). The labels are either
 
     - sparse class ids, shape ``[B]`` or ``[B, 1]`` (any int dtype, or whole-
       valued floats): ``CE_i = −log softmax(z_i)_{y_i}``. Ids outside ``[0, N)``
@@ -426,27 +351,16 @@ def cross_entropy(labels, logits):
       naming the fix (XLA compiles these checks away); or
     - dense one-hot / soft label vectors ``[B, N]`` (e.g. MixUp/CutMix).
 
-    Args:
-      labels: as above (tensor or array).
-      logits: ``[B, N]`` logits, any float dtype.
-
-    Returns:
-      float32 ``[B]``.
-
-    Raises:
-      ValueError: labels whose static shape is neither ``[B]``, ``[B, 1]`` nor
-        ``[B, N]``.
+    Labels of any other static shape are a ValueError.
     """
     labels = tf.convert_to_tensor(labels)  # NumPy labels under run_eagerly=True
     num_classes = logits.shape[-1]
     logits = tf.cast(logits, tf.float32)
     if _labels_kind(labels, num_classes) == "sparse":
         return tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=_checked_class_ids(labels, num_classes), logits=logits
-        )
-    return tf.nn.softmax_cross_entropy_with_logits(
-        labels=tf.cast(labels, tf.float32), logits=logits
-    )
+            labels=_checked_class_ids(labels, num_classes), logits=logits)
+    return tf.nn.softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.float32),
+                                                   logits=logits)
 
 
 def per_example(values, fn, logits):
@@ -460,12 +374,10 @@ def per_example(values, fn, logits):
         values = tf.squeeze(values, -1)
     if values.shape.rank != 1:
         raise ValueError(
-            f"the distillation loss {getattr(fn, '__name__', fn)!r} "
-            f"returned shape {values.shape}; it must return one value per "
-            f"example, shape [batch] (the logits have shape {logits.shape}). "
-            "Fix: reduce over the class axis only (e.g. "
-            "tf.reduce_sum(..., axis=-1)), not over the batch."
-        )
+            f"the distillation loss {getattr(fn, '__name__', fn)!r} returned shape "
+            f"{values.shape}; it must return one value per example, shape [batch] (the logits "
+            f"have shape {logits.shape}). Fix: reduce over the class axis only (e.g. "
+            "tf.reduce_sum(..., axis=-1)), not over the batch.")
     return values
 
 
@@ -485,45 +397,32 @@ def available():
 
 
 def register(name, fn, *, overwrite=False):
-    """Adds ``fn`` to the registry under ``name`` (so ``get(name)`` finds it).
-
-    ``fn(teacher_logits, student_logits, temperature[, labels=...])`` must
-    return a per-example loss. Re-registering a taken name needs
-    ``overwrite=True``.
-    """
+    """Adds loss ``fn`` to the registry under ``name`` (so ``get(name)`` finds it).
+    Re-registering a taken name needs ``overwrite=True``."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"a loss name must be a non-empty string, got {name!r}.")
     if not callable(fn):
         raise TypeError(f"loss {name!r} must be callable, got {type(fn).__name__}.")
     if name in _REGISTRY and not overwrite and _REGISTRY[name] is not fn:
-        raise ValueError(
-            f"a distillation loss named {name!r} is already registered; pass "
-            "overwrite=True to replace it."
-        )
+        raise ValueError(f"a distillation loss named {name!r} is already registered; pass "
+                         "overwrite=True to replace it.")
     _REGISTRY[name] = fn
     return fn
 
 
 def get(name_or_callable):
-    """Resolves a distillation loss by registry name, or passes a callable through.
+    """Resolves a distillation loss by name (one of :func:`available`), or passes
+    a callable ``fn(teacher_logits, student_logits, temperature)`` through.
 
-    Args:
-      name_or_callable: one of :func:`available` (``"kl"``, ``"soft_ce"``,
-        ``"mse_logits"``, ``"mse_probs"``, and any :func:`register`-ed name),
-        or a callable ``fn(teacher_logits, student_logits, temperature)``.
-
-    Raises:
-      ValueError: an unknown name; the message lists the valid ones.
-      TypeError: neither a string nor a callable.
+    ValueError for an unknown name (the message lists the valid ones);
+    TypeError for a Keras ``Loss`` object or neither a string nor a callable.
     """
-    if _is_keras_loss(name_or_callable):
+    if isinstance(name_or_callable, keras.losses.Loss):
         raise TypeError(
-            f"{type(name_or_callable).__name__} is a Keras Loss object: it "
-            "reduces over the batch, takes (y_true, y_pred, sample_weight) and, "
-            "like keras.losses.KLDivergence, expects probabilities. keras_kd "
-            "needs a per-example function of logits. Fix: use a name such as "
-            "'kl', or fn(teacher_logits, student_logits, temperature)."
-        )
+            f"{type(name_or_callable).__name__} is a Keras Loss object: it reduces over the "
+            "batch, takes (y_true, y_pred, sample_weight) and, like keras.losses.KLDivergence, "
+            "expects probabilities. keras_kd needs a per-example function of logits. Fix: use a "
+            "name such as 'kl', or fn(teacher_logits, student_logits, temperature).")
     if callable(name_or_callable):
         _check_signature(name_or_callable)
         return name_or_callable
@@ -533,23 +432,11 @@ def get(name_or_callable):
             return _REGISTRY[key]
         raise ValueError(
             f"unknown distillation loss {name_or_callable!r}. Valid names: "
-            f"{', '.join(available())}; or pass a callable "
-            "fn(teacher_logits, student_logits, temperature). (A custom loss "
-            "saved by name must be registered with keras_kd.losses.register "
-            "before the model is loaded.)"
-        )
-    raise TypeError(
-        "distillation_loss must be a registered name or a callable, got "
-        f"{type(name_or_callable).__name__}."
-    )
-
-
-def _is_keras_loss(obj):
-    try:
-        import keras
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(obj, keras.losses.Loss)
+            f"{', '.join(available())}; or pass a callable fn(teacher_logits, student_logits, "
+            "temperature). (A custom loss saved by name must be registered with "
+            "keras_kd.losses.register before the model is loaded.)")
+    raise TypeError("distillation_loss must be a registered name or a callable, got "
+                    f"{type(name_or_callable).__name__}.")
 
 
 def name_of(fn):
@@ -560,22 +447,16 @@ def name_of(fn):
     return None
 
 
-def _positional_capacity(fn):
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):  # builtins without a signature
-        return None
-    params = list(sig.parameters.values())
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return None
-    return sum(
-        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params
-    )
-
-
 def _check_signature(fn):
-    capacity = _positional_capacity(fn)
-    if capacity is not None and capacity < 3:
+    """TypeError when ``fn`` cannot take three positional arguments."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature
+        return
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return
+    capacity = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+    if capacity < 3:
         raise TypeError(
             f"a distillation loss must accept (teacher_logits, student_logits, "
             f"temperature); {getattr(fn, '__name__', fn)!r} takes {capacity} "
@@ -589,6 +470,4 @@ def accepts_labels(fn):
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-    return "labels" in params or any(
-        p.kind is p.VAR_KEYWORD for p in params.values()
-    )
+    return "labels" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

@@ -189,24 +189,17 @@ def parse_spec(spec):
     ``options`` a new dict of **every** option of that architecture, the given
     ones parsed and the others at their defaults (``parse_spec("cnn:width=2")
     == ("cnn", {"width": 2.0, "dropout": 0.0, "batchnorm": 0, "gap": 0})``).
-
-    Raises:
-      ValueError: not a non-empty string; an unknown architecture (the message
-        lists them); an option that is unknown, repeated, not ``key=value`` or
-        of a bad value (the message names it and lists the valid options).
+    A bad spec is a ValueError that names the problem and lists the valid
+    architectures or options.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(
-            f"A model spec must be a non-empty string like 'cnn:width=2', "
-            f"got {spec!r}. Valid architectures: {', '.join(ARCHITECTURES)}."
-        )
+        raise ValueError(f"A model spec must be a non-empty string like 'cnn:width=2', "
+                         f"got {spec!r}. Valid architectures: {', '.join(ARCHITECTURES)}.")
     arch, sep, rest = spec.strip().partition(":")
     arch = arch.strip().lower()
     if arch not in _OPTIONS:
-        raise ValueError(
-            f"Unknown architecture {arch!r} in model spec {spec!r}. "
-            f"Valid architectures: {', '.join(ARCHITECTURES)}."
-        )
+        raise ValueError(f"Unknown architecture {arch!r} in model spec {spec!r}. "
+                         f"Valid architectures: {', '.join(ARCHITECTURES)}.")
     schema = _OPTIONS[arch]
     options = {key: opt.default for key, opt in schema.items()}
     if not sep:
@@ -216,15 +209,11 @@ def parse_spec(spec):
         key, eq, text = item.partition("=")
         key, text = key.strip().lower(), text.strip()
         if not eq or not key or not text:
-            raise ValueError(
-                f"Malformed option {item.strip()!r} in model spec {spec!r}: "
-                f"expected key=value. {_valid_options_text(arch)}."
-            )
+            raise ValueError(f"Malformed option {item.strip()!r} in model spec {spec!r}: "
+                             f"expected key=value. {_valid_options_text(arch)}.")
         if key not in schema:
-            raise ValueError(
-                f"Unknown option {key!r} for architecture {arch!r} in model "
-                f"spec {spec!r}. {_valid_options_text(arch)}."
-            )
+            raise ValueError(f"Unknown option {key!r} for architecture {arch!r} in model "
+                             f"spec {spec!r}. {_valid_options_text(arch)}.")
         if key in seen:
             raise ValueError(f"Option {key!r} given twice in model spec {spec!r}.")
         seen.add(key)
@@ -233,10 +222,8 @@ def parse_spec(spec):
             value = opt.parse(text)
             opt.check(value)
         except ValueError as err:
-            raise ValueError(
-                f"Bad value for option {key!r} of {arch!r} in model spec "
-                f"{spec!r}: {err}. {_valid_options_text(arch)}."
-            ) from None
+            raise ValueError(f"Bad value for option {key!r} of {arch!r} in model spec "
+                             f"{spec!r}: {err}. {_valid_options_text(arch)}.") from None
         options[key] = value
     return arch, options
 
@@ -392,9 +379,8 @@ def _build_mobilenet(arch, inputs, input_shape, num_classes, alpha):
 
 @contextlib.contextmanager
 def _seeded(seed):
-    """Seeds Python's ``random`` (from which Keras 3 initializers and Dropout
-    draw their default seeds, ``keras.random.make_default_seed``) for the
-    body, then restores its state; NumPy and TensorFlow seeds are untouched."""
+    """Seeds Python's ``random`` (where ``keras.random.make_default_seed`` draws
+    from) for the body, then restores its state (see :func:`build`)."""
     if seed is None:
         yield
         return
@@ -412,11 +398,9 @@ def _check_input_shape(input_shape):
     except TypeError:
         dims = None
     if dims is None or len(dims) != 3 or not all(_is_int(d) and int(d) > 0 for d in dims):
-        raise ValueError(
-            f"input_shape must be (height, width, channels) with three "
-            f"positive integers, e.g. (28, 28, 1) or (32, 32, 3); got "
-            f"{input_shape!r}. (Do not include the batch dimension.)"
-        )
+        raise ValueError(f"input_shape must be (height, width, channels) with three positive "
+                         f"integers, e.g. (28, 28, 1) or (32, 32, 3); got {input_shape!r}. (Do "
+                         "not include the batch dimension.)")
     return tuple(int(d) for d in dims)
 
 
@@ -426,38 +410,23 @@ def _is_int(value):
 
 def _check_num_classes(num_classes):
     if not _is_int(num_classes) or int(num_classes) < 2:
-        raise ValueError(
-            f"num_classes must be an integer >= 2 (the number of logits), got {num_classes!r}."
-        )
+        raise ValueError(f"num_classes must be an integer >= 2 (the number of logits), got "
+                         f"{num_classes!r}.")
     return int(num_classes)
 
 
 def build(spec, input_shape, num_classes, *, name=None, seed=None):
-    """Builds the model named by ``spec``; it maps raw pixels to logits.
+    """Builds the uncompiled functional model named by ``spec`` (:func:`parse_spec`).
 
-    Args:
-      spec: a model spec, see :func:`parse_spec` (e.g. ``"cnn:width=0.5"``).
-      input_shape: ``(height, width, channels)`` of one raw image (three
-        positive integers, no batch axis); inputs are float32 pixels in
-        [0, 255], which the model normalises itself.
-      num_classes: number of logits, an integer >= 2.
-      name: the model's name; defaults to the architecture name.
-      seed: optional int. When given, the initial weights (and the default
-        seeds of any Dropout layers) are a function of ``seed`` alone: the
-        builder seeds Python's ``random`` module, from which Keras 3 draws
-        every unseeded initializer's seed, and restores its state afterwards
-        (NumPy / TensorFlow global seeds are not touched). When ``None``, the
-        current global Python random state decides (e.g.
-        ``keras.utils.set_random_seed``).
-
-    Returns:
-      An uncompiled functional ``keras.Model``, input shape ``(None,
-      *input_shape)``, whose layer after the input is ``"normalize"`` and whose
-      last layer is ``Dense(num_classes, activation=None, name="logits")``
-      (float32).
-
-    Raises:
-      ValueError: a bad ``spec``, ``input_shape``, ``num_classes`` or ``seed``.
+    It maps raw pixels of ``input_shape = (height, width, channels)`` (no
+    batch axis) to ``num_classes >= 2`` float32 logits, as the module
+    docstring says; ``name`` defaults to the architecture name. With an int
+    ``seed`` the initial weights (and Dropout's default seeds) are a function
+    of ``seed`` alone: the builder seeds Python's ``random``, from which Keras
+    3 draws every unseeded initializer's seed, and restores its state (NumPy /
+    TensorFlow seeds are untouched). With None, the current global Python
+    random state decides (e.g. ``keras.utils.set_random_seed``). A bad
+    argument is a ValueError.
     """
     arch, options = parse_spec(spec)
     input_shape = _check_input_shape(input_shape)

@@ -106,20 +106,17 @@ def check_same_io(teacher, student):
             f"{t_in if len(t_in) > 1 else t_in[0]}, student "
             f"{s_in if len(s_in) > 1 else s_in[0]}. Both must read the same "
             "batch. Fix: build the student with the teacher's input shape "
-            "(or put a Resizing layer first in one of them)."
-        )
+            "(or put a Resizing layer first in one of them).")
     if t_classes is not None and s_classes is not None and t_classes != s_classes:
         raise ValueError(
             "teacher and student disagree on the number of classes: the teacher outputs "
             f"{t_classes} logits, the student {s_classes}. Fix: give the student a final "
-            "Dense(num_classes) matching the teacher's."
-        )
+            "Dense(num_classes) matching the teacher's.")
     classes = t_classes if t_classes is not None else s_classes
     if classes is not None and classes < 2:
         raise ValueError(
             f"the models output {classes} logit(s); distillation needs a softmax over at least "
-            "2 classes. For a binary task, output 2 logits."
-        )
+            "2 classes. For a binary task, output 2 logits.")
     return classes
 
 
@@ -237,15 +234,10 @@ COMPUTE_DTYPES = {
 
 
 def check_compute_dtype(dtype, name="teacher_dtype"):
-    """Returns ``dtype`` if it is one of :data:`COMPUTE_DTYPES`, else raises.
-
-    The one rule for a compute dtype (the Distiller's ``teacher_dtype``, the
-    job's ``--teacher_dtype``); ``name`` is what the error calls it.
-    """
+    """Returns ``dtype`` if it is one of :data:`COMPUTE_DTYPES`, else a ValueError.
+    The one rule for a compute dtype; ``name`` is what the error calls it."""
     if not isinstance(dtype, str) or dtype not in COMPUTE_DTYPES:
-        raise ValueError(
-            f"{name} must be one of {', '.join(COMPUTE_DTYPES)}, got {dtype!r}."
-        )
+        raise ValueError(f"{name} must be one of {', '.join(COMPUTE_DTYPES)}, got {dtype!r}.")
     return dtype
 
 
@@ -263,12 +255,8 @@ def with_compute_dtype(model, dtype):
     and stores in float32 (a subclassed model: always), else a float32 copy
     with the same weights, e.g. of a model trained under ``mixed_float16``
     for TFLite export (whose builtin kernels take no float16). The copy's
-    ``trainable`` is ``model``'s.
-
-    Raises:
-      ValueError: an unknown ``dtype`` (:func:`check_compute_dtype`), or a
-        subclassed model and a reduced ``dtype`` (its layers cannot be
-        re-created from config).
+    ``trainable`` is ``model``'s. ValueError for an unknown ``dtype``, or a
+    subclassed model and a reduced ``dtype`` (its layers cannot be rebuilt).
     """
     check_compute_dtype(dtype, "dtype")
     if dtype == "float32" and (not is_graph_model(model) or all(
@@ -279,8 +267,7 @@ def with_compute_dtype(model, dtype):
     if not is_graph_model(model):
         raise ValueError(
             f"{model.name!r} is a subclassed model: its layers cannot be rebuilt in {dtype}. Fix: "
-            "use a functional or Sequential model, or leave the teacher in float32."
-        )
+            "use a functional or Sequential model, or leave the teacher in float32.")
     policy = COMPUTE_DTYPES[dtype]
 
     def clone(layer):
@@ -349,9 +336,8 @@ def feature_tensor(model, layer_name, role):
     output for a new ``keras.Model`` over ``model``'s inputs (sharing weights).
 
     ``role`` ("teacher", "student") names the model in errors. ValueError for
-    a subclassed or input-less model; no such layer (the message lists close
-    names, a same-named layer's path in a nested model, and the layer names);
-    a layer called more than once (shared) or with several output tensors.
+    a subclassed or input-less model, no such layer (with near matches), or a
+    layer called more than once (shared) or with several output tensors.
     """
     if not is_graph_model(model):
         raise ValueError(
@@ -363,29 +349,23 @@ def feature_tensor(model, layer_name, role):
     try:
         model.inputs  # noqa: B018  (raises for an unbuilt Sequential)
     except (AttributeError, ValueError):
-        raise ValueError(
-            f"the {role} {model.name!r} has no defined inputs yet, so its layers "
-            "have no outputs to read. Fix: start the Sequential model with "
-            "keras.Input(shape), or build it before creating the Distiller."
-        ) from None
+        raise ValueError(f"the {role} {model.name!r} has no defined inputs yet, so its layers "
+                         "have no outputs to read. Fix: start the Sequential model with "
+                         "keras.Input(shape), or build it before creating the Distiller.") from None
     layers = list(model.layers)
     matches = [layer for layer in layers if layer.name == layer_name]
     if not matches:
         raise _no_such_layer(model, layer_name, role, [layer.name for layer in layers])
     nodes = _calls_in_graph(model, matches[0])
     if len(nodes) != 1:
-        raise ValueError(
-            f"the {role} layer {layer_name!r} is called {len(nodes)} times in "
-            f"{model.name!r} (a shared layer), so its output is ambiguous. Fix: "
-            "pair a layer that runs once (e.g. the one right after it)."
-        )
+        raise ValueError(f"the {role} layer {layer_name!r} is called {len(nodes)} times in "
+                         f"{model.name!r} (a shared layer), so its output is ambiguous. Fix: "
+                         "pair a layer that runs once (e.g. the one right after it).")
     outputs = nodes[0].output_tensors
     if len(outputs) != 1:
-        raise ValueError(
-            f"the {role} layer {layer_name!r} returns {len(outputs)} tensors; a "
-            "feature term needs a layer with a single tensor output. Fix: pair "
-            "a layer that consumes them (e.g. the Add/Concatenate after it)."
-        )
+        raise ValueError(f"the {role} layer {layer_name!r} returns {len(outputs)} tensors; a "
+                         "feature term needs a layer with a single tensor output. Fix: pair "
+                         "a layer that consumes them (e.g. the Add/Concatenate after it).")
     return outputs[0]
 
 
