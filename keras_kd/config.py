@@ -9,11 +9,10 @@ export's, the augmentation's, the strategies') with flag names.
 """
 
 import dataclasses
-import os
 
 import keras
 
-from keras_kd import augment, cache, data, distiller, distribute, export, models
+from keras_kd import augment, cache, data, distiller, distribute, export, models, teachers
 from keras_kd.export import QUANTIZATIONS
 
 __all__ = ["JobConfig", "make_optimizer", "OPTIMIZERS"]
@@ -145,11 +144,8 @@ class JobConfig:
             directory=bool(self.teacher_cache), top_k=self.teacher_cache_top_k,
             augment=self.augment, multi_worker=self.strategy == "multi_worker",
             features=self.features, teacher_dtype=self.teacher_dtype)
-        if self.teacher and not os.path.isfile(self.teacher):
-            raise ValueError(
-                f"--teacher={self.teacher!r} does not exist. Fix: pass the path "
-                "of a saved .keras teacher, or leave --teacher empty to train one."
-            )
+        if self.teacher:
+            teachers.check_path(self.teacher, "--teacher")
 
     def resume_settings(self):
         """What a run's results depend on: compared when a checkpoint is resumed.

@@ -25,7 +25,7 @@ phase. Rerunning the same command after a crash (or after deleting a trial's
 ``.json``) runs only what is missing; a folder holding a sweep with other
 settings, or trials of another teacher, is refused. The grid is walked in
 order by a plain loop: keras-tuner's grid oracle added nothing to that and
-could not resume (BUILD_NOTES.md, "The sweep").
+could not resume (BUILD_NOTES.md, "Sweeps").
 
 Outputs (written atomically): ``sweep.md`` (the ranked table), ``sweep.json``
 (every row, the teacher's and baselines' figures, the settings),
@@ -229,29 +229,10 @@ def _sweep(state, grid, baseline, use_cache):
     for i, arch in enumerate(grid["student_arch"] if baseline else []):
         baselines[arch] = _baseline(state, dataclasses.replace(config, student_arch=arch), i)
 
-    done = [i for i in range(total) if state.folder.result(f"trials/{i:04d}")]
-    if done:
-        log(f"resuming {out}: {len(done)} of {total} trials already done")
-    rows, trained, t0 = [], 0, time.perf_counter()
-    for i, point in enumerate(points(grid)):
-        trial = f"trials/{i:04d}"
-        result = state.folder.result(trial)
-        if result is None or result.get("values") != point:
-            try:
-                result = train_trial(state, teacher, point, i, teacher_pred, cached)
-            except Exception as err:
-                raise TrialFailed(
-                    f"trial {i:04d} ({_describe(point)}) failed: {_error_text(err)}. Trials "
-                    "finished so far are kept: rerun the same command to resume.") from err
-            trained += 1
-        rows.append(result)
+    t0 = time.perf_counter()
+    rows, trained = _trials(state, grid, teacher, teacher_pred, cached)
     search_s = time.perf_counter() - t0
-
-    order = {k: {v: i for i, v in enumerate(vs)} for k, vs in grid.items()}
-    rows.sort(key=lambda r: (-r["val_accuracy"], r["val_loss"],
-                             [order[k][r["values"][k]] for k in GRID_FLAGS]))
-    for rank, row in enumerate(rows, 1):
-        row["rank"] = rank
+    _rank(rows, grid)
     best = rows[0]
     with _io.atomic_path(os.path.join(out, "best_student.keras")) as tmp:
         shutil.copyfile(state.folder.finished(f"trials/{best['trial_id']}"), tmp)
@@ -284,6 +265,36 @@ def _sweep(state, grid, baseline, use_cache):
     log(f"wrote {out}/: sweep.md, sweep.json, best.flags, best_student.keras, "
         "accuracy_vs_temperature.png, best_curves.png")
     return results
+
+
+def _trials(state, grid, teacher, teacher_pred, cached):
+    """Every grid point's result, in grid order (trained now, or stored); how many trained."""
+    total = math.prod(len(v) for v in grid.values())
+    done = [i for i in range(total) if state.folder.result(f"trials/{i:04d}")]
+    if done:
+        state.log(f"resuming {state.folder.out}: {len(done)} of {total} trials already done")
+    rows, trained = [], 0
+    for i, point in enumerate(points(grid)):
+        result = state.folder.result(f"trials/{i:04d}")
+        if result is None or result.get("values") != point:
+            try:
+                result = train_trial(state, teacher, point, i, teacher_pred, cached)
+            except Exception as err:
+                raise TrialFailed(
+                    f"trial {i:04d} ({_describe(point)}) failed: {_error_text(err)}. Trials "
+                    "finished so far are kept: rerun the same command to resume.") from err
+            trained += 1
+        rows.append(result)
+    return rows, trained
+
+
+def _rank(rows, grid):
+    """Sorts the rows by validation accuracy (ties: lower val loss, then grid order); ranks them."""
+    order = {k: {v: i for i, v in enumerate(vs)} for k, vs in grid.items()}
+    rows.sort(key=lambda r: (-r["val_accuracy"], r["val_loss"],
+                             [order[k][r["values"][k]] for k in GRID_FLAGS]))
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
 
 
 def _error_text(err):

@@ -13,16 +13,21 @@ import keras
 
 from keras_kd import errors, views
 
-__all__ = ["load", "load_model", "check_fits", "logits_view"]
+__all__ = ["load", "load_model", "check_path", "check_fits", "logits_view"]
 
 
-def load_model(path, flag="--model"):
-    """Loads a saved Keras model; clear ``ValueError``s name ``flag`` and the fix."""
+def check_path(path, flag="--model"):
+    """Raises ValueError unless ``path`` is a file (checked before anything runs)."""
     if not os.path.isfile(path):
         raise ValueError(
             f"{flag}={path!r} does not exist. Fix: pass the path of a saved Keras "
             "model (written by model.save('model.keras'))."
         )
+
+
+def load_model(path, flag="--model"):
+    """Loads a saved Keras model; clear ``ValueError``s name ``flag`` and the fix."""
+    check_path(path, flag)
     try:
         model = keras.saving.load_model(path)
     except Exception as err:

@@ -222,3 +222,55 @@ def test_multi_worker_checkpoint_dirs_must_be_shared(tmp_path):
         assert p.returncode == 2, err[-2000:]
         assert "the workers see different contents in --checkpoint_dir" in err
         assert "storage they all share" in err
+
+
+# ---------------------------------------------------------------------------
+# RunFolder: the resume protocol in one place (the job and the sweep use it).
+
+
+def test_run_folder_phases_results_and_history(tmp_path, rng):
+    import tensorflow as tf
+
+    from keras_kd.checkpoint import RunFolder
+
+    strategy = tf.distribute.get_strategy()
+    folder = RunFolder(strategy, tmp_path / "out", tmp_path / "ckpt", {"epochs": 2})
+    assert folder.chief and folder.out == str(tmp_path / "out")
+    assert folder.finished("trials/0001") is None and folder.result("trials/0001") is None
+    x = rng.normal(size=(16, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=16)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    model = _model()
+    history = folder.fit(model, ds, "trials/0001", epochs=2, verbose=0)
+    assert len(history["loss"]) == 2  # read back from trials/0001_history.csv
+    assert (tmp_path / "ckpt" / "trials" / "0001_backup" / "latest.json").exists()
+    folder.mark_done("trials/0001", model)
+    assert not (tmp_path / "ckpt" / "trials" / "0001_backup").exists()  # dropped once saved
+    saved = keras.saving.load_model(folder.finished("trials/0001"))
+    for a, b in zip(saved.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert folder.history("trials/0001") == history
+    folder.save_result("trials/0001", {"val_accuracy": 0.5})
+    assert folder.result("trials/0001") == {"val_accuracy": 0.5}
+    # Nothing is kept (and nothing resumes) without a checkpoint folder.
+    plain = RunFolder(strategy, tmp_path / "plain")
+    assert plain.fit(_model(), ds, "teacher", epochs=1, verbose=0)["loss"]
+    plain.mark_done("teacher", model)
+    plain.save_result("teacher", {"x": 1})
+    assert plain.finished("teacher") is None and plain.result("teacher") is None
+    assert os.listdir(tmp_path / "plain") == []
+
+
+def test_run_folder_refuses_other_settings_naming_them(tmp_path):
+    import tensorflow as tf
+
+    from keras_kd.checkpoint import RunFolder
+
+    strategy = tf.distribute.get_strategy()
+    RunFolder(strategy, tmp_path, tmp_path / "s", {"epochs": 2, "seed": 0}, kind="sweep",
+              flag="--output_dir")
+    RunFolder(strategy, tmp_path, tmp_path / "s", {"epochs": 2, "seed": 0})  # the same: resumes
+    with pytest.raises(ValueError, match=r"--output_dir='.*' holds a sweep with other settings "
+                                         r"\(epochs, seed differ\).*Fix: use a new --output_dir"):
+        RunFolder(strategy, tmp_path, tmp_path / "s", {"epochs": 3, "seed": 1}, kind="sweep",
+                  flag="--output_dir")

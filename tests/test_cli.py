@@ -363,3 +363,33 @@ def test_teacher_dtype_flag_and_its_conflicts(tmp_path, capsys):
     assert run_cli(TINY + ["--teacher_dtype=bfloat16", "--features=hint:logits=logits",
                            f"--output_dir={tmp_path / 'x'}"]) == 2
     assert "cannot be combined with --features" in capsys.readouterr().err
+
+
+def test_flags_are_generated_from_the_config_fields():
+    """Every JobConfig field is a keras-kd flag with the field's default and help;
+    keras-kd sweep has them too (the grid axes as lists), export the data flags."""
+    import dataclasses
+
+    from keras_kd import config
+
+    fields = [f for f in dataclasses.fields(config.JobConfig) if f.metadata.get("cli", True)]
+    assert len(fields) >= 30
+    for field in fields:
+        flag = cli.FLAGS[field.name]
+        assert flag.help.endswith(field.metadata["help"]), field.name  # enums: "<a|b>: ..."
+        default = field.default if field.name != "image_size" else None
+        assert flag.default == default, field.name
+        assert field.name in cli.SWEEP_FLAGS or field.name in (
+            "export", "export_quantization", "min_agreement", "checkpoint_dir"), field.name
+    assert cli.SWEEP_FLAGS["temperature"].default == ["1,2,4,8"]  # a list: a grid axis
+    assert cli.SWEEP_FLAGS["verbose"].default == 0
+    assert set(cli.DATA_FIELDS) <= set(cli.EXPORT_FLAGS) and "epochs" not in cli.EXPORT_FLAGS
+    assert set(cli.FLAGS["optimizer"].parser.enum_values) == set(config.OPTIMIZERS)
+    # Parsed text becomes the field's type: image_size "32,48" -> (32, 48).
+    try:
+        cli.FLAGS.unparse_flags()
+        cli.FLAGS(["keras-kd", "--image_size=32,48", "--teacher="])
+        made = cli.config_from_flags()
+    finally:
+        cli.FLAGS.unparse_flags()
+    assert made.image_size == (32, 48) and made.teacher is None
