@@ -13,6 +13,7 @@ _ensure()
 
 from keras_kd import features, losses  # noqa: E402
 from keras_kd._version import __version__  # noqa: E402
+from keras_kd.diagnostics import diagnose  # noqa: E402
 from keras_kd.distiller import Distiller, build_distiller  # noqa: E402
 
-__all__ = ["Distiller", "build_distiller", "features", "losses", "__version__"]
+__all__ = ["Distiller", "build_distiller", "diagnose", "features", "losses", "__version__"]

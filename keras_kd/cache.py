@@ -272,7 +272,7 @@ def precheck(directory, top_k=None, num_classes=None):
 
 
 def build(teacher, dataset, directory, *, top_k=None, batch_size=256,
-          dataset_id=None, log=print):
+          dataset_id=None, teacher_id=None, log=print):
     """Runs ``teacher`` once over ``dataset`` and writes the cache to ``directory``.
 
     ``teacher``'s logits (:func:`keras_kd.teachers.logits_view`) are computed
@@ -280,6 +280,8 @@ def build(teacher, dataset, directory, *, top_k=None, batch_size=256,
     the unbatched, ordered ``(x, y)`` ``dataset``, into an absent or empty
     ``directory``. ``top_k``: None stores all N logits, k in [1, N − 1] the
     top k. ``dataset_id``: free text naming the data, stored, not checked.
+    ``teacher_id``: the teacher's settings that are not weights (e.g. its
+    preprocessing, an ensemble's weights and T), stored and checked on load.
     ``log``: ``print``-like, for one summary line (None: silent).
 
     Returns the ``meta.json`` dict. Raises CacheError (``directory`` a file or
@@ -355,7 +357,7 @@ def build(teacher, dataset, directory, *, top_k=None, batch_size=256,
             "num_examples": int(n), "num_classes": int(num_classes), "top_k": top_k,
             "teacher_fingerprint": teacher_fingerprint(teacher),
             "dataset_fingerprint": fingerprint,
-            "teacher_name": teacher.name, "dataset_id": dataset_id,
+            "teacher_name": teacher.name, "dataset_id": dataset_id, "teacher_id": teacher_id,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "keras_kd_version": __version__,
             "build_seconds": round(time.perf_counter() - started, 3),
@@ -571,7 +573,7 @@ def attach(dataset, directory, teacher=None, *, check=True):
 
 
 def get_or_build(teacher, dataset, directory, top_k=None, *, batch_size=256,
-                 dataset_id=None, log=print):
+                 dataset_id=None, teacher_id=None, log=print):
     """The attached dataset, from the cache in ``directory`` or a new one.
 
     Loads and checks (:func:`attach`) the cache in ``directory``, or builds it
@@ -586,11 +588,16 @@ def get_or_build(teacher, dataset, directory, top_k=None, *, batch_size=256,
     directory = _check_dir_path(directory)
     if _is_empty(directory):
         meta = build(teacher, dataset, directory, top_k=top_k, batch_size=batch_size,
-                     dataset_id=dataset_id, log=log)
+                     dataset_id=dataset_id, teacher_id=teacher_id, log=log)
         attached, status = _attach_checked(dataset, directory, meta), "built"
     else:
         meta = read_meta(directory)
         _check_same_top_k(meta, top_k, directory)
+        if meta.get("teacher_id") != teacher_id:
+            raise CacheMismatchError(
+                f"the teacher cache {directory!r} was built with other teacher settings "
+                f"({meta.get('teacher_id') or 'defaults'}; now {teacher_id or 'defaults'}), "
+                f"so its soft targets are not this run's. {_REBUILD}")
         attached, status = attach(dataset, directory, teacher), "loaded"
         if log:
             log(f"teacher cache: loaded {directory} ({meta['num_examples']} examples, "

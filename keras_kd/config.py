@@ -12,10 +12,19 @@ import dataclasses
 
 import keras
 
-from keras_kd import augment, cache, data, distiller, distribute, export, models, teachers
+from keras_kd import (
+    augment,
+    cache,
+    data,
+    distiller,
+    distribute,
+    export,
+    models,
+    teachers,
+)
 from keras_kd.export import QUANTIZATIONS
 
-__all__ = ["JobConfig", "make_optimizer", "OPTIMIZERS"]
+__all__ = ["JobConfig", "make_optimizer", "split_list", "OPTIMIZERS"]
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 
@@ -37,9 +46,27 @@ class JobConfig:
     image_size: tuple | None = _field(
         None, "Resize images to H,W (needed for datasets of mixed sizes).",
         parse=data.parse_image_size)
-    teacher: str | None = _field(None, "Path to a trained .keras teacher; empty trains one.")
+    teacher: str | None = _field(
+        None, "Trained teacher(s): a .keras file, a legacy .h5 or a SavedModel folder; "
+        "comma-separated for an ensemble. Empty trains --teacher_arch.")
     teacher_arch: str = _field(
-        "cnn", "Teacher architecture spec, e.g. cnn:width=2, mlp, resnet_cifar:depth=20.")
+        "cnn", "Teacher architecture spec, e.g. cnn:width=2, mlp, resnet_cifar:depth=20; "
+        "comma-separated for an ensemble, trained in turn.")
+    teacher_preprocessing: str = _field(
+        "none", "How the teacher expects its input, applied inside its view (the students "
+        "and student.tflite keep raw 0-255 pixels): none, unit (x/255), tf (x/127.5-1), "
+        "torch (x/255, ImageNet mean/std), caffe (BGR, ImageNet mean subtracted) or "
+        "scale=S,offset=O; comma-separated, one per ensemble member.")
+    teacher_weights: str | None = _field(
+        None, "Weights of the ensemble members' soft targets, comma-separated (default "
+        "equal).")
+    teacher_image_size: tuple | None = _field(
+        None, "H,W of a teacher trained here, when it differs from the students' "
+        "(--image_size); a loaded teacher keeps its own. Each model gets each batch at its "
+        "own size (bilinear, antialiased when shrinking).", parse=data.parse_image_size)
+    min_teacher_accuracy: float | None = _field(
+        None, "Stop before any student trains when the teacher's validation accuracy is "
+        "below this fraction (default: twice chance, 2 / classes).")
     student_arch: str = _field(
         "mlp:hidden=400x400",
         "Student architecture spec, e.g. cnn:width=0.25, mlp:hidden=800x800.")
@@ -128,24 +155,65 @@ class JobConfig:
                 "(e.g. 2e-3 for adam, 0.05 for sgd)."
             )
         _optimizer_class(self.optimizer)  # before TensorFlow starts (no variables)
-        distiller.check_settings(
-            temperature=self.temperature, alpha=self.alpha,
-            distillation_loss=self.distillation_loss, features=self.features,
-            teacher_dtype=self.teacher_dtype, prefix="--")
+        self.teacher_settings()
         distribute.check_settings(strategy=self.strategy, mixed_precision=self.mixed_precision,
                                   prefix="--")
         augment.parse(self.augment)
         augment.parse(self.teacher_augment)
         export.check_settings(self.export_quantization, self.min_agreement,
                               flag="--export_quantization")
-        models.parse_spec(self.teacher_arch)
+        for spec in self.teacher_archs():
+            models.parse_spec(spec)
         models.parse_spec(self.student_arch)
+        for path in self.teacher_paths():
+            teachers.check_path(path, "--teacher")
+        if self.min_teacher_accuracy is not None and not 0 <= self.min_teacher_accuracy <= 1:
+            raise ValueError(f"--min_teacher_accuracy must be a fraction in [0, 1], got "
+                             f"{self.min_teacher_accuracy}.")
         cache.check_usable(
             directory=bool(self.teacher_cache), top_k=self.teacher_cache_top_k,
             augment=self.augment, multi_worker=self.strategy == "multi_worker",
             features=self.features, teacher_dtype=self.teacher_dtype)
-        if self.teacher:
-            teachers.check_path(self.teacher, "--teacher")
+
+    # -- the teacher(s): comma-separated lists ---------------------------------
+
+    def teacher_paths(self):
+        """The ``--teacher`` files (several: an ensemble); [] trains ``--teacher_arch``."""
+        return split_list(self.teacher) if self.teacher else []
+
+    def teacher_archs(self):
+        """The ``--teacher_arch`` specs to train (several: an ensemble, trained in turn)."""
+        return split_list(self.teacher_arch)
+
+    def num_teachers(self):
+        return len(self.teacher_paths() or self.teacher_archs())
+
+    def teacher_settings(self):
+        """The Distiller's settings, checked by its own rules with flag names
+        (:func:`keras_kd.distiller.check_settings`)."""
+        try:
+            weights = ([float(w) for w in split_list(self.teacher_weights)]
+                       if self.teacher_weights else None)
+        except ValueError:
+            raise ValueError(f"--teacher_weights={self.teacher_weights!r} must be "
+                             "comma-separated numbers, e.g. 0.7,0.3.") from None
+        return distiller.check_settings(
+            temperature=self.temperature, alpha=self.alpha,
+            distillation_loss=self.distillation_loss, features=self.features,
+            teacher_dtype=self.teacher_dtype, num_teachers=self.num_teachers(),
+            teacher_preprocessing=split_list(self.teacher_preprocessing),
+            teacher_weights=weights, prefix="--")
+
+    def teacher_preprocessings(self):
+        """One canonical preprocessing spec per teacher."""
+        specs = self.teacher_settings()["teacher_preprocessing"]
+        return list(specs) if isinstance(specs, tuple) else [specs]
+
+    def teacher_weight_list(self):
+        """The ensemble's weights, normalised to sum 1 (None: equal)."""
+        weights = self.teacher_settings()["teacher_weights"]
+        return None if weights is None else list(weights)
+
 
     def resume_settings(self):
         """What a run's results depend on: compared when a checkpoint is resumed.
@@ -155,15 +223,32 @@ class JobConfig:
         """
         settings = {k: v for k, v in dataclasses.asdict(self).items()
                     if k not in _RESUME_IGNORES}
-        settings["image_size"] = list(self.image_size or []) or None
+        for key in ("image_size", "teacher_image_size"):
+            settings[key] = list(settings[key] or []) or None
         return settings
 
 
 _RESUME_IGNORES = (
     "output_dir", "verbose", "checkpoint_dir", "flags_used", "export",
-    "export_quantization", "min_agreement",
+    "export_quantization", "min_agreement", "min_teacher_accuracy",
     "strategy", "num_cpu_devices", "jit_compile", "mixed_precision", "deterministic",
 )
+
+
+def split_list(text):
+    """Comma-separated items, where a ``key=value`` part joins the item before it when that
+    item has options and not yet this key, so specs keep theirs: ``"mlp:hidden=8,dropout=0.2,
+    cnn"``, ``"unit,scale=2,offset=1"`` and ``"scale=2,offset=0,scale=3"`` are two items each."""
+    items = []
+    for part in (p.strip() for p in str(text).split(",")):
+        key, eq, _ = part.partition("=")
+        keys = {k.split(":")[-1] for k, _, _ in (o.partition("=") for o in
+                                                   items[-1].split(","))} if items else set()
+        if items and eq and ":" not in key and "=" in items[-1] and key not in keys:
+            items[-1] += "," + part
+        else:
+            items.append(part)
+    return items
 
 
 def _optimizer_class(name):

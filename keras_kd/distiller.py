@@ -27,6 +27,7 @@ import tensorflow as tf
 from keras_kd import distribute, teachers, views
 from keras_kd import features as features_lib
 from keras_kd import losses as losses_lib
+from keras_kd import preprocessing as prep
 
 __all__ = ["Distiller", "build_distiller", "check_settings", "TEACHER_LOGITS", "LABELS"]
 
@@ -39,32 +40,30 @@ LABELS = "labels"
 
 
 def check_settings(*, temperature, alpha, distillation_loss, features=None,
-                   teacher_dtype="float32", prefix=""):
+                   teacher_dtype="float32", teacher_preprocessing=None, teacher_weights=None,
+                   num_teachers=1, prefix=""):
     """The Distiller's settings checked and normalised: ``{"temperature": float,
     "alpha": float, "distillation_loss": callable, "features": tuple of terms,
-    "teacher_dtype": str}``.
+    "teacher_dtype": str, "teacher_preprocessing": str or tuple of str,
+    "teacher_weights": tuple summing to 1 or None}``.
 
-    The one check of them, for the Distiller (``prefix=""``) and the job's
-    flags (``prefix="--"``: errors name ``--temperature`` ...), by
-    ``losses.check_temperature``, ``losses.check_alpha``, ``losses.get``,
-    ``features.normalize``, ``views.check_compute_dtype``, and one rule: a
-    reduced ``teacher_dtype`` cannot be combined with feature terms (the
-    feature views read the float32 teacher). Raises ValueError (TypeError for
-    a loss that is neither a name nor a callable).
-    """
+    The one check of them, for the Distiller (``prefix=""``) and the job's flags
+    (``prefix="--"``: errors name ``--temperature`` ...), by ``losses.check_*``,
+    ``losses.get``, ``features.normalize``, ``views.check_compute_dtype`` and
+    ``teachers.check_teacher_settings`` (``num_teachers`` > 1: an ensemble; no
+    feature terms with a reduced ``teacher_dtype``, an ensemble or a teacher
+    preprocessing). ValueError (TypeError for a loss neither a name nor a callable)."""
     temperature = losses_lib.check_temperature(temperature, f"{prefix}temperature")
     alpha = losses_lib.check_alpha(alpha, f"{prefix}alpha")
     loss_fn = losses_lib.get(distillation_loss)
     teacher_dtype = views.check_compute_dtype(teacher_dtype, f"{prefix}teacher_dtype")
     terms = features_lib.normalize(features)
-    if teacher_dtype != "float32" and terms:
-        raise ValueError(
-            f"{prefix}teacher_dtype={teacher_dtype!r} cannot be combined with "
-            f"{prefix}features (feature terms): the feature views read the float32 "
-            f"teacher. Fix: drop {prefix}teacher_dtype, or {prefix}features."
-        )
+    specs, weights = teachers.check_teacher_settings(
+        num_teachers, teacher_preprocessing, teacher_weights, prefix,
+        dtype=teacher_dtype, features=bool(terms))
     return {"temperature": temperature, "alpha": alpha, "distillation_loss": loss_fn,
-            "features": terms, "teacher_dtype": teacher_dtype}
+            "features": terms, "teacher_dtype": teacher_dtype,
+            "teacher_preprocessing": specs, "teacher_weights": weights}
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -73,10 +72,14 @@ class Distiller(keras.Model):
 
     Args:
       teacher: a trained ``keras.Model`` returning logits (or ending in
-        softmax). It is frozen and always called with ``training=False``
-        (:func:`keras_kd.teachers.logits_view`); no gradient flows into it.
-      student: the ``keras.Model`` to train; same input shape and number of
-        classes as the teacher.
+        softmax), or a list of them (an ensemble: the soft targets are the
+        weighted mean of the members' ``softmax(t_i / T)``); ``distiller.teacher``,
+        and ``distiller.teachers`` (always a list). Every member is frozen and called
+        with ``training=False`` (:func:`keras_kd.teachers.logits_view`).
+      student: the ``keras.Model`` to train; same input rank, channels and
+        number of classes as the teacher. Image height and width may differ:
+        each model gets each batch resized to its own size
+        (:func:`keras_kd.preprocessing.resize_images`).
       temperature: ``T > 0`` of the soft targets ``softmax(z / T)``.
       alpha: weight in ``[0, 1]`` of the distillation loss; ``1 − alpha``
         weighs the student's cross-entropy on the labels. ``alpha = 1`` needs
@@ -96,6 +99,11 @@ class Distiller(keras.Model):
       teacher_dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``:
         the precision of the teacher's inference (a copy,
         :func:`keras_kd.views.with_compute_dtype`); logits are cast to float32.
+      teacher_preprocessing: how the teacher expects its input
+        (:func:`keras_kd.preprocessing.parse_preprocessing`), applied in its view
+        only; a list: one per ensemble member. Default ``"none"`` (raw pixels).
+      teacher_weights: one weight ≥ 0 per ensemble member (normalised to sum
+        1); None: equal.
 
     The settings are checked by :func:`check_settings`. When a batch's targets
     are a dict ``{"teacher_logits": t, "labels": y}`` (offline distillation,
@@ -118,19 +126,22 @@ class Distiller(keras.Model):
         evaluate_with_teacher=False,
         features=None,
         teacher_dtype="float32",
+        teacher_preprocessing=None,
+        teacher_weights=None,
         name="distiller",
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        for role, model in (("teacher", teacher), ("student", student)):
-            if not isinstance(model, keras.Model):
-                raise ValueError(f"{role} must be a keras.Model, got {type(model).__name__}.")
-        if teacher is student:
+        members = teachers.teacher_list(teacher)
+        if not isinstance(student, keras.Model):
+            raise ValueError(f"student must be a keras.Model, got {type(student).__name__}.")
+        if any(member is student for member in members):
             raise ValueError("teacher and student are the same model object; the teacher is "
                              "frozen, so nothing would train. Pass two different models.")
         settings = check_settings(
             temperature=temperature, alpha=alpha, distillation_loss=distillation_loss,
-            features=features, teacher_dtype=teacher_dtype,
+            features=features, teacher_dtype=teacher_dtype, num_teachers=len(members),
+            teacher_preprocessing=teacher_preprocessing, teacher_weights=teacher_weights,
         )
         self._loss_fn = settings["distillation_loss"]
         self._loss_spec = distillation_loss
@@ -139,21 +150,28 @@ class Distiller(keras.Model):
         self.alpha = settings["alpha"]
         self.evaluate_with_teacher = bool(evaluate_with_teacher)
         self.teacher_dtype = teacher_dtype
-
-        teacher.trainable = False
-        self.teacher = teacher
+        self.teacher_preprocessing = settings["teacher_preprocessing"]
+        self._teacher_weights = None if teacher_weights is None else list(map(float, teacher_weights))
+        for member in members:
+            member.trainable = False
+        self.teacher = members if isinstance(teacher, (list, tuple)) else teacher
         self.student = student
+        resized = any(prep.sizes_differ(member, student) for member in members)
+        options = {"preprocessing": self.teacher_preprocessing,  # (only what is not the default)
+                   "weights": settings["teacher_weights"],
+                   "temperature": self.temperature if len(members) > 1 else None,
+                   "input_shape": prep.input_shape(student) if resized else None}
         self._teacher_logits_model, self.teacher_softmax_recovered = teachers.logits_view(
-            teacher, teacher_dtype
-        )
+            teacher, teacher_dtype, **{k: v for k, v in options.items() if v not in (None, "none")})
         self._student_logits_model, self.student_softmax_recovered = views.logits_model(
-            student, "student"
-        )
+            student, "student")
         self.num_classes = views.check_same_io(self._teacher_logits_model,
                                                self._student_logits_model)
         self._feature_terms = settings["features"]
+        self._student_logits_model = prep.at_sizes_of(  # (the student itself unchanged)
+            self._student_logits_model, student, members, tapped=bool(self._feature_terms))
         # The forward passes (and, with feature terms, the multi-output views).
-        self._plan = features_lib.FeaturePlan(self._feature_terms, teacher, student,
+        self._plan = features_lib.FeaturePlan(self._feature_terms, members[0], student,
                                               self._teacher_logits_model,
                                               self._student_logits_model)
         if self._feature_terms:
@@ -167,13 +185,13 @@ class Distiller(keras.Model):
         if self._feature_terms:
             self.feature_loss_trackers = [keras.metrics.Mean(name=n)
                                           for n in self._plan.metric_names]
-        if teacher.built and student.built:
+        if student.built and all(member.built for member in members):
             self.built = True
 
-    @property
-    def features(self):
-        """The feature-distillation terms, a tuple (empty without features)."""
-        return self._feature_terms
+    features = property(lambda self: self._feature_terms,
+                        doc="The feature-distillation terms, a tuple (empty without features).")
+    teachers = property(lambda self: teachers.teacher_list(self.teacher),
+                        doc="The teacher(s), always a list (one model, or an ensemble's members).")
 
     # -- Keras API -----------------------------------------------------------
 
@@ -203,8 +221,7 @@ class Distiller(keras.Model):
             raise ValueError(
                 "Distiller.compile() takes no loss: the loss is alpha * distillation_loss + (1 - "
                 "alpha) * cross-entropy of the student's logits on the labels. Choose the "
-                "distillation loss with Distiller(distillation_loss=...), and drop loss=."
-            )
+                "distillation loss with Distiller(distillation_loss=...), and drop loss=.")
         super().compile(optimizer=optimizer, metrics=metrics, jit_compile=jit_compile, **kwargs)
 
     def fit(self, x=None, y=None, **kwargs):
@@ -215,8 +232,7 @@ class Distiller(keras.Model):
             if y is not None:
                 raise ValueError(
                     "under multi-worker training pass a tf.data.Dataset of (x, y) "
-                    "batches, not separate x and y."
-                )
+                    "batches, not separate x and y.")
             return distribute.fit_loop(self, x, **kwargs)
         return super().fit(x, y, **kwargs)
 
@@ -242,23 +258,20 @@ class Distiller(keras.Model):
             raise ValueError(
                 f"dict targets must be {{{TEACHER_LOGITS!r}: teacher logits, "
                 f"{LABELS!r}: labels}}; got keys {sorted(y)}. Fix: pass the "
-                "labels alone, or build the dict with keras_kd.cache.attach."
-            )
+                "labels alone, or build the dict with keras_kd.cache.attach.")
         cached = tf.cast(y[TEACHER_LOGITS], tf.float32)
         if (self.num_classes is not None and cached.shape.rank is not None
                 and cached.shape[-1] not in (None, self.num_classes)):
             raise ValueError(
                 f"the cached teacher logits have {cached.shape[-1]} classes, the "
                 f"models {self.num_classes}. Fix: rebuild the cache for this "
-                "teacher (keras_kd.cache.build)."
-            )
+                "teacher (keras_kd.cache.build).")
         if self._feature_terms and uses_teacher:
             raise ValueError(
                 f"this Distiller has feature terms ({', '.join(self._plan.metric_names)}), which "
                 "need the teacher's intermediate layers on every batch, but the targets carry "
                 "cached teacher logits (offline distillation). Fix: pass plain labels (drop the "
-                "teacher cache), or build the Distiller without features=."
-            )
+                "teacher cache), or build the Distiller without features=.")
         return y.get(LABELS), tf.stop_gradient(cached)
 
     def _distillation(self, teacher_logits, student_logits, y):
@@ -289,8 +302,7 @@ class Distiller(keras.Model):
                 raise ValueError(
                     f"the data has no labels, but alpha={self.alpha} gives the "
                     "label loss a weight of 1 - alpha > 0. Fix: pass (x, y) "
-                    "batches, or set alpha=1.0 to distil from unlabelled data."
-                )
+                    "batches, or set alpha=1.0 to distil from unlabelled data.")
             return distill, distill, None
         ce = losses_lib.cross_entropy(y, student_logits)
         total = self.alpha * distill + (1.0 - self.alpha) * ce
@@ -415,8 +427,7 @@ class Distiller(keras.Model):
                 raise ValueError(
                     "evaluation without labels measures nothing: pass (x, y) batches, or build the "
                     "Distiller with evaluate_with_teacher=True to measure agreement with the "
-                    "teacher."
-                )
+                    "teacher.")
             total = ce = losses_lib.cross_entropy(y, student[0])
             sw, terms = self._weights(sample_weight, total), None
         self._track(total, sw, self._regularization(), ce, with_teacher=terms)
@@ -428,22 +439,25 @@ class Distiller(keras.Model):
         loss = self._loss_spec
         if callable(loss):
             loss = losses_lib.name_of(loss) or keras.saving.serialize_keras_object(loss)
+        specs = self.teacher_preprocessing
         return {
             "name": self.name,
-            "teacher": keras.saving.serialize_keras_object(self.teacher),
+            "teacher": keras.saving.serialize_keras_object(self.teacher),  # a model or a list
             "student": keras.saving.serialize_keras_object(self.student),
             "temperature": self.temperature,
             "alpha": self.alpha,
             "distillation_loss": loss,
             "evaluate_with_teacher": self.evaluate_with_teacher,
             "teacher_dtype": self.teacher_dtype,
+            "teacher_preprocessing": list(specs) if isinstance(specs, tuple) else specs,
+            "teacher_weights": self._teacher_weights,
             "features": [keras.saving.serialize_keras_object(t) for t in self._feature_terms],
         }
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        for key in ("teacher", "student"):
+        for key in ("teacher", "student"):  # (a list of teachers: a list of models)
             config[key] = keras.saving.deserialize_keras_object(
                 config[key], custom_objects=custom_objects)
         loss = config.get("distillation_loss", "kl")
@@ -464,11 +478,10 @@ def build_distiller(strategy, teacher, student, *, optimizer="adam", metrics=Non
                     compile_kwargs=None, **distiller_kwargs):
     """A compiled :class:`Distiller` whose models live in ``strategy``.
 
-    ``teacher`` and ``student`` are models (one built outside the scope is
-    copied into it with its weights, :func:`keras_kd.distribute.in_scope`: use
-    ``distiller.student`` afterwards) or zero-argument functions that build
-    them. ``distiller_kwargs`` go to :class:`Distiller`, ``compile_kwargs`` to
-    its ``compile``::
+    ``teacher`` (or a list: an ensemble) and ``student`` are models (one built
+    outside the scope is copied into it with its weights, :func:`keras_kd.distribute.in_scope`:
+    use ``distiller.student`` afterwards) or zero-argument functions that build them.
+    ``distiller_kwargs`` go to :class:`Distiller`, ``compile_kwargs`` to its ``compile``::
 
         strategy = distribute.get_strategy("mirrored")
         distiller = keras_kd.build_distiller(
@@ -477,7 +490,8 @@ def build_distiller(strategy, teacher, student, *, optimizer="adam", metrics=Non
         distiller.fit(global_batches)
     """
     with strategy.scope():
-        teacher = distribute.in_scope(strategy, teacher, "teacher")
+        teacher = [distribute.in_scope(strategy, t, "teacher") for t in teacher] if isinstance(
+            teacher, (list, tuple)) else distribute.in_scope(strategy, teacher, "teacher")
         student = distribute.in_scope(strategy, student, "student")
         distiller = Distiller(teacher, student, **distiller_kwargs)
         if isinstance(optimizer, str):

@@ -3,7 +3,8 @@
 ``run(JobConfig(...))`` runs, in order::
 
     start      the strategy, the run folder (resume protocol), the data and its augmentation
-    teacher    load --teacher, or a finished phase, or train one
+    teacher    load --teacher, or a finished phase, or train one (several: an ensemble)
+    check      diagnose the teacher(s) on the validation split; stop if it cannot be right
     baseline   the student architecture on the labels alone
     distil     the same architecture, from the same initial weights, taught by the teacher
     evaluate   the three models on the validation split
@@ -14,11 +15,9 @@ Each phase is a function of the :class:`Run` (the config and what earlier
 phases produced); :mod:`keras_kd.sweep` runs the same phases with configs made
 by ``dataclasses.replace``. The CLI only turns flags into a :class:`JobConfig`
 (its flags are generated from :class:`~keras_kd.config.JobConfig`'s fields).
-
 With ``teacher_cache=DIR`` (offline distillation, :mod:`keras_kd.cache`) the
-distil phase trains from the teacher's logits on the un-augmented, ordered
-training split, computed once after the teacher phase (loaded, and checked
-against the teacher and the data, when ``DIR`` already holds them).
+distil phase trains from the teacher's stored logits on the un-augmented,
+ordered training split.
 """
 
 import dataclasses
@@ -36,17 +35,20 @@ from keras_kd import (
     cache,
     checkpoint,
     data,
+    diagnostics,
     distiller,
     distribute,
     errors,
     export,
     models,
+    preprocessing,
     report,
     teachers,
 )
 from keras_kd.config import JobConfig, make_optimizer
 
-__all__ = ["JobConfig", "Run", "run", "start", "train_teacher", "train_baseline", "distil",
+__all__ = ["JobConfig", "Run", "run", "start", "train_teachers", "check_teachers", "teacher_view",
+           "teacher_names", "train_baseline", "distil",
            "cached_logits", "load_data", "evaluate", "export_student", "write_report",
            "export_saved_model", "open_folder",
            "new_student", "predictions", "as_user_error", "teacher_augment"]
@@ -74,11 +76,7 @@ class Run:
 
 
 def load_data(config):
-    """``config``'s data: ``(raw training batches, augmented ones, validation batches, info)``.
-
-    The training split is shuffled with ``config.seed`` and augmented with
-    ``config.augment`` (:func:`keras_kd.augment.apply`, one view per batch).
-    """
+    """``(raw training batches, batches augmented with config.augment, validation, info)``."""
     train, val, info = data.load(config.dataset, batch_size=config.batch_size, seed=config.seed,
                                  data_dir=config.data_dir, image_size=config.image_size)
     return train, augment.apply(train, config.augment, info.input_shape, seed=config.seed,
@@ -122,38 +120,92 @@ def _compile_on_labels(model, config, jit, augment_spec):
 def _check_features(run, teacher):
     """--features checked on the teacher and a fresh student before anything trains."""
     if run.config.features:
-        info = run.info
-        student = models.build(run.config.student_arch, info.input_shape, info.num_classes,
-                               name="student")
-        distiller.Distiller(teacher, student, features=run.config.features,
-                            teacher_dtype=run.config.teacher_dtype)
+        student = models.build(run.config.student_arch, run.info.input_shape,
+                               run.info.num_classes, name="student")
+        trainable = teacher.trainable  # the Distiller freezes it; it may still train
+        try:
+            distiller.Distiller(teacher, student, features=run.config.features,
+                                teacher_dtype=run.config.teacher_dtype)
+        finally:
+            teacher.trainable = trainable
 
 
-def train_teacher(run, train=None):
-    """Phase 2: ``--teacher``, or this run's finished teacher, or one trained now.
+def teacher_names(config):
+    """The teachers' names (and files, phases): ``teacher``, or ``teacher_1``, ``teacher_2``, ..."""
+    n = config.num_teachers()
+    return ["teacher"] if n == 1 else [f"teacher_{i + 1}" for i in range(n)]
 
-    Saved as ``teacher.keras`` at once: a crash later does not lose it.
+
+def _train_teacher(run, arch, name, seed, train):
+    config, info = run.config, run.info
+    size = config.teacher_image_size
+    shape = (*size, info.input_shape[-1]) if size else info.input_shape
+    teacher = models.build(arch, shape, info.num_classes, name=name, seed=seed)
+    _check_features(run, teacher)  # before hours of training
+    _compile_on_labels(teacher, config, run.jit, teacher_augment(config))
+    run.log(f"{name}: training {arch} for {config.teacher_epochs} epochs")
+    train = run.teacher_train if train is None else train
+    if size and tuple(size) != tuple(info.input_shape[:2]):
+        train = train.map(lambda x, *rest: (preprocessing.resize_images(x, size), *rest))
+    run.folder.fit(teacher, train, name, config.teacher_epochs, config.verbose)
+    run.folder.mark_done(name, teacher)
+    return teacher
+
+
+def train_teachers(run, train=None):
+    """Phase 2: the teacher(s): ``--teacher`` files, this run's finished ones, or trained now.
+
+    Several make an ensemble (trained in turn). Each is saved as
+    ``<name>.keras`` at once: a crash later does not lose it. Returns the list.
     """
     config, t0 = run.config, time.perf_counter()
-    path = config.teacher or run.folder.finished("teacher")
-    if path:
-        teacher = teachers.load(path, run.info)
-        run.log(f"teacher: loaded {path}")
-        _check_features(run, teacher)
-    else:
-        teacher = models.build(config.teacher_arch, run.info.input_shape,
-                               run.info.num_classes, name="teacher", seed=config.seed)
-        _check_features(run, teacher)  # before hours of training
-        _compile_on_labels(teacher, config, run.jit, teacher_augment(config))
-        run.log(f"teacher: training {config.teacher_arch} for {config.teacher_epochs} epochs")
-        run.folder.fit(teacher, run.teacher_train if train is None else train, "teacher",
-                       config.teacher_epochs, config.verbose)
-        run.folder.mark_done("teacher", teacher)
-    out = os.path.join(run.folder.out, "teacher.keras")
-    if run.folder.finished("teacher") != out:
-        _io.save_model(teacher, out)
+    paths, archs, members = config.teacher_paths(), config.teacher_archs(), []
+    for i, name in enumerate(teacher_names(config)):
+        path = paths[i] if paths else run.folder.finished(name)
+        if path:
+            member = teachers.load(path, run.info, "--teacher" if paths else "--checkpoint_dir",
+                                   resize_ok=True)
+            run.log(f"{name}: loaded {path}")
+            _check_features(run, member)
+        else:
+            member = _train_teacher(run, archs[i], name, config.seed + 100 * i, train)
+        out = os.path.join(run.folder.out, f"{name}.keras")
+        if run.folder.finished(name) != out and not (path and os.path.isdir(path)):
+            _io.save_model(member, out)
+        members.append(member)
     run.timings["teacher_s"] = time.perf_counter() - t0
-    return teacher
+    return members
+
+
+def teacher_view(run, members, config=None):
+    """The view the students learn from: the teacher (or the ensemble), preprocessed, as logits."""
+    config = config or run.config
+    return teachers.logits_view(
+        members if len(members) > 1 else members[0],
+        preprocessing=config.teacher_preprocessings(), weights=config.teacher_weight_list(),
+        temperature=config.temperature, input_shape=run.info.input_shape)[0]
+
+
+def check_teachers(run, members):
+    """Phase 2b: each teacher (and the ensemble) diagnosed on the validation split before
+    any student trains; one that cannot be right stops the run (:func:`diagnostics.check`)."""
+    config, found = run.config, []
+    for name, member, spec in zip(teacher_names(config), members,
+                                  config.teacher_preprocessings()):
+        view = teachers.logits_view(member, preprocessing=spec,
+                                    input_shape=run.info.input_shape)[0]
+        found.append({"model": name, "preprocessing": spec,
+                      **diagnostics.diagnose(view, run.val, config.temperature)})
+    if len(members) > 1:
+        found.append({"model": "ensemble",
+                      **diagnostics.diagnose(teacher_view(run, members), run.val,
+                                          config.temperature)})
+    for row in found:
+        run.log(diagnostics.describe(row, row["model"]))
+    notes = diagnostics.check(found[-1], config.min_teacher_accuracy)
+    for note in notes:
+        run.log(f"warning: {note}")
+    return {"teachers": found, "warnings": notes}
 
 
 def new_student(config, info, name, initial_weights=None):
@@ -189,38 +241,52 @@ def train_baseline(run, config=None, train=None, phase="baseline", validation_da
     return baseline, initial, history
 
 
-def cached_logits(run, teacher, directory, config=None):
-    """The ordered training split with the teacher's stored logits (built once, then checked).
-
-    Returns ``(unbatched dataset, report)``; :func:`keras_kd.data.finish`
-    shuffles and batches it as :func:`keras_kd.data.load` does, so training
-    from a full cache is online distillation without augmentation.
-    """
+def cached_logits(run, view, directory, config=None):
+    """``(the ordered training split with the teacher's stored logits, report)``: built once,
+    then checked; :func:`keras_kd.data.finish` shuffles and batches it as ``data.load`` does."""
     config = config or run.config
     ordered, _, _ = data.load_unbatched(config.dataset, data_dir=config.data_dir,
                                         image_size=config.image_size)
     size = f", image_size={config.image_size[0]}x{config.image_size[1]}" \
         if config.image_size else ""
     attached, status = cache.get_or_build(
-        teacher, ordered, directory, top_k=config.teacher_cache_top_k,
-        dataset_id=f"{config.dataset} train split{size}", log=run.log)
+        view, ordered, directory, top_k=config.teacher_cache_top_k,
+        dataset_id=f"{config.dataset} train split{size}", teacher_id=_teacher_id(config),
+        log=run.log)
     run.timings["teacher_cache_s"] = status["seconds"]
     return attached, {"used": True, **status}
 
 
-def distil(run, teacher, train, config=None, phase="distill", initial_weights=None,
+def _teacher_id(config):
+    """The teacher's settings that are not weights (the cache fingerprints those)."""
+    specs = config.teacher_preprocessings()
+    if config.num_teachers() == 1 and specs == ["none"]:
+        return None
+    ensemble = config.num_teachers() > 1
+    return (f"preprocessing={'/'.join(specs)}"
+            + (f"; ensemble weights={config.teacher_weight_list()}, T={config.temperature:g}"
+               if ensemble else ""))
+
+
+def distil(run, members, train, config=None, phase="distill", initial_weights=None,
            validation_data=None, source="the teacher"):
-    """Phase 4: the student distilled from ``teacher`` on ``train``. Returns ``(student, history)``."""
+    """Phase 4: the student distilled from the teacher(s) ``members`` on ``train``.
+
+    Returns ``(student, history)``.
+    """
     config, t0 = config or run.config, time.perf_counter()
     student = new_student(config, run.info, "student", initial_weights)
     path = run.folder.finished(phase)
     if path:
         run.log(f"distill: loaded {path}")
         return teachers.load_model(path, "--checkpoint_dir"), run.folder.history(phase)
+    specs, single = config.teacher_preprocessings(), len(members) == 1
     kd = distiller.Distiller(
-        teacher, student, temperature=config.temperature, alpha=config.alpha,
-        distillation_loss=config.distillation_loss, features=config.features,
-        teacher_dtype=config.teacher_dtype)
+        members[0] if single else members, student, temperature=config.temperature,
+        alpha=config.alpha, distillation_loss=config.distillation_loss,
+        features=config.features, teacher_dtype=config.teacher_dtype,
+        teacher_preprocessing=specs[0] if single else specs,
+        teacher_weights=config.teacher_weight_list())
     with warnings.catch_warnings():  # the label-check caveat is in --help
         warnings.simplefilter("ignore", UserWarning)
         kd.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate),
@@ -280,12 +346,12 @@ def export_student(run, student):
         return {"error": str(err)}, {}, err
     finally:
         run.timings["export_s"] = time.perf_counter() - t0
-    run.log(export_summary(path, figures))
+    run.log(report.export_summary(path, figures))
     return figures, {"student_tflite": path, "labels": export.labels_path(path),
                      "tflite_metadata": export.metadata_path(path)}, None
 
 
-def write_report(run, rows, history, tflite, paths, cache_report, started):
+def write_report(run, rows, history, tflite, paths, extra, started):
     """Phase 7: ``metrics.json`` and ``report.md``; the table in the log. Returns the results."""
     config, info, strategy = run.config, run.info, run.strategy
     run.timings["total_s"] = time.perf_counter() - started
@@ -303,7 +369,7 @@ def write_report(run, rows, history, tflite, paths, cache_report, started):
                          "mixed_precision": config.mixed_precision, "jit_compile": run.jit},
         "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "flags_used"},
         "flags": config.flags_used,
-        "teacher_cache": cache_report,
+        **extra,
         "artifacts": {k: os.path.basename(v) for k, v in paths.items()},
         "output_dir": os.path.abspath(run.folder.out),
     }
@@ -311,6 +377,8 @@ def write_report(run, rows, history, tflite, paths, cache_report, started):
     _io.write_json(os.path.join(out, "metrics.json"), results)
     _io.write_text(os.path.join(out, "report.md"), report.markdown(results))
     run.log(report.table(rows))
+    if "worse" in report.verdict(rows):
+        run.log(report.verdict(rows))
     run.log(f"wrote {out}/: {', '.join(sorted(results['artifacts'].values()))}, "
             "metrics.json, report.md")
     return results
@@ -319,24 +387,30 @@ def write_report(run, rows, history, tflite, paths, cache_report, started):
 def _phases(run):
     config, started = run.config, time.perf_counter()
     with distribute.mixed_precision(config.mixed_precision), run.strategy.scope():
-        teacher = train_teacher(run)
+        members = train_teachers(run)
+        diagnosis = check_teachers(run, members)
+        view = teacher_view(run, members)
         distill_train, cache_report, source = run.student_train, None, "the teacher"
         if config.teacher_cache:  # offline: the stored logits replace the teacher's pass
-            attached, cache_report = cached_logits(run, teacher, config.teacher_cache)
+            attached, cache_report = cached_logits(run, view, config.teacher_cache)
             distill_train = data.finish(attached, None, run.info,
                                         batch_size=config.batch_size, seed=config.seed)[0]
             source = f"the teacher cache {config.teacher_cache}"
         baseline, initial, _ = train_baseline(run)
-        student, history = distil(run, teacher, distill_train, initial_weights=initial,
+        student, history = distil(run, members, distill_train, initial_weights=initial,
                                   source=source)
-    rows = [{"model": role, "params": models.count_params(model), **evaluate(model, run.val)}
-            for role, model in (("teacher", teacher), ("baseline", baseline),
-                                ("distilled", student))]
-    paths = {"teacher": os.path.join(run.folder.out, "teacher.keras")}
+    rows = [{"model": d["model"], "params": models.count_params(m),
+             **{k: d[k] for k in ("accuracy", "errors", "examples")}}
+            for d, m in zip(diagnosis["teachers"], [*members, view])]
+    rows += [{"model": role, "params": models.count_params(model), **evaluate(model, run.val)}
+             for role, model in (("baseline", baseline), ("distilled", student))]
+    paths = {n: p for n in teacher_names(config)
+             if os.path.exists(p := os.path.join(run.folder.out, f"{n}.keras"))}
     for name, model in (("baseline", baseline), ("student", student)):
         paths[name] = _io.save_model(model, os.path.join(run.folder.out, f"{name}.keras"))
     tflite, exported, export_error = export_student(run, student)
-    results = write_report(run, rows, history, tflite, {**paths, **exported}, cache_report,
+    results = write_report(run, rows, history, tflite, {**paths, **exported},
+                           {"teacher_cache": cache_report, "teacher_diagnostics": diagnosis},
                            started)
     if export_error is not None:
         raise export_error
@@ -394,21 +468,6 @@ def as_user_error(err, strategy, checkpoint_dir=None):
 # --------------------------------------------------------------------------
 
 
-def export_summary(path, figures):
-    """One line on an exported file: mode, size, agreement, accuracy, latency."""
-    head = (f"export: {os.path.basename(path)} ({figures['quantization']}, "
-            f"{figures['size_bytes'] / 1024:.1f} KiB)")
-    if "agreement" not in figures:
-        return head + ": not verified (Flex ops)."
-    return (
-        f"{head}: agrees with the Keras model on {100 * figures['agreement']:.2f}% of "
-        f"{figures['examples']} validation images, accuracy "
-        f"{100 * figures['accuracy']:.2f}%, max |Δ| {figures['max_abs_diff']:.3g}, "
-        f"{figures['latency_ms_median']:.3f} ms/image "
-        f"({figures['num_threads']} thread{'s' if figures['num_threads'] != 1 else ''})"
-    )
-
-
 def export_saved_model(model_path, *, dataset, data_dir=None, image_size=None,
                        output=None, quantization="auto", min_agreement=None,
                        probabilities=False, allow_flex=False, int8_io=False, log=print):
@@ -437,6 +496,6 @@ def export_saved_model(model_path, *, dataset, data_dir=None, image_size=None,
         model, output, val, quantization=quantization, representative_data=train,
         min_agreement=min_agreement, probabilities=probabilities, allow_flex=allow_flex,
         int8_io=int8_io, class_names=info.class_names, log=log)
-    log(export_summary(output, figures))
+    log(report.export_summary(output, figures))
     log(f"wrote {output}, {export.metadata_path(output)}, {export.labels_path(output)}")
     return {**figures, "path": output}

@@ -6,8 +6,10 @@ writes to ``metrics.json`` (and, for sweeps, of :func:`keras_kd.sweep.run`'s
 nothing of training.
 """
 
-__all__ = ["table", "markdown", "sweep_table", "sweep_markdown", "accuracy_vs_temperature_png",
-           "best_curves_png"]
+import os
+
+__all__ = ["table", "markdown", "export_summary", "verdict", "sweep_table", "sweep_markdown",
+           "accuracy_vs_temperature_png", "best_curves_png"]
 
 _HEADER = ("model", "params", "val accuracy", "val errors")
 
@@ -29,6 +31,21 @@ def table(rows):
     out = [fmt.format(*lines[0]), "  ".join("-" * w for w in widths)]
     out += [fmt.format(*line) for line in lines[1:]]
     return "\n".join(out)
+
+
+def export_summary(path, figures):
+    """One line on an exported file: mode, size, agreement, accuracy, latency."""
+    head = (f"export: {os.path.basename(path)} ({figures['quantization']}, "
+            f"{figures['size_bytes'] / 1024:.1f} KiB)")
+    if "agreement" not in figures:
+        return head + ": not verified (Flex ops)."
+    return (
+        f"{head}: agrees with the Keras model on {100 * figures['agreement']:.2f}% of "
+        f"{figures['examples']} validation images, accuracy "
+        f"{100 * figures['accuracy']:.2f}%, max |Δ| {figures['max_abs_diff']:.3g}, "
+        f"{figures['latency_ms_median']:.3f} ms/image "
+        f"({figures['num_threads']} thread{'s' if figures['num_threads'] != 1 else ''})"
+    )
 
 
 def _md_table(header, rows):
@@ -88,6 +105,35 @@ def _tflite_section(tfl, ds):
     return lines
 
 
+def verdict(rows):
+    """One sentence on distilled vs baseline errors; says plainly when distillation hurt."""
+    by_name = {r["model"]: r for r in rows}
+    base, kd = by_name["baseline"]["errors"], by_name["distilled"]["errors"]
+    if kd <= base:
+        return f"Distillation removed {base - kd} of the baseline's {base} errors."
+    return (f"The distilled student is worse than its baseline: {kd - base} more validation "
+            f"errors ({kd} vs {base}). The teacher did not help with these settings; try "
+            "`keras-kd sweep` (temperature, alpha, loss) or a longer schedule.")
+
+
+def _teacher_section(diagnosis):
+    """The teacher diagnostics of the run (``keras_kd.diagnostics.diagnose``) and their warnings."""
+    if not diagnosis:
+        return []
+    header = ("teacher", "preprocessing", "val accuracy", "ECE", "top-1 probability at T",
+              "entropy at T", "logit std")
+    rows = [(d["model"], f"`{d.get('preprocessing', '—')}`", f"{100 * d['accuracy']:.2f}%",
+             f"{d['ece']:.3f}", f"{d['top1_probability']:.3f}",
+             f"{d['entropy']:.2f} of {d['max_entropy']:.2f} nats", f"{d['logit_std']:.3g}")
+            for d in diagnosis["teachers"]]
+    t = diagnosis["teachers"][-1]["temperature"]
+    parts = ["## Teacher", "", f"Diagnosed on the validation split before any student "
+             f"trained; soft targets at T = {t:g}. Chance is "
+             f"{100 * diagnosis['teachers'][-1]['chance']:.2f}%.", "", _md_table(header, rows), ""]
+    parts += [f"- **Warning:** {w}" for w in diagnosis.get("warnings") or []]
+    return parts + ([""] if diagnosis.get("warnings") else [])
+
+
 def markdown(results):
     """``report.md``: the comparison table, the export check and the flags used."""
     ds = results["dataset"]
@@ -105,21 +151,14 @@ def markdown(results):
         "",
     ]
     if "baseline" in by_name and "distilled" in by_name:
-        gained = by_name["baseline"]["errors"] - by_name["distilled"]["errors"]
-        verdict = (
-            f"Distillation removed {gained} of the baseline's "
-            f"{by_name['baseline']['errors']} errors."
-            if gained >= 0
-            else f"Distillation added {-gained} errors to the baseline's "
-            f"{by_name['baseline']['errors']}."
-        )
         parts += [
             "*baseline*: the student architecture trained on the labels alone; "
             "*distilled*: the same architecture, from the same initial weights, "
             "trained by the Distiller with the same data, augmentation and "
-            "schedule. " + verdict,
+            "schedule. " + verdict(rows),
             "",
         ]
+    parts += _teacher_section(results.get("teacher_diagnostics"))
     tfl = results.get("tflite")
     if tfl:
         parts += _tflite_section(tfl, ds)

@@ -45,6 +45,7 @@ import keras
 import tensorflow as tf
 
 from keras_kd import _io, augment, cache, checkpoint, data, distribute, errors, job, models, report
+from keras_kd import config as config_lib
 
 __all__ = ["run", "parse_list", "check_grid", "GRID_FLAGS", "best_flags", "train_trial",
            "TrialFailed"]
@@ -82,17 +83,8 @@ def parse_list(flag, texts):
         raise ValueError(f"unknown grid flag {flag!r}; valid: {', '.join(GRID_FLAGS)}.")
     items = []
     for text in [texts] if isinstance(texts, str) else texts or []:
-        parts = [p.strip() for p in str(text).split(",")]
-        if flag == "student_arch":
-            grouped = []
-            for part in parts:
-                key, eq, _ = part.partition("=")
-                if grouped and eq and ":" not in key:  # an option of the spec before
-                    grouped[-1] += "," + part
-                else:
-                    grouped.append(part)
-            parts = grouped
-        items += parts
+        items += (config_lib.split_list(text) if flag == "student_arch"
+                  else [p.strip() for p in str(text).split(",")])
     if not items or items == [""]:
         raise ValueError(f"--{flag} is empty: the grid needs at least one value. Fix: pass "
                          f"comma-separated values, e.g. --{flag}={_EXAMPLES[flag]}.")
@@ -217,8 +209,10 @@ def _sweep(state, grid, baseline, use_cache):
     log("grid: " + " × ".join(f"{len(v)} {k}" for k, v in grid.items())
         + f" = {total} trial{'s' if total != 1 else ''}")
     with distribute.deterministic(config.seed, config.deterministic):
-        teacher = job.train_teacher(
+        members = job.train_teachers(
             state, _fresh(dataclasses.replace(config, augment=job.teacher_augment(config))))
+    job.check_teachers(state, members)
+    teacher = job.teacher_view(state, members)
     _check_same_teacher(teacher, out)
     teacher_pred = job.predictions(teacher, state.val)
     teacher_scores = _val(job.evaluate(teacher, state.val))
@@ -230,7 +224,7 @@ def _sweep(state, grid, baseline, use_cache):
         baselines[arch] = _baseline(state, dataclasses.replace(config, student_arch=arch), i)
 
     t0 = time.perf_counter()
-    rows, trained = _trials(state, grid, teacher, teacher_pred, cached)
+    rows, trained = _trials(state, grid, members, teacher_pred, cached)
     search_s = time.perf_counter() - t0
     _rank(rows, grid)
     best = rows[0]
@@ -245,7 +239,8 @@ def _sweep(state, grid, baseline, use_cache):
         "grid": grid,
         "teacher": {"arch": None if config.teacher else config.teacher_arch,
                     "source": "loaded" if config.teacher else "trained",
-                    "file": os.path.abspath(config.teacher or os.path.join(out, "teacher.keras")),
+                    "file": ",".join(os.path.abspath(p) for p in config.teacher_paths() or [
+                        os.path.join(out, f"{n}.keras") for n in job.teacher_names(config)]),
                     "params": models.count_params(teacher), **teacher_scores},
         "baselines": baselines,
         "teacher_cache": cache_report,
@@ -267,7 +262,7 @@ def _sweep(state, grid, baseline, use_cache):
     return results
 
 
-def _trials(state, grid, teacher, teacher_pred, cached):
+def _trials(state, grid, members, teacher_pred, cached):
     """Every grid point's result, in grid order (trained now, or stored); how many trained."""
     total = math.prod(len(v) for v in grid.values())
     done = [i for i in range(total) if state.folder.result(f"trials/{i:04d}")]
@@ -278,7 +273,7 @@ def _trials(state, grid, teacher, teacher_pred, cached):
         result = state.folder.result(f"trials/{i:04d}")
         if result is None or result.get("values") != point:
             try:
-                result = train_trial(state, teacher, point, i, teacher_pred, cached)
+                result = train_trial(state, members, point, i, teacher_pred, cached)
             except Exception as err:
                 raise TrialFailed(
                     f"trial {i:04d} ({_describe(point)}) failed: {_error_text(err)}. Trials "
@@ -315,11 +310,12 @@ def _teacher_cache(state, teacher, use_cache):
     why_not = ((augment.parse(config.augment) and f"augment={config.augment}")
                or (not use_cache and "use_cache=False")
                or (config.features and "features")
-               or (config.teacher_dtype != "float32" and f"teacher_dtype={config.teacher_dtype}"))
+               or (config.teacher_dtype != "float32" and f"teacher_dtype={config.teacher_dtype}")
+               or (config.num_teachers() > 1 and "an ensemble (its soft targets depend on T)"))
     if why_not:
         return None, {"used": False, "reason": f"{why_not} (teacher online)"}
     directory = config.teacher_cache or os.path.join(state.folder.out, "teacher_cache")
-    return job.cached_logits(state, teacher, directory)
+    return job.cached_logits(state, teacher, directory)  # teacher: the view
 
 
 def _baseline(state, config, index):
@@ -340,7 +336,7 @@ def _baseline(state, config, index):
     return result
 
 
-def train_trial(state, teacher, values, index, teacher_pred, cached=None):
+def train_trial(state, members, values, index, teacher_pred, cached=None):
     """Distils one student for the grid point ``values``; stores and returns its result.
 
     The trial's config is ``dataclasses.replace(state.config, **values)``;
@@ -354,7 +350,7 @@ def train_trial(state, teacher, values, index, teacher_pred, cached=None):
     with distribute.deterministic(config.seed, config.deterministic):
         train = _fresh(config, cached, state.info)
         source = "the teacher cache" if cached is not None else "the teacher"
-        student, history = job.distil(state, teacher, train, config, trial,
+        student, history = job.distil(state, members, train, config, trial,
                                       validation_data=state.val, source=source)
     scores = _val(job.evaluate(student, state.val, teacher_pred))
     if not math.isfinite(scores["val_loss"]):

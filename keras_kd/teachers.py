@@ -1,56 +1,172 @@
-"""The teacher as an input: loading a saved classifier and checking it fits the data.
+"""The teacher as an input: loading it, checking it fits, and its view for the students.
 
-    teacher = teachers.load("teacher.keras", info)   # info: keras_kd.data.DatasetInfo
+    teacher = teachers.load("teacher.keras", info)   # or .h5, or a SavedModel folder
+    view, _ = teachers.logits_view(teacher, preprocessing="unit")  # raw pixels -> logits
 
 Every model keras_kd reads from disk (``--teacher``, ``keras-kd export
 --model``, a checkpoint's finished phase) goes through :func:`load_model`,
 so a missing or unreadable file gets one clear error that names the flag.
+
+A teacher trained elsewhere often expects other inputs than keras_kd's raw
+0-255 pixels, or another image size: :func:`logits_view` applies its
+preprocessing and resizing (:mod:`keras_kd.preprocessing`) inside the view
+only, so the student and its export keep taking raw pixels; an ensemble's view
+averages the members' soft targets. :mod:`keras_kd.diagnostics` says whether a
+teacher is worth distilling.
 """
 
+import math
 import os
+import re
+import zipfile
 
 import keras
+import tensorflow as tf
 
 from keras_kd import errors, views
+from keras_kd import preprocessing as prep
 
-__all__ = ["load", "load_model", "check_path", "check_fits", "logits_view"]
+__all__ = ["load", "load_model", "check_path", "check_fits", "logits_view", "teacher_list",
+           "check_teacher_settings", "EnsembleLogits"]
 
 
 def check_path(path, flag="--model"):
-    """Raises ValueError unless ``path`` is a file (checked before anything runs)."""
+    """Raises ValueError unless ``path`` is a file or a SavedModel folder (one
+    with ``saved_model.pb``); checked before anything runs."""
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+            raise ValueError(
+                f"{flag}={path!r} is a folder without saved_model.pb, so it is not a "
+                "SavedModel. Fix: pass a SavedModel folder (written by model.export(path)), "
+                "or the path of a model file (.keras or legacy .h5) inside it.")
+        return
     if not os.path.isfile(path):
         raise ValueError(
             f"{flag}={path!r} does not exist. Fix: pass the path of a saved Keras "
-            "model (written by model.save('model.keras'))."
-        )
+            "model (written by model.save('model.keras')), a legacy .h5 file or a "
+            "SavedModel folder (model.export(path)).")
+
+
+_MODEL_FILES = ("pass a file written by model.save('model.keras'), a legacy .h5, or a "
+                "SavedModel folder (model.export(path))")
+
+
+def _unreadable(path, flag, err):
+    """The ValueError for a file keras.saving.load_model refused."""
+    text = str(err)
+    if "safe_mode" in text and "Lambda" in text:
+        return ValueError(
+            f"{flag}={path!r} has a Lambda layer, and keras refused to run the Lambda's code "
+            "(safe_mode: a saved Lambda can run any Python). Fix: re-save the model without "
+            "Lambda layers (e.g. Rescaling / Softmax layers), or, if you wrote and trust the "
+            "file, load it in Python with keras.saving.load_model(path, safe_mode=False) and "
+            "pass the model to Distiller.")
+    if "safe_mode" in text:
+        return ValueError(
+            f"{flag}={path!r}: keras refused to load it in safe_mode "
+            f"({errors.short(err, 200)}). Fix: re-save the model with built-in layers only, "
+            "or, if you wrote and trust the file, load it in Python with "
+            "keras.saving.load_model(path, safe_mode=False) and pass the model to Distiller.")
+    missing = re.search(r"Could not locate (class|function) '([^']+)'", text)
+    if missing:
+        kind, name = missing.groups()
+        return ValueError(
+            f"{flag}={path!r} uses the custom {kind} {name!r}, which keras cannot find (a "
+            "model file holds its name, not its code). Fix: in Python, import the code that "
+            f"defines {name!r} (registered with @keras.saving.register_keras_serializable()) "
+            "or pass custom_objects to keras.saving.load_model, and pass the model to "
+            "Distiller; or re-save the model with built-in layers only.")
+    ext = os.path.splitext(path)[1].lower()
+    if os.path.basename(path) == "saved_model.pb":
+        reason = "the file of a SavedModel: pass its folder instead"
+    elif ext == ".keras" and not zipfile.is_zipfile(path):
+        reason = "not a zip archive, as every .keras file is: truncated, or another format"
+    elif ext not in (".keras", ".h5", ".hdf5"):
+        reason = f"keras reads .keras and legacy .h5 files, not {ext or 'a file without extension'}"
+    else:
+        reason = errors.short(err, 200)
+    return ValueError(f"{flag}={path!r} is not a Keras model file ({reason}). Fix: "
+                      f"{_MODEL_FILES}.")
+
+
+def _load_saved_model(path, flag):
+    """A SavedModel folder as a functional model over its serving_default signature."""
+    try:
+        layer = keras.layers.TFSMLayer(path, call_endpoint="serving_default")
+    except Exception as err:
+        raise ValueError(
+            f"{flag}={path!r} is a SavedModel keras cannot load through its serving_default "
+            f"signature ({errors.short(err, 200)}). Fix: export it with a serving_default "
+            "signature (Keras 3: model.export(path); TensorFlow: tf.saved_model.save(model, "
+            "path, signatures=...)), or save it as a .keras file.") from err
+    specs = tf.nest.flatten(layer.call_endpoint_fn.structured_input_signature)
+    if len(specs) != 1 or specs[0].shape.rank is None:
+        raise ValueError(
+            f"{flag}={path!r}: its serving_default signature takes {len(specs)} input(s) "
+            f"({specs}); keras_kd feeds one batch of images of known rank. Fix: export a "
+            "model with a single image input.")
+    inputs = keras.Input(shape=tuple(specs[0].shape[1:]), dtype=specs[0].dtype.name)
+    outputs = layer(inputs)
+    if isinstance(outputs, dict):
+        names = sorted(outputs)
+        outputs = [outputs[name] for name in names]
+    else:
+        names = None
+    if isinstance(outputs, (list, tuple)):
+        if len(outputs) != 1:
+            raise ValueError(
+                f"{flag}={path!r}: its serving_default signature returns {len(outputs)} "
+                f"outputs ({', '.join(names or [])}); a teacher has one (its logits or "
+                "class probabilities). Fix: export a model with a single output.")
+        outputs = outputs[0]
+    name = "".join(c if c.isalnum() or c in "_-." else "_"
+                   for c in os.path.basename(os.path.normpath(path)))
+    return keras.Model(inputs, outputs, name=name or "saved_model")
 
 
 def load_model(path, flag="--model"):
-    """Loads a saved Keras model; clear ``ValueError``s name ``flag`` and the fix."""
+    """Loads a saved Keras model; clear ``ValueError``s name ``flag`` and the fix.
+
+    ``path``: a ``.keras`` file (read in safe_mode: a Lambda layer's code is
+    not run), a legacy ``.h5`` file, or a SavedModel folder, which becomes a
+    functional model over ``keras.layers.TFSMLayer(path, "serving_default")``
+    with the signature's input shape (a softmax inside it cannot be cut off).
+    Errors: a missing path, a folder without ``saved_model.pb``, a file that is
+    not a model (text, truncated), a Lambda or custom layer keras will not load.
+    """
     check_path(path, flag)
+    if os.path.isdir(path):
+        return _load_saved_model(path, flag)
     try:
         model = keras.saving.load_model(path)
     except Exception as err:
-        raise ValueError(
-            f"{flag}={path!r} is not a Keras model file ({errors.short(err, 200)}). Fix: "
-            "pass a file written by model.save('model.keras')."
-        ) from err
+        raise _unreadable(path, flag, err) from err
     if not isinstance(model, keras.Model):
         raise ValueError(f"{flag}={path!r} holds a {type(model).__name__}, not a keras.Model.")
     return model
 
 
-def check_fits(model, info, role):
-    """Raises ValueError if ``model``'s input or classes do not fit ``info``."""
-    in_shape = tuple(model.inputs[0].shape[1:])
-    if any(a is not None and a != b for a, b in zip(in_shape, info.input_shape)) or (
-        len(in_shape) != len(info.input_shape)
-    ):
+def check_fits(model, info, role, resize_ok=False):
+    """Raises ValueError if ``model``'s input or classes do not fit ``info``.
+
+    The input must have the images' rank and channels, and (unless
+    ``resize_ok``, when the images are resized for the model) their height and
+    width where the model fixes them; the output, ``info.num_classes`` classes.
+    """
+    in_shape, want = tuple(model.inputs[0].shape[1:]), tuple(info.input_shape)
+    resizable = resize_ok and len(want) == 3
+    clash = [i for i, (a, b) in enumerate(zip(in_shape, want)) if a is not None and a != b]
+    hw_only = len(in_shape) == len(want) == 3 and all(i < 2 for i in clash)
+    if len(in_shape) != len(want) or (clash and not (resizable and hw_only)):
+        if hw_only:
+            fix = f"use the dataset the {role} was trained on, or --image_size to resize the images."
+        else:
+            fix = (f"use a {role} that takes images of rank {len(want)} with {want[-1]} "
+                   "channel(s), or the dataset it was trained on (resizing changes height and "
+                   "width, never the channels).")
         raise ValueError(
             f"the {role} takes inputs of shape {in_shape}, but {info.name!r} has "
-            f"images of shape {tuple(info.input_shape)}. Fix: use the dataset the "
-            f"{role} was trained on, or --image_size to resize the images."
-        )
+            f"images of shape {want}. Fix: {fix}")
     classes = model.outputs[0].shape[-1]
     if classes != info.num_classes:
         raise ValueError(
@@ -59,28 +175,217 @@ def check_fits(model, info, role):
         )
 
 
-def load(path, info, flag="--teacher"):
-    """Loads a saved Keras classifier (``flag`` names it in errors) and checks it fits ``info``."""
+def load(path, info, flag="--teacher", resize_ok=False):
+    """Loads a saved classifier (:func:`load_model`; ``flag`` names it in errors) and
+    checks it fits ``info`` (:func:`check_fits`)."""
     model = load_model(path, flag)
-    check_fits(model, info, "teacher")
+    check_fits(model, info, "teacher", resize_ok)
     return model
 
 
-def logits_view(teacher, dtype="float32"):
-    """The frozen teacher's inference view: ``(view, recovered)``.
+def logits_view(teacher, dtype="float32", *, preprocessing=None, weights=None,
+                temperature=None, input_shape=None):
+    """The frozen teacher's (or ensemble's) inference view: ``(view, recovered)``.
 
-    ``view`` computes the teacher's logits in ``dtype`` (float32, bfloat16 or
-    float16: :func:`keras_kd.views.with_compute_dtype`, a copy for a reduced
-    dtype) and stops before a final softmax (:func:`keras_kd.views.logits_model`;
-    ``recovered`` is True then). The model it runs is frozen (``trainable =
-    False``); for float32 and a float32 teacher, that is ``teacher`` itself.
     The one place a teacher's view is built: the Distiller, the cache and the
-    job's checks call it. Call the view with ``training=False``.
+    job call it. Call the view with ``training=False``; it outputs logits.
+
+    ``teacher``: a model, or a list of models (an ensemble). Each member runs in
+    ``dtype`` (float32, bfloat16 or float16: :func:`keras_kd.views.with_compute_dtype`,
+    a copy for a reduced dtype), frozen (``trainable = False``), and stops
+    before a final softmax (:func:`keras_kd.views.logits_model`; ``recovered``
+    is True when any member's was). ``preprocessing``: a spec
+    (:func:`parse_preprocessing`) for all members, or a list of one per member.
+    ``weights``: None (equal) or one number ≥ 0 per member, normalised to sum
+    1 (a member of weight 0 is not run). ``input_shape``: the shape (without
+    the batch axis) of the batches the view reads, e.g. the student's; None:
+    the teacher's own.
+
+    - One model (or a one-member list), preprocessing ``"none"`` and batches of
+      its own size: today's view, bit for bit (no wrapper: for float32 and a
+      float32 teacher ending in logits, ``teacher`` itself).
+    - Otherwise a functional view ``input → [resize to the member's own height
+      and width] → [preprocessing] → member's logits``
+      (:func:`keras_kd.preprocessing.resize_images`: a no-op for a batch of its size;
+      image views then read any height and width).
+    - An ensemble of ``M ≥ 2`` members with logits ``t_i`` and weights ``w_i``:
+      the soft target is the weighted mean of the members' softened
+      probabilities (Hinton et al. 2015, §2), ``p = Σ_i w_i softmax(t_i / T)``,
+      returned as logits ``z = T · log p`` — computed in float32 as ``T ·
+      logsumexp_i(log w_i + log_softmax(t_i / T))`` (:class:`EnsembleLogits`),
+      so ``softmax(z / T) = p`` exactly in exact arithmetic. ``temperature``
+      (``T``, the Distiller's) is required.
 
     Raises:
-      ValueError: an unknown ``dtype``; a subclassed teacher with a reduced
-        ``dtype`` or ending in a softmax.
+      ValueError: not a model (or an empty list), an unknown ``dtype`` or
+        preprocessing, a wrong number of specs or weights, negative or all-zero
+        weights, an ensemble without ``temperature``, members that disagree on
+        classes or channels, a subclassed teacher with a reduced ``dtype`` or
+        ending in a softmax, or one that needs a wrapper and has no known input.
     """
-    runner = views.with_compute_dtype(teacher, dtype)
-    runner.trainable = False
-    return views.logits_model(runner, "teacher")
+    members = teacher_list(teacher)
+    specs, weights = check_teacher_settings(len(members), preprocessing, weights)
+    if len(members) > 1 and not (isinstance(temperature, (int, float)) and temperature > 0
+                                 and math.isfinite(temperature)):
+        raise ValueError(f"an ensemble of {len(members)} teachers needs the temperature T > 0 of "
+                         f"its soft targets, got {temperature!r}. Fix: pass temperature= (the "
+                         "Distiller's).")
+    specs = specs if isinstance(specs, tuple) else (specs,) * len(members)
+    weights = weights or (1.0 / len(members),) * len(members)
+    runs, recovered = [], False
+    for i, (member, spec, weight) in enumerate(zip(members, specs, weights)):
+        role = "teacher" if len(members) == 1 else f"teacher {i + 1} ({member.name!r})"
+        runner = views.with_compute_dtype(member, dtype)
+        runner.trainable = False
+        member.trainable = False
+        if i:
+            views.check_same_io(runner, members[0], (role, "teacher 1"))
+        if weight > 0:
+            view, found = views.logits_model(runner, role)
+            runs.append((runner, view, spec, weight))
+            recovered = recovered or found
+    if len(runs) == 1:
+        runner, view, spec, _ = runs[0]
+        own = views.static_io(runner)[0]
+        if spec == "none" and (input_shape is None or own is None
+                               or views.shapes_compatible(own, [tuple(input_shape)])):
+            return view, recovered
+    inputs = prep.any_size_input(runs[0][0])
+    outputs = [_member_graph(runner, view, spec, i)(inputs)
+               for i, (runner, view, spec, _) in enumerate(runs)]
+    if len(runs) > 1:
+        outputs = [EnsembleLogits([w for *_, w in runs], temperature)(outputs)]
+    name = members[0].name if len(members) == 1 else "teacher_ensemble"
+    wrapped = keras.Model(inputs, outputs[0], name=f"{name}_view")
+    wrapped.trainable = False
+    return wrapped, recovered
+
+
+# ---------------------------------------------------------------------------
+# Ensembles and wrapped views (logits_view's parts).
+
+
+def teacher_list(teacher):
+    """``teacher`` as a list of models: ``[teacher]``, or the list / tuple of an
+    ensemble. ValueError for anything else, or an empty list."""
+    members = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    if not members:
+        raise ValueError("teacher is an empty list. Fix: pass a keras.Model, or a list of "
+                         "them (an ensemble).")
+    for i, member in enumerate(members):
+        if not isinstance(member, keras.Model):
+            where = "teacher" if len(members) == 1 else f"teacher[{i}]"
+            raise ValueError(f"{where} must be a keras.Model, got {type(member).__name__}.")
+    return members
+
+
+def _check_weights(weights, n, name):
+    """``weights`` (one per teacher) normalised to sum 1, a tuple."""
+    if isinstance(weights, (int, float)) and not isinstance(weights, bool):
+        weights = [weights]
+    try:
+        values = [float(w) for w in weights]
+        if any(isinstance(w, (bool, str)) for w in weights):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a list of numbers, one per teacher, got "
+                         f"{weights!r}.") from None
+    if len(values) != n:
+        raise ValueError(f"{name} lists {len(values)} weight(s) for {n} teacher(s). Fix: one "
+                         "weight per teacher, in the teachers' order (or none: equal).")
+    if not all(math.isfinite(w) and w >= 0 for w in values):
+        raise ValueError(f"{name} must be finite numbers >= 0, got {values}. Fix: weigh each "
+                         "teacher by a non-negative number.")
+    total = math.fsum(values)
+    if total <= 0:
+        raise ValueError(f"{name} are all zero ({values}): no teacher would teach. Fix: give "
+                         "at least one teacher a weight > 0.")
+    return tuple(w / total for w in values)
+
+
+def check_teacher_settings(num_teachers, preprocessing=None, weights=None, prefix="", *,
+                           dtype="float32", features=False):
+    """``(preprocessing, weights)`` of ``num_teachers`` teachers, checked.
+
+    ``preprocessing``: one spec (for all) → its canonical string
+    (:func:`parse_preprocessing`); a list → a tuple of ``num_teachers``
+    canonical strings (a one-item list applies to all). ``weights``: None, or
+    ``num_teachers`` numbers ≥ 0, not all zero → a tuple normalised to sum 1.
+    ``features``: feature terms are asked for; they read one float32 teacher's
+    layers on the raw batch, so they are refused with a reduced ``dtype``
+    (the teacher's compute dtype), an ensemble or a preprocessing.
+    ValueErrors name ``{prefix}teacher_preprocessing``, ``{prefix}teacher_weights``,
+    ``{prefix}teacher_dtype`` and ``{prefix}features``.
+    """
+    if features and dtype != "float32":
+        raise ValueError(
+            f"{prefix}teacher_dtype={dtype!r} cannot be combined with {prefix}features "
+            "(feature terms): the feature views read the float32 teacher. Fix: drop "
+            f"{prefix}teacher_dtype, or {prefix}features.")
+    if features and num_teachers > 1:
+        raise ValueError(
+            f"{prefix}features (feature terms) read one teacher's layers; with an ensemble of "
+            f"{num_teachers} teachers there is no one teacher to read them from. Fix: drop "
+            f"{prefix}features, or distil from one teacher.")
+    if isinstance(preprocessing, (list, tuple)):
+        specs = tuple(prep.parse_preprocessing(s) for s in preprocessing)
+        if len(specs) not in (1, num_teachers):
+            raise ValueError(
+                f"{prefix}teacher_preprocessing lists {len(specs)} specs for {num_teachers} "
+                "teacher(s). Fix: one spec for all, or one per teacher, in their order.")
+        specs = specs if len(specs) > 1 else specs * num_teachers
+        preprocessing = specs[0] if num_teachers == 1 else specs
+    else:
+        preprocessing = prep.parse_preprocessing(preprocessing)
+    if features and set(preprocessing if isinstance(preprocessing, tuple)
+                        else [preprocessing]) != {"none"}:
+        raise ValueError(
+            f"{prefix}features (feature terms) read the teacher's layers on the raw batch, so "
+            f"they cannot be combined with {prefix}teacher_preprocessing={preprocessing!r}. "
+            "Fix: put the preprocessing inside the teacher (e.g. a Rescaling layer first) and "
+            f"drop {prefix}teacher_preprocessing, or drop {prefix}features.")
+    if weights is not None:
+        weights = _check_weights(weights, num_teachers, f"{prefix}teacher_weights")
+    return preprocessing, weights
+
+
+def _member_graph(runner, view, spec, index):
+    """One member's path: ``input → [resize to its size] → [preprocessing] → logits``."""
+    inputs = prep.any_size_input(runner)
+    x = inputs
+    resize = prep.resize_layer(runner)
+    if resize is not None:
+        x = resize(x)
+    layer = prep.preprocessing_layer(spec, inputs.shape[-1])
+    if layer is not None:
+        x = layer(x)
+    return keras.Model(inputs, view(x), name=f"member_{index}_{runner.name}")
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class EnsembleLogits(keras.layers.Layer):
+    """The ensemble's logits from its members' ``[t_1, ..., t_M]`` (each ``[B, N]``):
+    ``T · logsumexp_i(log w_i + log_softmax(t_i / T))`` in float32, i.e. ``T · log
+    Σ_i w_i softmax(t_i / T)`` (``member_weights`` sum to 1)."""
+
+    def __init__(self, member_weights, temperature, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.member_weights = [float(w) for w in member_weights]
+        self.temperature = float(temperature)
+
+    def call(self, logits):
+        t = self.temperature
+        log_p = tf.stack([tf.nn.log_softmax(tf.cast(z, tf.float32) / t, axis=-1)
+                          for z in logits])
+        log_w = tf.math.log(tf.constant(self.member_weights, tf.float32))[:, None, None]
+        return t * tf.reduce_logsumexp(log_w + log_p, axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "member_weights": self.member_weights,
+                "temperature": self.temperature}
+
+

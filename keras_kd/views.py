@@ -1,11 +1,14 @@
-"""Views of a model: its logits, a compute-dtype copy, its intermediate layers.
+"""Views of a model: its logits, a compute-dtype copy, its own input size, its layers.
 
 A *view* runs the layers and weights of the model it views (a dtype copy: the
 same weight values), so keras_kd reads what it needs without changing the
 user's model: :func:`logits_model` (the logits of a softmax-ending model),
 :func:`with_compute_dtype` (a bfloat16 / float16 copy for a frozen teacher's
 inference, or a float32 copy of a mixed-precision model for TFLite export),
-:func:`feature_tensor` (a named layer's output, for feature distillation).
+:func:`at_own_size` (an image model reading batches of any height and width,
+each resized to its own: :func:`resize_images`, bilinear, antialiased when
+shrinking), :func:`feature_tensor` (a named layer's output, for feature
+distillation).
 
 This is the **only** module of keras_kd that uses private Keras / TensorFlow
 APIs (``keras.src``, ``tensorflow.python``, underscored attributes); each use
@@ -95,23 +98,46 @@ def shapes_compatible(a, b):
     )
 
 
-def check_same_io(teacher, student):
+def _resizable(a, b):
+    """True when two models' lists of input shapes differ only in height / width:
+    one image input ``(H, W, C)`` each, with the same channels (where known)."""
+    return (len(a) == len(b) == 1 and len(a[0]) == len(b[0]) == 3
+            and shapes_compatible([a[0][2:]], [b[0][2:]]))
+
+
+def _show(shapes):
+    return shapes if len(shapes) > 1 else shapes[0]
+
+
+def check_same_io(teacher, student, roles=("teacher", "student")):
     """The number of classes (None if unknown) of two models that must read the
-    same batch and output as many logits (at least 2); else a ValueError."""
+    same batch and output as many logits (at least 2); else a ValueError.
+
+    Image models (one input ``[B, H, W, C]``) may differ in height and width:
+    each gets the batch at its own size (:func:`at_own_size`,
+    :func:`resize_images`). Channels, ranks and other inputs must agree.
+    ``roles`` name the two models in the errors.
+    """
+    a, b = roles
     t_in, t_classes = static_io(teacher)
     s_in, s_classes = static_io(student)
-    if t_in is not None and s_in is not None and not shapes_compatible(t_in, s_in):
+    if (t_in is not None and s_in is not None and not shapes_compatible(t_in, s_in)
+            and not _resizable(t_in, s_in)):
+        if len(t_in) == len(s_in) == 1 and len(t_in[0]) == len(s_in[0]) == 3:
+            raise ValueError(
+                f"{a} and {b} take images with different channels: {a} {t_in[0]}, {b} "
+                f"{s_in[0]}. Height and width may differ (each model gets the batch resized "
+                "to its own size), the channels cannot. Fix: build the models for the same "
+                "number of channels (e.g. grayscale vs RGB), or convert the images.")
         raise ValueError(
-            f"teacher and student take different inputs: teacher "
-            f"{t_in if len(t_in) > 1 else t_in[0]}, student "
-            f"{s_in if len(s_in) > 1 else s_in[0]}. Both must read the same "
-            "batch. Fix: build the student with the teacher's input shape "
-            "(or put a Resizing layer first in one of them).")
+            f"{a} and {b} take different inputs: {a} {_show(t_in)}, {b} {_show(s_in)}. Both "
+            "must read the same batch (images may differ in height and width only). Fix: "
+            f"build the {b} with the {a}'s input shape.")
     if t_classes is not None and s_classes is not None and t_classes != s_classes:
         raise ValueError(
-            "teacher and student disagree on the number of classes: the teacher outputs "
-            f"{t_classes} logits, the student {s_classes}. Fix: give the student a final "
-            "Dense(num_classes) matching the teacher's.")
+            f"{a} and {b} disagree on the number of classes: the {a} outputs "
+            f"{t_classes} logits, the {b} {s_classes}. Fix: give the {b} a final "
+            f"Dense(num_classes) matching the {a}'s.")
     classes = t_classes if t_classes is not None else s_classes
     if classes is not None and classes < 2:
         raise ValueError(
@@ -120,6 +146,7 @@ def check_same_io(teacher, student):
     return classes
 
 
+# ---------------------------------------------------------------------------
 # ---------------------------------------------------------------------------
 # The logits of a model that ends in a softmax.
 

@@ -615,6 +615,11 @@ def test_check_settings_names_the_flags_with_a_prefix():
     assert ok["distillation_loss"] is losses.kl_divergence
     assert ok["features"] == (keras_kd.features.Hint("a", "b"),)
     assert ok["teacher_dtype"] == "float32"
+    assert ok["teacher_preprocessing"] == "none" and ok["teacher_weights"] is None
+    two = check_settings(temperature=3, alpha=1, distillation_loss="kl", num_teachers=2,
+                         teacher_preprocessing=["Unit", None], teacher_weights=[3, 1])
+    assert two["teacher_preprocessing"] == ("unit", "none")
+    assert two["teacher_weights"] == (0.75, 0.25)
     base = dict(temperature=4.0, alpha=0.9, distillation_loss="kl", prefix="--")
     for change, match in [
         ({"temperature": 0}, r"^--temperature must be a finite number > 0, got 0\.0 "),
@@ -626,6 +631,12 @@ def test_check_settings_names_the_flags_with_a_prefix():
          r"--teacher_dtype, or --features\."),
         ({"distillation_loss": "kld"}, "Valid names"),
         ({"features": "hint:a"}, "bad layer pair"),
+        ({"num_teachers": 2, "teacher_weights": [1]},
+         r"^--teacher_weights lists 1 weight\(s\) for 2 teacher\(s\)"),
+        ({"teacher_weights": [-1]}, r"^--teacher_weights must be finite numbers >= 0"),
+        ({"num_teachers": 2, "teacher_preprocessing": ["unit"] * 3},
+         r"^--teacher_preprocessing lists 3 specs for 2"),
+        ({"teacher_preprocessing": "imagenet"}, "unknown teacher preprocessing 'imagenet'"),
     ]:
         with pytest.raises(ValueError, match=match):
             check_settings(**{**base, **change})

@@ -122,9 +122,9 @@ def test_distiller_builds_its_teacher_view_through_teachers_logits_view(data, mo
     calls = []
     real = teachers.logits_view
 
-    def spy(teacher, dtype="float32"):
+    def spy(teacher, dtype="float32", **kwargs):
         calls.append((teacher.name, dtype))
-        return real(teacher, dtype)
+        return real(teacher, dtype, **kwargs)
 
     monkeypatch.setattr(teachers, "logits_view", spy)
     keras_kd.Distiller(mlp(8, "t", 1), mlp(4, "s", 2), teacher_dtype="bfloat16")

@@ -1,0 +1,164 @@
+"""Teacher diagnostics: is this teacher worth distilling, and are its soft targets soft?
+
+    d = diagnostics.diagnose(teacher, val_ds, temperature=4.0, preprocessing="unit")
+    print(diagnostics.describe(d))           # also keras_kd.diagnose
+    notes = diagnostics.check(d)             # warnings; raises TeacherError near chance
+
+The job runs them on every teacher (and the ensemble) before any student
+trains; BUILD_NOTES.md ("Teachers") has the measurements behind the thresholds.
+"""
+
+import math
+
+import keras
+import numpy as np
+
+from keras_kd import losses, views
+from keras_kd import preprocessing as prep
+
+__all__ = ["diagnose", "describe", "check", "TeacherError", "ONE_HOT_TOP1", "FLAT_LOGIT_STD"]
+
+
+
+
+def _log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _figures(logits, labels, temperature):
+    """The figures of :func:`diagnose` from float32 logits (n, N) and labels (n,)."""
+    z = np.asarray(logits, np.float32).astype(np.float64)
+    n, classes = z.shape
+    if not np.isfinite(z).all():
+        bad = int((~np.isfinite(z).all(axis=1)).sum())
+        raise ValueError(f"the teacher's logits are NaN or infinite on {bad} of {n} "
+                         "examples. Fix: check the teacher and its preprocessing.")
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == classes:  # one-hot
+        labels = labels.argmax(axis=1)
+    labels = labels.reshape(-1).astype(np.int64)
+    if labels.shape[0] != n or labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(f"the labels do not fit the teacher's {classes} classes "
+                         f"({labels.shape[0]} labels for {n} examples, range "
+                         f"{labels.min()}..{labels.max()}).")
+    correct = z.argmax(axis=1) == labels
+    confidence = np.exp(_log_softmax(z)).max(axis=1)
+    bins = np.clip(np.searchsorted(np.linspace(0.0, 1.0, 16), confidence) - 1, 0, 14)
+    ece = sum(np.mean(bins == b) * abs(correct[bins == b].mean() - confidence[bins == b].mean())
+              for b in range(15) if np.any(bins == b))
+    log_p = _log_softmax(z / temperature)
+    p = np.exp(log_p)
+    return {
+        "accuracy": float(correct.mean()),
+        "errors": int(n - correct.sum()),
+        "examples": int(n),
+        "num_classes": int(classes),
+        "chance": 1.0 / classes,
+        "ece": float(ece),
+        "top1_probability": float(p.max(axis=1).mean()),
+        "entropy": float(-(p * log_p).sum(axis=1).mean()),
+        "max_entropy": math.log(classes),
+        "logit_std": float(z.std(axis=1).mean()),
+        "temperature": float(temperature),
+        # rows that are distributions: a softmax keras_kd could not cut
+        "outputs_probabilities": bool((z >= 0).all() and np.abs(z.sum(axis=1) - 1).max() < 1e-3),
+    }
+
+
+def diagnose(teacher, dataset, temperature=4.0, preprocessing=None):
+    """How good the teacher is and how soft its targets are, on ``dataset``.
+
+    ``teacher``: a model (one ending in a softmax is read through
+    :func:`keras_kd.views.logits_model`); ``dataset`` yields ``(images, labels)``
+    batches of raw images, each given :func:`keras_kd.preprocessing.preprocess`
+    with ``preprocessing`` and then the teacher (``training=False``). From the float32 logits z (in
+    float64), over the n examples and N classes:
+
+    - accuracy, errors, examples (n), num_classes (N), chance = 1/N;
+    - ece: expected calibration error of softmax(z) (T = 1), 15 equal-width
+      confidence bins (lo, hi]: Σ_b n_b/n · |accuracy_b − mean confidence_b|;
+    - top1_probability: mean of max softmax(z/T); entropy: mean of
+      −Σ p log p of softmax(z/T) in nats, of at most max_entropy = log N;
+    - logit_std: mean over examples of the (population) std of z across classes;
+    - temperature: T.
+
+    ValueError for a bad temperature, an empty dataset, non-finite logits, or
+    labels outside the teacher's classes.
+    """
+    temperature = losses.check_temperature(temperature)
+    spec = prep.parse_preprocessing(preprocessing)
+    view, _ = views.logits_model(teacher, "teacher")
+    logits, labels = [], []
+    for batch in dataset:
+        z = view(prep.preprocess(batch[0], spec), training=False)
+        logits.append(keras.ops.convert_to_numpy(z).astype(np.float32))
+        labels.append(keras.ops.convert_to_numpy(batch[1]))
+    if not logits:
+        raise ValueError("the dataset to diagnose the teacher on is empty.")
+    return _figures(np.concatenate(logits), np.concatenate(labels), temperature)
+
+
+def describe(d, name="teacher"):
+    """One line for the log from a :func:`diagnose` dict, e.g. ``teacher: val accuracy
+    98.00% (chance 10.00%), ECE 0.012, soft targets at T=4: top-1 probability 0.62,
+    entropy 1.05 of 2.30 nats, logit std 4.1``."""
+    return (f"{name}: val accuracy {100 * d['accuracy']:.2f}% (chance {100 * d['chance']:.2f}%), "
+            f"ECE {d['ece']:.3f}, soft targets at T={d['temperature']:g}: top-1 probability "
+            f"{d['top1_probability']:.2f}, entropy {d['entropy']:.2f} of "
+            f"{d['max_entropy']:.2f} nats, logit std {d['logit_std']:.1f}")
+
+
+#: Soft targets whose mean top-1 probability at T reaches this are nearly
+#: one-hot: no dark knowledge. Measured on mnist5k (BUILD_NOTES.md, "Teachers"):
+#: a 0-1 teacher fed raw pixels stays >= 0.995 even at T = 8, while well-fed
+#: teachers were at most 0.91 at T = 2.
+ONE_HOT_TOP1 = 0.98
+#: Logits this flat (mean std across classes) look like probabilities: the
+#: model applies a softmax keras_kd could not cut (measured: 0.25 for such a
+#: SavedModel, 3.7-6.4 for logits).
+FLAT_LOGIT_STD = 0.5
+
+
+class TeacherError(ValueError):
+    """A teacher that cannot be right for this data: the run stops before any student trains."""
+
+
+def check(d, min_accuracy=None, name="teacher"):
+    """The warnings a :func:`diagnose` dict calls for; raises :class:`TeacherError` when
+    the teacher's accuracy is below ``min_accuracy``, by default twice chance (2 / N),
+    but at most halfway from chance to 100 % (so 75 % for two classes, not 100 %)."""
+    chance = d["chance"]
+    floor = min(2 * chance, (1 + chance) / 2) if min_accuracy is None else min_accuracy
+    if d["accuracy"] < floor:
+        raise TeacherError(
+            f"the {name} scores {100 * d['accuracy']:.2f}% on the validation split (chance "
+            f"{100 * d['chance']:.2f}%, the bar {100 * floor:.2f}%), so it cannot teach this "
+            "data; no student was trained. Likely causes: the teacher expects other input "
+            "scaling (--teacher_preprocessing: unit, tf, torch, caffe or scale=S,offset=O), "
+            "its classes are in another order than the dataset's (sorted folder names for "
+            "folder: data), or it was trained on other data. Fix the cause, or pass "
+            "--min_teacher_accuracy to accept it.")
+    if d.get("outputs_probabilities"):
+        raise TeacherError(
+            f"the {name} outputs probabilities, not logits: on every validation image its "
+            "outputs are non-negative and sum to 1 (a softmax keras_kd could not cut off, e.g. "
+            "inside a Lambda layer or a SavedModel). Distilling them as logits would soften "
+            "nothing. Fix: give keras_kd the model without its final softmax (a model whose "
+            "last layer is a Softmax or Dense(activation='softmax') is cut by keras_kd itself), "
+            "e.g. re-export the SavedModel from the layer before the softmax.")
+    notes = []
+    t = d["temperature"]
+    if d["top1_probability"] >= ONE_HOT_TOP1:
+        notes.append(
+            f"the {name}'s soft targets at T={t:g} are nearly one-hot (mean top-1 probability "
+            f"{d['top1_probability']:.3f}, logit std {d['logit_std']:.3g}): they carry almost "
+            "no dark knowledge. If the teacher was trained on scaled inputs, pass "
+            "--teacher_preprocessing (e.g. unit for 0-1); otherwise raise --temperature.")
+    if d["logit_std"] < FLAT_LOGIT_STD:
+        notes.append(
+            f"the {name}'s outputs are nearly flat (logit std {d['logit_std']:.3g}, soft-target "
+            f"entropy {d['entropy']:.2f} of {d['max_entropy']:.2f} nats): its soft targets are "
+            "close to uniform. Check that the model outputs logits (not probabilities) and "
+            "that --temperature is not too high.")
+    return notes
