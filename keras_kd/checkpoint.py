@@ -202,7 +202,7 @@ class RunFolder:
 
         Returns the full history (all epochs, also across restarts).
         """
-        callbacks = []
+        callbacks, start = [], 0
         history_path = self.path and self._file(phase, "_history.csv")
         if self.path:
             _io.ensure_dir(os.path.dirname(history_path))
@@ -212,11 +212,16 @@ class RunFolder:
             if self.chief:
                 callbacks.append(keras.callbacks.CSVLogger(history_path, append=True))
             # Kept until the phase's result is saved (mark_done / drop_backup).
-            callbacks.append(AtomicBackupAndRestore(
-                self._file(phase, "_backup"), delete_on_end=False, chief=self.chief))
+            backup = AtomicBackupAndRestore(self._file(phase, "_backup"), delete_on_end=False,
+                                            chief=self.chief)
+            callbacks.append(backup)
+            start = backup.latest_epoch()
+        steps = None
+        if hasattr(dataset, "batches"):  # keras_kd.epochs.Epochs: resume at the epoch itself
+            dataset, steps = dataset.batches(min(start, epochs - 1), epochs), dataset.steps
         history = distribute.fit(
             model, dataset, epochs=epochs, verbose=verbose, shuffle=False,
-            callbacks=callbacks, validation_data=validation_data,
+            callbacks=callbacks, validation_data=validation_data, steps_per_epoch=steps,
         ).history
         if self.path and self.chief:
             history = read_history(history_path)
@@ -290,6 +295,11 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
                 f"Fix: delete {self.backup_dir!r} to restart this phase from "
                 "scratch."
             ) from err
+
+    def latest_epoch(self):
+        """How many epochs the last backup holds (0: none): where a rerun resumes."""
+        latest = self._latest()
+        return 0 if latest is None else latest[1]
 
     def on_train_begin(self, logs=None):
         latest = self._latest()

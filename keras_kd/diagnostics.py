@@ -16,7 +16,7 @@ import numpy as np
 from keras_kd import losses, views
 from keras_kd import preprocessing as prep
 
-__all__ = ["diagnose", "describe", "check", "TeacherError", "ONE_HOT_TOP1", "FLAT_LOGIT_STD"]
+__all__ = ["diagnose", "describe", "check", "check_bar", "TeacherError", "ONE_HOT_TOP1", "FLAT_LOGIT_STD"]
 
 
 
@@ -26,7 +26,7 @@ def _log_softmax(z):
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def _figures(logits, labels, temperature):
+def _figures(logits, labels, temperature, calibration_temperature=1.0):
     """The figures of :func:`diagnose` from float32 logits (n, N) and labels (n,)."""
     z = np.asarray(logits, np.float32).astype(np.float64)
     n, classes = z.shape
@@ -43,7 +43,7 @@ def _figures(logits, labels, temperature):
                          f"({labels.shape[0]} labels for {n} examples, range "
                          f"{labels.min()}..{labels.max()}).")
     correct = z.argmax(axis=1) == labels
-    confidence = np.exp(_log_softmax(z)).max(axis=1)
+    confidence = np.exp(_log_softmax(z / calibration_temperature)).max(axis=1)
     bins = np.clip(np.searchsorted(np.linspace(0.0, 1.0, 16), confidence) - 1, 0, 14)
     ece = sum(np.mean(bins == b) * abs(correct[bins == b].mean() - confidence[bins == b].mean())
               for b in range(15) if np.any(bins == b))
@@ -66,7 +66,7 @@ def _figures(logits, labels, temperature):
     }
 
 
-def diagnose(teacher, dataset, temperature=4.0, preprocessing=None):
+def diagnose(teacher, dataset, temperature=4.0, preprocessing=None, calibration_temperature=1.0):
     """How good the teacher is and how soft its targets are, on ``dataset``.
 
     ``teacher``: a model (one ending in a softmax is read through
@@ -96,7 +96,8 @@ def diagnose(teacher, dataset, temperature=4.0, preprocessing=None):
         labels.append(keras.ops.convert_to_numpy(batch[1]))
     if not logits:
         raise ValueError("the dataset to diagnose the teacher on is empty.")
-    return _figures(np.concatenate(logits), np.concatenate(labels), temperature)
+    return _figures(np.concatenate(logits), np.concatenate(labels), temperature,
+                    calibration_temperature)
 
 
 def describe(d, name="teacher"):
@@ -124,20 +125,31 @@ class TeacherError(ValueError):
     """A teacher that cannot be right for this data: the run stops before any student trains."""
 
 
-def check(d, min_accuracy=None, name="teacher"):
+def check_bar(min_accuracy, name="min_teacher_accuracy"):
+    """``min_accuracy`` checked: None (the default bar) or a fraction in [0, 1]."""
+    if min_accuracy is not None and not 0 <= min_accuracy <= 1:
+        raise ValueError(f"{name} must be a fraction in [0, 1], got {min_accuracy}.")
+    return min_accuracy
+
+
+def check(d, min_accuracy=None, name="teacher", trained=False):
     """The warnings a :func:`diagnose` dict calls for; raises :class:`TeacherError` when
     the teacher's accuracy is below ``min_accuracy``, by default twice chance (2 / N),
-    but at most halfway from chance to 100 % (so 75 % for two classes, not 100 %)."""
+    but at most halfway from chance to 100 % (so 75 % for two classes, not 100 %).
+    ``trained``: the teacher was trained in this run (other likely causes)."""
     chance = d["chance"]
-    floor = min(2 * chance, (1 + chance) / 2) if min_accuracy is None else min_accuracy
+    floor = min(2 * chance, (1 + chance) / 2) if check_bar(min_accuracy) is None else min_accuracy
     if d["accuracy"] < floor:
+        causes = ("it trained too little or diverged (--teacher_epochs, --learning_rate, "
+                  "--teacher_arch)" if trained else
+                  "the teacher expects other input scaling (--teacher_preprocessing: unit, tf, "
+                  "torch, caffe or scale=S,offset=O), its classes are in another order than "
+                  "the dataset's (sorted folder names for folder: data), or it was trained on "
+                  "other data")
         raise TeacherError(
             f"the {name} scores {100 * d['accuracy']:.2f}% on the validation split (chance "
             f"{100 * d['chance']:.2f}%, the bar {100 * floor:.2f}%), so it cannot teach this "
-            "data; no student was trained. Likely causes: the teacher expects other input "
-            "scaling (--teacher_preprocessing: unit, tf, torch, caffe or scale=S,offset=O), "
-            "its classes are in another order than the dataset's (sorted folder names for "
-            "folder: data), or it was trained on other data. Fix the cause, or pass "
+            f"data; no student was trained. Likely causes: {causes}. Fix the cause, or pass "
             "--min_teacher_accuracy to accept it.")
     if d.get("outputs_probabilities"):
         raise TeacherError(
@@ -153,8 +165,9 @@ def check(d, min_accuracy=None, name="teacher"):
         notes.append(
             f"the {name}'s soft targets at T={t:g} are nearly one-hot (mean top-1 probability "
             f"{d['top1_probability']:.3f}, logit std {d['logit_std']:.3g}): they carry almost "
-            "no dark knowledge. If the teacher was trained on scaled inputs, pass "
-            "--teacher_preprocessing (e.g. unit for 0-1); otherwise raise --temperature.")
+            + ("no dark knowledge. Fix: raise --temperature." if trained else
+               "no dark knowledge. If the teacher was trained on scaled inputs, pass "
+               "--teacher_preprocessing (e.g. unit for 0-1); otherwise raise --temperature."))
     if d["logit_std"] < FLAT_LOGIT_STD:
         notes.append(
             f"the {name}'s outputs are nearly flat (logit std {d['logit_std']:.3g}, soft-target "

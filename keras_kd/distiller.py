@@ -14,9 +14,8 @@ divided by its size — so a ``tf.distribute`` strategy with any number of
 replicas computes the same gradient as one device. README.md ("In a
 notebook") has an example and the Distiller's guarantees.
 
-Models ending in a softmax are distilled from their pre-softmax output, through
-a logits view that shares their weights (:func:`keras_kd.views.logits_model`);
-the student itself is unchanged (it still outputs probabilities when saved).
+Models ending in a softmax are distilled from their pre-softmax output
+(:func:`keras_kd.views.logits_model`); the student itself is left unchanged.
 """
 
 import warnings
@@ -342,7 +341,8 @@ class Distiller(keras.Model):
         local = tf.cast(tf.shape(total)[0], tf.float32)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         mean = tf.math.divide_no_nan(tf.reduce_sum(self._weighted(total, sw)), local)
-        self._loss_tracker.update_state(mean + regularization * replicas, sample_weight=local)
+        tracker = views.loss_tracker(self)
+        tracker.update_state(mean + regularization * replicas, sample_weight=local)
         if with_teacher is not None:
             distill, feature_losses, teacher_logits, student_logits = with_teacher
             self.distillation_loss_tracker.update_state(self._weighted(distill, sw))
@@ -358,7 +358,7 @@ class Distiller(keras.Model):
         if y is not None:
             self.compute_metrics(x, y, student_logits, sample_weight=sample_weight)
         else:
-            skip += [self.student_loss_tracker, self._compile_metrics]
+            skip += [self.student_loss_tracker, views.compile_metrics(self)]
         if not with_teacher:
             skip += [self.distillation_loss_tracker, self.teacher_agreement_tracker]
             skip += self._feature_trackers()
@@ -375,7 +375,7 @@ class Distiller(keras.Model):
         logs = {}
         for metric in self.metrics:
             if any(metric is m for m in skip) or (
-                metric is self._compile_metrics and not getattr(metric, "built", True)
+                metric is views.compile_metrics(self) and not getattr(metric, "built", True)
             ):
                 continue
             result = metric.result()

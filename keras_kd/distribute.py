@@ -389,7 +389,7 @@ def _read_logs(model):
 
 
 def fit_loop(model, dataset, *, epochs=1, callbacks=None, verbose=1,
-             validation_data=None, shuffle=None, initial_epoch=0):
+             validation_data=None, shuffle=None, initial_epoch=0, steps_per_epoch=None):
     """A ``fit`` for strategies where Keras's own fails (multi-worker).
 
     Keras 3.15's ``Model.fit`` raises under ``MultiWorkerMirroredStrategy``
@@ -426,16 +426,19 @@ def fit_loop(model, dataset, *, epochs=1, callbacks=None, verbose=1,
     if not isinstance(callbacks, keras.callbacks.CallbackList):
         callbacks = keras.callbacks.CallbackList(
             callbacks, add_history=True, add_progbar=verbose != 0,
-            verbose=verbose, epochs=epochs, steps=None, model=model,
+            verbose=verbose, epochs=epochs, steps=steps_per_epoch, model=model,
         )
     model.stop_training = False
     callbacks.on_train_begin()
     start = views.initial_epoch(model) or initial_epoch
     logs = {}
+    # With steps_per_epoch, one iterator runs through every epoch (as Keras's fit does).
+    iterator = iter(distributed) if steps_per_epoch else None
     for epoch in range(start, epochs):
         model.reset_metrics()
         callbacks.on_epoch_begin(epoch)
-        for step, batch in enumerate(distributed):
+        batches = (next(iterator) for _ in range(steps_per_epoch)) if iterator else distributed
+        for step, batch in enumerate(batches):
             callbacks.on_train_batch_begin(step)
             train_step(batch)
             # Reading the metrics all-reduces them across the workers and

@@ -66,12 +66,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_kd import _io, views
+from keras_kd import _io, data, models, teachers, views
 from keras_kd._version import __version__
 
 __all__ = ["QUANTIZATIONS", "AUTO_ORDER", "AUTO_MIN_AGREEMENT", "REPRESENTATIVE_LIMIT",
            "AgreementError", "RuntimeCheckError", "check_settings", "to_tflite", "verify",
-           "export_verified", "read_metadata", "labels_path", "metadata_path"]
+           "export_verified", "read_metadata", "labels_path", "metadata_path", "summary",
+           "export_saved_model"]
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 # quantization="auto" tries these in order, smallest and fastest first (export_verified).
@@ -608,3 +609,50 @@ def export_verified(model, path, validation_data, *, quantization="auto",
         return figures
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def summary(path, figures):
+    """One line on an exported file: mode, size, agreement, accuracy, latency."""
+    head = (f"export: {os.path.basename(path)} ({figures['quantization']}, "
+            f"{figures['size_bytes'] / 1024:.1f} KiB)")
+    if "agreement" not in figures:
+        return head + ": not verified (Flex ops)."
+    return (
+        f"{head}: agrees with the Keras model on {100 * figures['agreement']:.2f}% of "
+        f"{figures['examples']} validation images, accuracy "
+        f"{100 * figures['accuracy']:.2f}%, max |Δ| {figures['max_abs_diff']:.3g}, "
+        f"{figures['latency_ms_median']:.3f} ms/image "
+        f"({figures['num_threads']} thread{'s' if figures['num_threads'] != 1 else ''})"
+    )
+
+
+def export_saved_model(model_path, *, dataset, data_dir=None, image_size=None,
+                       output=None, quantization="auto", min_agreement=None,
+                       probabilities=False, allow_flex=False, int8_io=False, log=print):
+    """``keras-kd export``: a saved Keras classifier → a verified ``.tflite``.
+
+    Loads ``model_path`` (:func:`keras_kd.teachers.load_model`: .keras, .h5 or a
+    SavedModel folder) and ``dataset`` (:func:`keras_kd.data.load`), then
+    :func:`export_verified`: the validation split checks the file, the first
+    :data:`REPRESENTATIVE_LIMIT` training images calibrate int8, the class names
+    come from the dataset. ``output`` defaults to ``model_path`` with
+    ``.tflite``. Returns :func:`verify`'s figures plus ``path``.
+    """
+    check_settings(quantization, min_agreement, int8_io, flag="--quantization")
+    output = output or os.path.splitext(os.path.normpath(model_path))[0] + ".tflite"
+    if not output.endswith(".tflite"):
+        raise ValueError(f"--output must end in .tflite, got {output!r}.")
+    _io.ensure_dir(os.path.dirname(os.path.abspath(output)), f"the folder of --output={output!r}")
+    model = teachers.load_model(model_path, "--model")
+    train, val, info = data.load(dataset, batch_size=64, seed=0, data_dir=data_dir,
+                                 image_size=image_size)
+    teachers.check_fits(model, info, "model")
+    log(f"export: {model_path} ({models.count_params(model):,} params) on {info.name}, "
+        f"quantization {quantization}")
+    figures = export_verified(
+        model, output, val, quantization=quantization, representative_data=train,
+        min_agreement=min_agreement, probabilities=probabilities, allow_flex=allow_flex,
+        int8_io=int8_io, class_names=info.class_names, log=log)
+    log(summary(output, figures))
+    log(f"wrote {output}, {metadata_path(output)}, {labels_path(output)}")
+    return {**figures, "path": output}

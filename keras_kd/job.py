@@ -2,12 +2,14 @@
 
 ``run(JobConfig(...))`` runs, in order::
 
-    start      the strategy, the run folder (resume protocol), the data and its augmentation
+    start      the strategy, the run folder (resume protocol), the data, its stream
     teacher    load --teacher, or a finished phase, or train one (several: an ensemble)
     check      diagnose the teacher(s) on the validation split; stop if it cannot be right
+    tune       (--tune) T and/or alpha chosen on a slice held out of the training split
     baseline   the student architecture on the labels alone
-    distil     the same architecture, from the same initial weights, taught by the teacher
-    evaluate   the three models on the validation split
+    distil     the same architecture, from the same initial weights, on the same batches,
+               taught by the teacher (baseline + distil: one pair; --repeats: several)
+    evaluate   the models on the validation split
     export     student.tflite, quantized and verified with LiteRT
     report     metrics.json and report.md
 
@@ -21,6 +23,7 @@ ordered training split.
 """
 
 import dataclasses
+import itertools
 import os
 import time
 import warnings
@@ -38,6 +41,7 @@ from keras_kd import (
     diagnostics,
     distiller,
     distribute,
+    epochs,
     errors,
     export,
     models,
@@ -45,12 +49,12 @@ from keras_kd import (
     report,
     teachers,
 )
-from keras_kd.config import JobConfig, make_optimizer
+from keras_kd.config import TUNE_GRID, JobConfig, make_optimizer
 
 __all__ = ["JobConfig", "Run", "run", "start", "train_teachers", "check_teachers", "teacher_view",
-           "teacher_names", "train_baseline", "distil",
-           "cached_logits", "load_data", "evaluate", "export_student", "write_report",
-           "export_saved_model", "open_folder",
+           "teacher_names", "tune", "train_baseline", "distil", "train_pair",
+           "cached_logits", "load_data", "stream", "evaluate", "export_student", "write_report",
+           "open_folder",
            "new_student", "predictions", "as_user_error", "teacher_augment"]
 
 # --------------------------------------------------------------------------
@@ -67,20 +71,35 @@ class Run:
     log: object
     strategy: object
     jit: bool
-    train: object = None  # raw (un-augmented) training batches
+    examples: object = None  # the training split, unbatched, in a fixed order
     val: object = None
     info: object = None
-    student_train: object = None  # training batches augmented for the students
-    teacher_train: object = None  # ... and for the teacher
     timings: dict = dataclasses.field(default_factory=dict)
+    trained: list = dataclasses.field(default_factory=list)  # teacher names trained here
+    student_archs: list = None  # the students --features must fit (a sweep's several)
 
 
 def load_data(config):
-    """``(raw training batches, batches augmented with config.augment, validation, info)``."""
-    train, val, info = data.load(config.dataset, batch_size=config.batch_size, seed=config.seed,
-                                 data_dir=config.data_dir, image_size=config.image_size)
-    return train, augment.apply(train, config.augment, info.input_shape, seed=config.seed,
-                                num_classes=info.num_classes), val, info
+    """``(the training split unbatched in a fixed order, validation batches, info)``."""
+    train, val, info = data.load_unbatched(config.dataset, data_dir=config.data_dir,
+                                           image_size=config.image_size)
+    return train, data.batched(val, config.batch_size), info
+
+
+def stream(run, config=None, augment=None, examples=None):
+    """The training batches of ``config`` (:class:`keras_kd.epochs.Epochs`): epoch ``e`` a
+    function of ``(seed, e)``, so every model of a run (teacher, baseline, distilled
+    student, a sweep's trials) sees the same batches in the same order with the same
+    views, and a resumed phase reads what the unbroken one would have.
+
+    ``augment``: a policy instead of ``config.augment``; ``examples``: other unbatched
+    elements in the order of ``run.examples`` (e.g. with the teacher cache's logits)."""
+    config = config or run.config
+    return epochs.Epochs(
+        run.examples if examples is None else examples, num_examples=run.info.num_train,
+        batch_size=config.batch_size, seed=config.seed,
+        augment=config.augment if augment is None else augment,
+        input_shape=run.info.input_shape, num_classes=run.info.num_classes)
 
 
 def teacher_augment(config):
@@ -93,10 +112,14 @@ def start(config, log, strategy, folder):
     keras.utils.set_random_seed(config.seed)
     jit, note = distribute.resolve_jit_compile(config.jit_compile, strategy)
     run = Run(config, folder, log, strategy, jit)
-    run.train, run.student_train, run.val, info = load_data(config)
+    run.examples, run.val, info = load_data(config)
     run.info = info
-    run.teacher_train = augment.apply(run.train, teacher_augment(config), info.input_shape,
-                                      seed=config.seed, num_classes=info.num_classes)
+    if config.budget or config.patient:
+        run.config = config.effective(stream(run).steps)
+        run.log(f"students: {run.config.epochs} epochs"
+                + (f" (--budget={config.budget} steps)" if config.budget else "")
+                + (f"; --patient: alpha=1, --augment={run.config.augment}" if config.patient
+                   else ""))
     log(f"data: {info.name}: {info.num_train} train / {info.num_validation} validation "
         f"images of {tuple(info.input_shape)}, {info.num_classes} classes")
     if config.teacher_cache:  # before the teacher trains: a bad top_k or folder
@@ -108,24 +131,32 @@ def start(config, log, strategy, folder):
     return run
 
 
-def _compile_on_labels(model, config, jit, augment_spec):
+def optimizer(config, train, epochs):
+    """A fresh optimizer of ``config`` (its schedule spans ``epochs`` of ``train``)."""
+    return make_optimizer(config.optimizer, config.learning_rate, config.lr_schedule,
+                          epochs * train.steps)
+
+
+def _compile_on_labels(model, config, jit, train, epochs):
     """Compiles a model trained on labels alone (sparse ids, or mixed one-hot)."""
     loss = (keras.losses.CategoricalCrossentropy(from_logits=True)
-            if augment.mixes_labels(augment_spec)
+            if augment.mixes_labels(train.augment)
             else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate), loss=loss,
+    model.compile(optimizer=optimizer(config, train, epochs), loss=loss,
                   metrics=["accuracy"], jit_compile=jit)
 
 
-def _check_features(run, teacher):
-    """--features checked on the teacher and a fresh student before anything trains."""
-    if run.config.features:
-        student = models.build(run.config.student_arch, run.info.input_shape,
-                               run.info.num_classes, name="student")
+def check_features(run, teacher):
+    """--features checked on the teacher and a fresh student of each student
+    architecture (``run.student_archs``) before anything trains."""
+    config = run.config
+    for arch in (run.student_archs or [config.student_arch]) if config.features else []:
+        student = models.build(arch, run.info.input_shape, run.info.num_classes,
+                               name="student")
         trainable = teacher.trainable  # the Distiller freezes it; it may still train
         try:
-            distiller.Distiller(teacher, student, features=run.config.features,
-                                teacher_dtype=run.config.teacher_dtype)
+            distiller.Distiller(teacher, student, features=config.features,
+                                teacher_dtype=config.teacher_dtype)
         finally:
             teacher.trainable = trainable
 
@@ -141,12 +172,13 @@ def _train_teacher(run, arch, name, seed, train):
     size = config.teacher_image_size
     shape = (*size, info.input_shape[-1]) if size else info.input_shape
     teacher = models.build(arch, shape, info.num_classes, name=name, seed=seed)
-    _check_features(run, teacher)  # before hours of training
-    _compile_on_labels(teacher, config, run.jit, teacher_augment(config))
+    check_features(run, teacher)  # before hours of training
+    train = stream(run, augment=teacher_augment(config)) if train is None else train
+    _compile_on_labels(teacher, config, run.jit, train, config.teacher_epochs)
     run.log(f"{name}: training {arch} for {config.teacher_epochs} epochs")
-    train = run.teacher_train if train is None else train
-    if size and tuple(size) != tuple(info.input_shape[:2]):
-        train = train.map(lambda x, *rest: (preprocessing.resize_images(x, size), *rest))
+    if size and tuple(size) != tuple(info.input_shape[:2]):  # each image at the teacher's size
+        train = train.replace(input_shape=shape, examples=train.examples.map(
+            lambda x, *rest: (preprocessing.resize_images(x[None], size)[0], *rest)))
     run.folder.fit(teacher, train, name, config.teacher_epochs, config.verbose)
     run.folder.mark_done(name, teacher)
     return teacher
@@ -163,15 +195,16 @@ def train_teachers(run, train=None):
     for i, name in enumerate(teacher_names(config)):
         path = paths[i] if paths else run.folder.finished(name)
         if path:
-            member = teachers.load(path, run.info, "--teacher" if paths else "--checkpoint_dir",
+            member = teachers.load(path, run.info, "--teacher" if paths else run.folder.flag,
                                    resize_ok=True)
             run.log(f"{name}: loaded {path}")
-            _check_features(run, member)
+            check_features(run, member)
         else:
             member = _train_teacher(run, archs[i], name, config.seed + 100 * i, train)
-        out = os.path.join(run.folder.out, f"{name}.keras")
-        if run.folder.finished(name) != out and not (path and os.path.isdir(path)):
-            _io.save_model(member, out)
+        if not paths:
+            run.trained.append(name)
+        if not (path and os.path.isdir(path)):  # (a SavedModel folder is kept where it is)
+            _io.save_model(member, os.path.join(run.folder.out, f"{name}.keras"))
         members.append(member)
     run.timings["teacher_s"] = time.perf_counter() - t0
     return members
@@ -196,16 +229,61 @@ def check_teachers(run, members):
                                     input_shape=run.info.input_shape)[0]
         found.append({"model": name, "preprocessing": spec,
                       **diagnostics.diagnose(view, run.val, config.temperature)})
-    if len(members) > 1:
-        found.append({"model": "ensemble",
-                      **diagnostics.diagnose(teacher_view(run, members), run.val,
-                                          config.temperature)})
+    if len(members) > 1:  # its calibration: of its soft targets (the members' mean at T)
+        found.append({"model": "ensemble", **diagnostics.diagnose(
+            teacher_view(run, members), run.val, config.temperature,
+            calibration_temperature=config.temperature)})
+    notes = []
     for row in found:
         run.log(diagnostics.describe(row, row["model"]))
-    notes = diagnostics.check(found[-1], config.min_teacher_accuracy)
+        notes += diagnostics.check(row, config.min_teacher_accuracy, row["model"],
+                                   trained=row["model"] in run.trained)
     for note in notes:
         run.log(f"warning: {note}")
     return {"teachers": found, "warnings": notes}
+
+
+#: The share of the training split that ``--tune`` holds out to score its trials on.
+TUNE_HOLDOUT = 0.2
+
+
+def tune(run, members):
+    """Phase 2c (``--tune``): settings chosen for this data before the students train.
+
+    Each point of :data:`keras_kd.config.TUNE_GRID` over the tuned settings is a short
+    distillation (``--tune_epochs``) on the first 80 % of the training split (in its
+    fixed order), scored on the other 20 %: the validation split, on which the report
+    compares the models, is never looked at. The most accurate point wins (ties: the
+    lower held-out loss) and becomes ``run.config``. Returns what was tried and chosen
+    and what it cost (None without ``--tune``).
+    """
+    config, t0 = run.config, time.perf_counter()
+    names = config.tuned()
+    if not names:
+        return None
+    total = stream(run).num_examples
+    held = max(1, round(TUNE_HOLDOUT * total))
+    part = dataclasses.replace(
+        run, examples=run.examples.take(total - held),
+        val=data.batched(run.examples.skip(total - held), config.batch_size),
+        info=dataclasses.replace(run.info, num_train=total - held))
+    epochs_each = config.tune_epochs or max(1, round(config.epochs / 3))
+    trials = []
+    for i, values in enumerate(itertools.product(*(TUNE_GRID[n] for n in names))):
+        trial = dataclasses.replace(config, epochs=epochs_each, **dict(zip(names, values)))
+        keras.utils.set_random_seed(trial.seed)
+        student, _ = distil(part, members, stream(part, trial), trial, f"tune/{i:02d}")
+        trials.append({**dict(zip(names, values)), **evaluate(student, part.val)})
+    best = max(trials, key=lambda t: (t["accuracy"], -t["loss"]))
+    chosen = {n: best[n] for n in names}
+    run.config = dataclasses.replace(config, **chosen)
+    seconds = time.perf_counter() - t0
+    run.timings["tune_s"] = seconds
+    run.log(f"tune: chose {', '.join(f'{n}={v:g}' for n, v in chosen.items())} (held-out "
+            f"accuracy {100 * best['accuracy']:.2f}%; {len(trials)} trials of {epochs_each} "
+            f"epochs on {total - held} training images, scored on {held}; {seconds:.0f} s)")
+    return {"tuned": names, "chosen": chosen, "trials": trials, "epochs": epochs_each,
+            "trained_on": total - held, "held_out": held, "seconds": round(seconds, 1)}
 
 
 def new_student(config, info, name, initial_weights=None):
@@ -227,15 +305,16 @@ def train_baseline(run, config=None, train=None, phase="baseline", validation_da
     initial = baseline.get_weights()
     path = run.folder.finished(phase)
     if path:
-        baseline = teachers.load_model(path, "--checkpoint_dir")
+        baseline = teachers.load_model(path, run.folder.flag)
         run.log(f"baseline: loaded {path}")
         history = run.folder.history(phase)
     else:
-        _compile_on_labels(baseline, config, run.jit, config.augment)
+        train = stream(run, config) if train is None else train
+        _compile_on_labels(baseline, config, run.jit, train, config.epochs)
         run.log(f"baseline: training {config.student_arch} on the labels for "
                 f"{config.epochs} epochs")
-        history = run.folder.fit(baseline, run.student_train if train is None else train,
-                                 phase, config.epochs, config.verbose, validation_data)
+        history = run.folder.fit(baseline, train, phase, config.epochs, config.verbose,
+                                 validation_data)
         run.folder.mark_done(phase, baseline)
     run.timings["baseline_s"] = time.perf_counter() - t0
     return baseline, initial, history
@@ -243,10 +322,8 @@ def train_baseline(run, config=None, train=None, phase="baseline", validation_da
 
 def cached_logits(run, view, directory, config=None):
     """``(the ordered training split with the teacher's stored logits, report)``: built once,
-    then checked; :func:`keras_kd.data.finish` shuffles and batches it as ``data.load`` does."""
-    config = config or run.config
-    ordered, _, _ = data.load_unbatched(config.dataset, data_dir=config.data_dir,
-                                        image_size=config.image_size)
+    then checked; :func:`stream` (``examples=``) batches it as the baseline's batches."""
+    config, ordered = config or run.config, run.examples
     size = f", image_size={config.image_size[0]}x{config.image_size[1]}" \
         if config.image_size else ""
     attached, status = cache.get_or_build(
@@ -264,7 +341,7 @@ def _teacher_id(config):
         return None
     ensemble = config.num_teachers() > 1
     return (f"preprocessing={'/'.join(specs)}"
-            + (f"; ensemble weights={config.teacher_weight_list()}, T={config.temperature:g}"
+            + (f"; ensemble weights={config.teacher_weight_list()}, T={config.temperature!r}"
                if ensemble else ""))
 
 
@@ -279,7 +356,7 @@ def distil(run, members, train, config=None, phase="distill", initial_weights=No
     path = run.folder.finished(phase)
     if path:
         run.log(f"distill: loaded {path}")
-        return teachers.load_model(path, "--checkpoint_dir"), run.folder.history(phase)
+        return teachers.load_model(path, run.folder.flag), run.folder.history(phase)
     specs, single = config.teacher_preprocessings(), len(members) == 1
     kd = distiller.Distiller(
         members[0] if single else members, student, temperature=config.temperature,
@@ -289,7 +366,7 @@ def distil(run, members, train, config=None, phase="distill", initial_weights=No
         teacher_weights=config.teacher_weight_list())
     with warnings.catch_warnings():  # the label-check caveat is in --help
         warnings.simplefilter("ignore", UserWarning)
-        kd.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate),
+        kd.compile(optimizer=optimizer(config, train, config.epochs),
                    metrics=["accuracy"], jit_compile=run.jit)
     run.log(f"distill: {config.student_arch} from {source}, T={config.temperature:g}, "
             f"alpha={config.alpha:g}, loss={config.distillation_loss}, {config.epochs} epochs")
@@ -297,6 +374,22 @@ def distil(run, members, train, config=None, phase="distill", initial_weights=No
     run.folder.mark_done(phase, student)
     run.timings["distill_s"] = time.perf_counter() - t0
     return student, history
+
+
+def train_pair(run, members, index=0, cached=None):
+    """Phases 3-4 for pair ``index`` (``--repeats``): the baseline, then the student
+    distilled from the same initial weights on the same batches, seeded ``--seed + index``;
+    ``cached``: the training split with the teacher cache's logits. Returns
+    ``(baseline, student, distillation history)``."""
+    config = dataclasses.replace(run.config, seed=run.config.seed + index)
+    suffix = f"_{index + 1}" if index else ""
+    if run.config.repeats > 1:
+        run.log(f"pair {index + 1} of {run.config.repeats}: seed {config.seed}")
+    baseline, initial, _ = train_baseline(run, config, phase="baseline" + suffix)
+    source = "the teacher" if cached is None else f"the teacher cache {config.teacher_cache}"
+    student, history = distil(run, members, stream(run, config, examples=cached), config,
+                              "distill" + suffix, initial_weights=initial, source=source)
+    return baseline, student, history
 
 
 def evaluate(model, val_ds, teacher_pred=None):
@@ -340,13 +433,14 @@ def export_student(run, student):
     try:  # un-augmented training images calibrate int8
         figures = export.export_verified(
             student, path, run.val, quantization=config.export_quantization,
-            representative_data=run.train, min_agreement=config.min_agreement,
+            representative_data=stream(run, augment="none").epoch(0),
+            min_agreement=config.min_agreement,
             class_names=run.info.class_names, log=run.log)
     except (export.AgreementError, export.RuntimeCheckError) as err:
         return {"error": str(err)}, {}, err
     finally:
         run.timings["export_s"] = time.perf_counter() - t0
-    run.log(report.export_summary(path, figures))
+    run.log(export.summary(path, figures))
     return figures, {"student_tflite": path, "labels": export.labels_path(path),
                      "tflite_metadata": export.metadata_path(path)}, None
 
@@ -377,7 +471,9 @@ def write_report(run, rows, history, tflite, paths, extra, started):
     _io.write_json(os.path.join(out, "metrics.json"), results)
     _io.write_text(os.path.join(out, "report.md"), report.markdown(results))
     run.log(report.table(rows))
-    if "worse" in report.verdict(rows):
+    if extra.get("repeats"):
+        run.log(extra["repeats"]["summary"])
+    elif "worse" in report.verdict(rows):
         run.log(report.verdict(rows))
     run.log(f"wrote {out}/: {', '.join(sorted(results['artifacts'].values()))}, "
             "metrics.json, report.md")
@@ -389,29 +485,30 @@ def _phases(run):
     with distribute.mixed_precision(config.mixed_precision), run.strategy.scope():
         members = train_teachers(run)
         diagnosis = check_teachers(run, members)
+        tuning = tune(run, members)
+        config = run.config  # with what --tune chose
         view = teacher_view(run, members)
-        distill_train, cache_report, source = run.student_train, None, "the teacher"
+        attached, cache_report = None, None
         if config.teacher_cache:  # offline: the stored logits replace the teacher's pass
             attached, cache_report = cached_logits(run, view, config.teacher_cache)
-            distill_train = data.finish(attached, None, run.info,
-                                        batch_size=config.batch_size, seed=config.seed)[0]
-            source = f"the teacher cache {config.teacher_cache}"
-        baseline, initial, _ = train_baseline(run)
-        student, history = distil(run, members, distill_train, initial_weights=initial,
-                                  source=source)
+        pairs = [train_pair(run, members, i, attached) for i in range(config.repeats)]
+    baseline, student, history = pairs[0]
     rows = [{"model": d["model"], "params": models.count_params(m),
              **{k: d[k] for k in ("accuracy", "errors", "examples")}}
             for d, m in zip(diagnosis["teachers"], [*members, view])]
-    rows += [{"model": role, "params": models.count_params(model), **evaluate(model, run.val)}
-             for role, model in (("baseline", baseline), ("distilled", student))]
+    scores = [(evaluate(b, run.val), evaluate(s, run.val)) for b, s, _ in pairs]
+    rows += [{"model": role, "params": models.count_params(model), **score}
+             for role, model, score in (("baseline", baseline, scores[0][0]),
+                                        ("distilled", student, scores[0][1]))]
+    repeats = report.repeats(config.seed, scores) if len(pairs) > 1 else None
     paths = {n: p for n in teacher_names(config)
              if os.path.exists(p := os.path.join(run.folder.out, f"{n}.keras"))}
     for name, model in (("baseline", baseline), ("student", student)):
         paths[name] = _io.save_model(model, os.path.join(run.folder.out, f"{name}.keras"))
     tflite, exported, export_error = export_student(run, student)
     results = write_report(run, rows, history, tflite, {**paths, **exported},
-                           {"teacher_cache": cache_report, "teacher_diagnostics": diagnosis},
-                           started)
+                           {"teacher_cache": cache_report, "teacher_diagnostics": diagnosis,
+                            "tuning": tuning, "repeats": repeats}, started)
     if export_error is not None:
         raise export_error
     return results
@@ -429,7 +526,8 @@ def open_folder(config, checkpoint_dir, settings, **words):
         folder = checkpoint.RunFolder(strategy, config.output_dir, checkpoint_dir, settings,
                                       **words)
     except tf.errors.OpError as err:
-        raise as_user_error(err, strategy, checkpoint_dir) from err
+        raise as_user_error(err, strategy, checkpoint_dir and words.get("flag",
+                                                                         "--checkpoint_dir")) from err
     return strategy, folder
 
 
@@ -446,13 +544,14 @@ def run(config, log=print):
         with distribute.deterministic(config.seed, config.deterministic):
             return _phases(start(config, log, strategy, folder))
     except tf.errors.OpError as err:
-        raise as_user_error(err, strategy, config.checkpoint_dir) from err
+        raise as_user_error(err, strategy, config.checkpoint_dir and "--checkpoint_dir") from err
 
 
-def as_user_error(err, strategy, checkpoint_dir=None):
-    """A TensorFlow error turned into the error the user should see."""
+def as_user_error(err, strategy, resumes_from=None):
+    """A TensorFlow error turned into the error the user should see; ``resumes_from``:
+    the flag of the folder the run resumes from (None: it cannot resume)."""
     if distribute.is_multi_worker(strategy) and distribute.is_worker_lost(err):
-        resume = ("it resumes from the last epoch backup in --checkpoint_dir" if checkpoint_dir
+        resume = (f"it resumes from the last epoch backup in {resumes_from}" if resumes_from
                   else "it starts over (pass --checkpoint_dir to resume instead)")
         return distribute.WorkerLostError(
             f"another worker stopped ({errors.short(err)}). Fix: restart every stopped "
@@ -461,41 +560,3 @@ def as_user_error(err, strategy, checkpoint_dir=None):
         # e.g. the augmentation's value-range check, or a label out of range
         return ValueError(f"TensorFlow stopped the run: {errors.short(err, 600)}")
     return err
-
-
-# --------------------------------------------------------------------------
-# ``keras-kd export``: any saved Keras classifier → a verified .tflite
-# --------------------------------------------------------------------------
-
-
-def export_saved_model(model_path, *, dataset, data_dir=None, image_size=None,
-                       output=None, quantization="auto", min_agreement=None,
-                       probabilities=False, allow_flex=False, int8_io=False, log=print):
-    """``keras-kd export``: a saved Keras classifier → a verified ``.tflite``.
-
-    Loads ``model_path`` and ``dataset`` (:func:`keras_kd.data.load`), then
-    :func:`keras_kd.export.export_verified`: the validation split checks the
-    file against the Keras model, the first
-    :data:`keras_kd.export.REPRESENTATIVE_LIMIT` training images calibrate
-    int8, and the class names come from the dataset. ``output`` defaults to
-    ``model_path`` with ``.tflite`` for ``.keras``. Returns the figures
-    (:func:`keras_kd.export.verify`'s dict, plus ``path``).
-    """
-    export.check_settings(quantization, min_agreement, int8_io, flag="--quantization")
-    output = output or os.path.splitext(model_path)[0] + ".tflite"
-    if not output.endswith(".tflite"):
-        raise ValueError(f"--output must end in .tflite, got {output!r}.")
-    _io.ensure_dir(os.path.dirname(os.path.abspath(output)), f"the folder of --output={output!r}")
-    model = teachers.load_model(model_path, "--model")
-    train, val, info = data.load(dataset, batch_size=64, seed=0, data_dir=data_dir,
-                                 image_size=image_size)
-    teachers.check_fits(model, info, "model")
-    log(f"export: {model_path} ({models.count_params(model):,} params) on {info.name}, "
-        f"quantization {quantization}")
-    figures = export.export_verified(
-        model, output, val, quantization=quantization, representative_data=train,
-        min_agreement=min_agreement, probabilities=probabilities, allow_flex=allow_flex,
-        int8_io=int8_io, class_names=info.class_names, log=log)
-    log(report.export_summary(output, figures))
-    log(f"wrote {output}, {export.metadata_path(output)}, {export.labels_path(output)}")
-    return {**figures, "path": output}

@@ -6,9 +6,7 @@ writes to ``metrics.json`` (and, for sweeps, of :func:`keras_kd.sweep.run`'s
 nothing of training.
 """
 
-import os
-
-__all__ = ["table", "markdown", "export_summary", "verdict", "sweep_table", "sweep_markdown",
+__all__ = ["table", "markdown", "verdict", "repeats", "sweep_table", "sweep_markdown",
            "accuracy_vs_temperature_png", "best_curves_png"]
 
 _HEADER = ("model", "params", "val accuracy", "val errors")
@@ -31,21 +29,6 @@ def table(rows):
     out = [fmt.format(*lines[0]), "  ".join("-" * w for w in widths)]
     out += [fmt.format(*line) for line in lines[1:]]
     return "\n".join(out)
-
-
-def export_summary(path, figures):
-    """One line on an exported file: mode, size, agreement, accuracy, latency."""
-    head = (f"export: {os.path.basename(path)} ({figures['quantization']}, "
-            f"{figures['size_bytes'] / 1024:.1f} KiB)")
-    if "agreement" not in figures:
-        return head + ": not verified (Flex ops)."
-    return (
-        f"{head}: agrees with the Keras model on {100 * figures['agreement']:.2f}% of "
-        f"{figures['examples']} validation images, accuracy "
-        f"{100 * figures['accuracy']:.2f}%, max |Δ| {figures['max_abs_diff']:.3g}, "
-        f"{figures['latency_ms_median']:.3f} ms/image "
-        f"({figures['num_threads']} thread{'s' if figures['num_threads'] != 1 else ''})"
-    )
 
 
 def _md_table(header, rows):
@@ -116,6 +99,64 @@ def verdict(rows):
             "`keras-kd sweep` (temperature, alpha, loss) or a longer schedule.")
 
 
+def repeats(first_seed, scores):
+    """The pairs of a ``--repeats`` run: per-seed errors, mean ± spread, and a verdict.
+
+    ``scores``: ``[(baseline scores, distilled scores)]`` per pair (``job.evaluate``'s
+    dicts), pair ``i`` seeded ``first_seed + i``. The spread is the sample standard
+    deviation over the pairs; the gain (baseline errors − distilled errors, per pair)
+    *exceeds its spread* when its mean is larger than its standard deviation.
+    """
+    import statistics
+
+    base = [b["errors"] for b, _ in scores]
+    kd = [d["errors"] for _, d in scores]
+    gain = [b - d for b, d in zip(base, kd)]
+    stats = {name: {"mean": statistics.mean(v), "sd": statistics.stdev(v)}
+             for name, v in (("baseline", base), ("distilled", kd), ("gain", gain))}
+    n, wins = len(scores), sum(g > 0 for g in gain)
+    clear = stats["gain"]["mean"] > stats["gain"]["sd"]
+
+    def ms(name):
+        return f"{stats[name]['mean']:.1f} ± {stats[name]['sd']:.1f}"
+
+    summary = (f"Over {n} pairs (seeds {first_seed}-{first_seed + n - 1}): baseline {ms('baseline')}"
+               f", distilled {ms('distilled')} validation errors; gain {ms('gain')} errors, "
+               f"{wins} of {n} pairs won. ")
+    summary += ("The gain exceeds its spread." if clear else
+                "The gain does not exceed its spread: with these settings the teacher's "
+                "effect is within the run-to-run noise; try `keras-kd sweep` or a longer "
+                "schedule.")
+    return {"seeds": list(range(first_seed, first_seed + n)), "baseline_errors": base,
+            "distilled_errors": kd, "gain": gain, **{f"{k}_stats": v for k, v in stats.items()},
+            "wins": wins, "gain_exceeds_spread": clear, "summary": summary}
+
+
+def _repeats_section(rep):
+    if not rep:
+        return []
+    rows = [(seed, b, d, g) for seed, b, d, g in zip(rep["seeds"], rep["baseline_errors"],
+                                                      rep["distilled_errors"], rep["gain"])]
+    return ["## Repeats", "", "The baseline/distilled pair trained once per seed (one "
+            "teacher); the table above shows the first pair, whose student is exported.", "",
+            _md_table(("seed", "baseline errors", "distilled errors", "gain"), rows), "",
+            rep["summary"], ""]
+
+
+def _tuning_section(tuning):
+    if not tuning:
+        return []
+    names = tuning["tuned"]
+    rows = [(*(f"{t[n]:g}" for n in names), f"{100 * t['accuracy']:.2f}%", f"{t['loss']:.4f}")
+            for t in tuning["trials"]]
+    chosen = ", ".join(f"{n} = {v:g}" for n, v in tuning["chosen"].items())
+    return ["## Tuning", "", f"`--tune` chose {chosen}: {len(rows)} distillations of "
+            f"{tuning['epochs']} epochs on {tuning['trained_on']} training images, scored on "
+            f"the other {tuning['held_out']} (never on the validation split); "
+            f"{tuning['seconds']:.0f} s.", "",
+            _md_table((*names, "held-out accuracy", "held-out loss"), rows), ""]
+
+
 def _teacher_section(diagnosis):
     """The teacher diagnostics of the run (``keras_kd.diagnostics.diagnose``) and their warnings."""
     if not diagnosis:
@@ -158,6 +199,8 @@ def markdown(results):
             "schedule. " + verdict(rows),
             "",
         ]
+    parts += _tuning_section(results.get("tuning"))
+    parts += _repeats_section(results.get("repeats"))
     parts += _teacher_section(results.get("teacher_diagnostics"))
     tfl = results.get("tflite")
     if tfl:

@@ -44,7 +44,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from keras_kd import _io, augment, cache, checkpoint, data, distribute, errors, job, models, report
+from keras_kd import _io, cache, checkpoint, distribute, errors, job, models, report
 from keras_kd import config as config_lib
 
 __all__ = ["run", "parse_list", "check_grid", "GRID_FLAGS", "best_flags", "train_trial",
@@ -89,7 +89,7 @@ def parse_list(flag, texts):
         raise ValueError(f"--{flag} is empty: the grid needs at least one value. Fix: pass "
                          f"comma-separated values, e.g. --{flag}={_EXAMPLES[flag]}.")
     if "" in items:
-        raise ValueError(f"--{flag} has an empty item ({','.join(texts)!r}). Fix: separate "
+        raise ValueError(f"--{flag} has an empty item ({','.join(items)!r}). Fix: separate "
                          f"values by single commas, e.g. --{flag}={_EXAMPLES[flag]}.")
     return [_as_number(flag, i) for i in items] if flag in ("temperature", "alpha") else items
 
@@ -178,7 +178,13 @@ def run(config, grid, *, baseline=True, use_cache=True, log=print):
     grid = check_grid(config, grid)
     if config.checkpoint_dir:
         raise ValueError("keras-kd sweep resumes from its --output_dir; drop --checkpoint_dir.")
-    config = dataclasses.replace(config, export=False)
+    if config.repeats != 1:
+        raise ValueError("keras-kd sweep ranks its trials on one seed; --repeats is the main "
+                         "job's (keras-kd --flagfile=best.flags --repeats=3 checks the best "
+                         "one over seeds). Fix: drop --repeats.")
+    # The base config is the grid's first point: the teacher is checked (diagnosis at
+    # its T, feature layers on its student) with settings a trial uses.
+    config = dataclasses.replace(config, export=False, **{k: v[0] for k, v in grid.items()})
     config.validate()
     config = dataclasses.replace(config, output_dir=config.output_dir
                                  or checkpoint.default_output_dir())
@@ -191,16 +197,15 @@ def run(config, grid, *, baseline=True, use_cache=True, log=print):
             with distribute.mixed_precision(config.mixed_precision), strategy.scope():
                 return _sweep(state, grid, baseline, use_cache)
     except tf.errors.OpError as err:
-        raise job.as_user_error(err, strategy) from err
+        raise job.as_user_error(err, strategy, "--output_dir") from err
 
 
-def _fresh(config, cached=None, info=None):
-    """Every trial starts from the same state: seeds reset, a fresh pipeline
-    (augmented as ``config`` says, or from the ``cached`` teacher logits)."""
+def _fresh(state, config, cached=None):
+    """Every trial starts from the same state: seeds reset, and the run's stream
+    (:func:`keras_kd.job.stream`: the same batches and views in every trial), augmented
+    as ``config`` says, or with the ``cached`` teacher logits."""
     keras.utils.set_random_seed(config.seed)
-    if cached is None:
-        return job.load_data(config)[1]
-    return data.finish(cached, None, info, batch_size=config.batch_size, seed=config.seed)[0]
+    return job.stream(state, config, examples=cached)
 
 
 def _sweep(state, grid, baseline, use_cache):
@@ -208,9 +213,10 @@ def _sweep(state, grid, baseline, use_cache):
     started, total = time.perf_counter(), math.prod(len(v) for v in grid.values())
     log("grid: " + " × ".join(f"{len(v)} {k}" for k, v in grid.items())
         + f" = {total} trial{'s' if total != 1 else ''}")
+    state.student_archs = grid["student_arch"]  # --features must fit every one
     with distribute.deterministic(config.seed, config.deterministic):
         members = job.train_teachers(
-            state, _fresh(dataclasses.replace(config, augment=job.teacher_augment(config))))
+            state, _fresh(state, dataclasses.replace(config, augment=job.teacher_augment(config))))
     job.check_teachers(state, members)
     teacher = job.teacher_view(state, members)
     _check_same_teacher(teacher, out)
@@ -307,11 +313,14 @@ def _val(scores):
 def _teacher_cache(state, teacher, use_cache):
     """``(cached logits or None, report)``: offline distillation when nothing augments."""
     config = state.config
-    why_not = ((augment.parse(config.augment) and f"augment={config.augment}")
-               or (not use_cache and "use_cache=False")
-               or (config.features and "features")
-               or (config.teacher_dtype != "float32" and f"teacher_dtype={config.teacher_dtype}")
-               or (config.num_teachers() > 1 and "an ensemble (its soft targets depend on T)"))
+    try:  # the cache's own rules, then the sweep's: T varies, an ensemble's targets with it
+        cache.check_usable(augment=config.augment, features=config.features,
+                           teacher_dtype=config.teacher_dtype,
+                           multi_worker=config.strategy == "multi_worker")
+        why_not = ((not use_cache and "use_cache=False")
+                   or (config.num_teachers() > 1 and "an ensemble (its soft targets depend on T)"))
+    except ValueError as err:
+        why_not = str(err).split(":")[0]
     if why_not:
         return None, {"used": False, "reason": f"{why_not} (teacher online)"}
     directory = config.teacher_cache or os.path.join(state.folder.out, "teacher_cache")
@@ -326,7 +335,7 @@ def _baseline(state, config, index):
         return result
     t0 = time.perf_counter()
     with distribute.deterministic(config.seed, config.deterministic):
-        model, _, _ = job.train_baseline(state, config, _fresh(config), phase)
+        model, _, _ = job.train_baseline(state, config, _fresh(state, config), phase)
     result = {"arch": config.student_arch, **_val(job.evaluate(model, state.val)),
               "params": models.count_params(model), "epochs": config.epochs,
               "time_s": round(time.perf_counter() - t0, 2)}
@@ -348,7 +357,7 @@ def train_trial(state, members, values, index, teacher_pred, cached=None):
     config, t0 = dataclasses.replace(state.config, **values), time.perf_counter()
     trial = f"trials/{index:04d}"
     with distribute.deterministic(config.seed, config.deterministic):
-        train = _fresh(config, cached, state.info)
+        train = _fresh(state, config, cached)
         source = "the teacher cache" if cached is not None else "the teacher"
         student, history = job.distil(state, members, train, config, trial,
                                       validation_data=state.val, source=source)
@@ -398,9 +407,8 @@ def best_flags(results, config):
 
     Every field that differs from :class:`~keras_kd.job.JobConfig`'s default,
     with ``--teacher`` naming the sweep's teacher file, so the main job
-    distils from the same teacher. The main job shuffles its data as it trains
-    the teacher and baseline first, so its student matches the configuration,
-    not bit for bit the sweep's.
+    distils from the same teacher, on the same stream (:func:`keras_kd.job.stream`)
+    from the same initial weights: its student is the best trial's.
     """
     best = results["best"]
     chosen = dataclasses.replace(config, teacher=results["teacher"]["file"],

@@ -23,7 +23,7 @@ import zipfile
 import keras
 import tensorflow as tf
 
-from keras_kd import errors, views
+from keras_kd import errors, losses, views
 from keras_kd import preprocessing as prep
 
 __all__ = ["load", "load_model", "check_path", "check_fits", "logits_view", "teacher_list",
@@ -225,11 +225,11 @@ def logits_view(teacher, dtype="float32", *, preprocessing=None, weights=None,
     """
     members = teacher_list(teacher)
     specs, weights = check_teacher_settings(len(members), preprocessing, weights)
-    if len(members) > 1 and not (isinstance(temperature, (int, float)) and temperature > 0
-                                 and math.isfinite(temperature)):
-        raise ValueError(f"an ensemble of {len(members)} teachers needs the temperature T > 0 of "
-                         f"its soft targets, got {temperature!r}. Fix: pass temperature= (the "
-                         "Distiller's).")
+    if len(members) > 1:
+        if temperature is None:
+            raise ValueError(f"an ensemble of {len(members)} teachers needs the temperature T of "
+                             "its soft targets. Fix: pass temperature= (the Distiller's).")
+        temperature = losses.check_temperature(temperature)
     specs = specs if isinstance(specs, tuple) else (specs,) * len(members)
     weights = weights or (1.0 / len(members),) * len(members)
     runs, recovered = [], False
@@ -281,8 +281,6 @@ def teacher_list(teacher):
 
 def _check_weights(weights, n, name):
     """``weights`` (one per teacher) normalised to sum 1, a tuple."""
-    if isinstance(weights, (int, float)) and not isinstance(weights, bool):
-        weights = [weights]
     try:
         values = [float(w) for w in weights]
         if any(isinstance(w, (bool, str)) for w in weights):
@@ -379,7 +377,10 @@ class EnsembleLogits(keras.layers.Layer):
         log_p = tf.stack([tf.nn.log_softmax(tf.cast(z, tf.float32) / t, axis=-1)
                           for z in logits])
         log_w = tf.math.log(tf.constant(self.member_weights, tf.float32))[:, None, None]
-        return t * tf.reduce_logsumexp(log_w + log_p, axis=0)
+        z = t * tf.reduce_logsumexp(log_w + log_p, axis=0)
+        # centred over the classes: the soft targets are unchanged, and a loss that
+        # reads logits directly (mse_logits) gets zero-mean ones, like a model's
+        return z - tf.reduce_mean(z, axis=-1, keepdims=True)
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]

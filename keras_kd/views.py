@@ -36,6 +36,8 @@ __all__ = [
     "feature_tensor",
     "tapped",
     "flatten_layers",
+    "loss_tracker",
+    "compile_metrics",
     "build_for_fit",
     "initial_epoch",
     "set_initial_epoch",
@@ -415,6 +417,19 @@ def flatten_layers(model):
     # Private: Layer._flatten_layers is Keras's own recursive walk (model.layers
     # is one level deep). Checked on Keras 3.15.1 / TF 2.21.0.
     return list(model._flatten_layers())
+
+
+def loss_tracker(model):
+    """The ``loss`` metric ``keras.Model`` keeps and logs (a model with its own
+    ``train_step`` updates it). Keras 3 keeps it private (``_loss_tracker``);
+    checked on Keras 3.15.1 / TF 2.21.0."""
+    return model._loss_tracker
+
+
+def compile_metrics(model):
+    """The container of the metrics passed to ``compile`` (``_compile_metrics``,
+    private in Keras 3; checked on Keras 3.15.1 / TF 2.21.0), or None."""
+    return getattr(model, "_compile_metrics", None)
 
 
 def build_for_fit(model, batch):

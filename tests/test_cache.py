@@ -331,6 +331,20 @@ def test_check_usable_refuses_what_a_cache_cannot_serve_naming_the_flags():
         cache.check_usable(teacher_dtype="bfloat16")
 
 
+def test_other_teacher_settings_are_refused(xy, tmp_path):
+    """The fingerprint covers the weights; teacher_id the rest (preprocessing, an
+    ensemble's weights and T): a cache built with other settings is not reused."""
+    x, y = xy
+    teacher, ds = _mlp(0), _ds(x, y)
+    cache.get_or_build(teacher, ds, tmp_path / "c", teacher_id="preprocessing=unit", log=None)
+    cache.get_or_build(teacher, ds, tmp_path / "c", teacher_id="preprocessing=unit", log=None)
+    for other in (None, "preprocessing=tf"):
+        with pytest.raises(cache.CacheMismatchError, match="built with other teacher settings"):
+            cache.get_or_build(teacher, ds, tmp_path / "c", teacher_id=other, log=None)
+    with pytest.raises(cache.CacheMismatchError, match="other teacher settings"):
+        cache.attach(ds, tmp_path / "c", teacher)  # Python's attach checks it too
+
+
 def test_precheck_fails_before_any_teacher_runs(xy, tmp_path):
     x, y = xy
     (tmp_path / "file").write_text("x")

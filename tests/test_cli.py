@@ -118,6 +118,12 @@ def test_flagfile(tmp_path):
         (["--student_arch=transformer"], "transformer"),
         (["--augment=cutmixx"], "Valid policies"),
         (["--min_agreement=2"], "--min_agreement must be a fraction"),
+        (["--min_teacher_accuracy=1.5"], "--min_teacher_accuracy must be a fraction"),
+        (["--teacher_preprocessing=unit"], "a teacher trained here takes raw 0-255 pixels"),
+        (["--teacher_arch=cnn,mlp", "--teacher_preprocessing=unit,none,tf"],
+         "lists 3 specs for 2 teacher(s)"),
+        (["--teacher_arch=cnn,mlp", "--teacher_weights=1"], "lists 1 weight(s) for 2"),
+        (["--teacher_arch=cnn,mlp", "--features=hint:a=b"], "with an ensemble of 2 teachers"),
     ],
 )
 def test_bad_flags_exit_2_with_a_clear_message(argv, message, tmp_path, capsys):

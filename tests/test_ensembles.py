@@ -93,6 +93,19 @@ def test_a_zero_weight_member_is_not_run_and_one_left_is_the_single_teacher(memb
     x, _ = data
     view, _ = teachers.logits_view(members[:2], weights=[2, 0], temperature=3.0)
     assert view is members[0]  # the single-teacher path: the teacher itself
+    # Three members, one of weight 0: the mean of the other two, which alone are run.
+    T, calls = 2.0, []
+    silent = members[1]
+    original = silent.call
+    silent.call = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+    view, _ = teachers.logits_view(members, weights=[1, 0, 3], temperature=T)
+    calls.clear()
+    z = view(x, training=False).numpy()
+    logits = member_logits([members[0], members[2]], x)
+    np.testing.assert_allclose(np_softmax(z, T), np_ensemble(logits, [1, 3], T), rtol=1e-5,
+                               atol=1e-7)
+    assert calls == []  # the weight-0 member never ran
+    np.testing.assert_allclose(z.mean(-1), 0, atol=1e-5)  # centred, like a model's logits
 
 
 def test_one_member_ensemble_trains_bit_for_bit_like_the_single_teacher(data):
@@ -109,12 +122,13 @@ def test_one_member_ensemble_trains_bit_for_bit_like_the_single_teacher(data):
         np.testing.assert_array_equal(a, b)
 
 
-def test_every_member_is_frozen_and_never_updated(members, data):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # float32 runs the members
+def test_every_member_is_frozen_and_never_updated(members, data, dtype):
     x, y = data
     before = [[w.copy() for w in m.get_weights()] for m in members]
     student = mlp(8, "student", 5)
     d = keras_kd.Distiller(members, student, temperature=4.0, teacher_weights=[1, 2, 1],
-                           teacher_dtype="bfloat16")
+                           teacher_dtype=dtype)
     assert d.teachers == members and list(d.teacher) == members
     d.compile(optimizer=keras.optimizers.Adam(0.05))
     d.fit(x, y, batch_size=8, epochs=2, verbose=0)

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_kd import Distiller, cli, data, distribute, job, models, sweep
+from keras_kd import Distiller, cli, data, distribute, epochs, job, models, sweep
 
 TINY = [
     "--temperature=1,4",
@@ -135,19 +135,25 @@ def test_a_trial_equals_an_independent_distiller_fit(swept):
     """The trial's student is what Distiller.fit gives with the same config.
 
     Independent path: online distillation (the sweep trained from the cache),
-    data.load, models.build(seed + 1), distribute.deterministic(seed).
+    the run's stream (keras_kd.epochs), models.build(seed + 1), Keras's CosineDecay
+    with a 5 % warm-up, distribute.deterministic(seed).
     """
     out, results = swept
     row = next(r for r in results["rows"] if r["temperature"] == 4.0 and r["alpha"] == 0.5)
     seed = 0
     with distribute.deterministic(seed):
         keras.utils.set_random_seed(seed)
-        train, val, info = data.load("mnist5k", batch_size=128, seed=seed)
+        examples, val, info = data.load_unbatched("mnist5k")
+        val = val.batch(128)
+        train = epochs.Epochs(examples, batch_size=128, seed=seed)
         teacher = keras.saving.load_model(out / "teacher.keras")
         student = models.build("mlp:hidden=8", info.input_shape, info.num_classes, seed=seed + 1)
         distiller = Distiller(teacher, student, temperature=4.0, alpha=0.5)
-        distiller.compile(optimizer=keras.optimizers.Adam(2e-3), metrics=["accuracy"])
-        distiller.fit(train, epochs=1, verbose=0)
+        steps = train.steps  # one epoch: 32 steps, the first 2 (5 %) warming up
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0, steps - 2, warmup_target=2e-3, warmup_steps=2)
+        distiller.compile(optimizer=keras.optimizers.Adam(schedule), metrics=["accuracy"])
+        distiller.fit(train.batches(0, 1), epochs=1, steps_per_epoch=steps, verbose=0)
     swept_student = keras.saving.load_model(trial_file(out, row["trial_id"]))
     for a, b in zip(student.get_weights(), swept_student.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
@@ -276,6 +282,21 @@ def test_bad_grids_exit_2_with_one_line(tmp_path, capsys):
         assert message in err and err.startswith("keras-kd sweep: error: "), (argv, err)
         assert err.count("\n") == 1, err
         assert not out.exists(), argv
+
+
+def test_a_feature_sweep_checks_each_student_and_trains(tmp_path):
+    out = tmp_path / "features"
+    assert run_sweep(["--teacher_arch=cnn:width=0.25", "--temperature=4", "--alpha=0.5",
+                      "--student_arch=cnn:width=0.125", "--nobaseline",
+                      "--features=hint:block2_conv=block2_conv", f"--output_dir={out}"]) == 0
+    row = json.loads((out / "sweep.json").read_text())["rows"][0]
+    assert row["history"]["hint_loss"][0] > 0
+    assert json.loads((out / "sweep.json").read_text())["teacher_cache"]["used"] is False
+    # An architecture of the grid without the layer: refused before the teacher trains.
+    bad = tmp_path / "bad"
+    assert run_sweep(["--teacher_arch=cnn:width=0.25", "--student_arch=cnn:width=0.125,mlp",
+                      "--features=hint:block2_conv=block2_conv", f"--output_dir={bad}"]) == 2
+    assert not (bad / "teacher.keras").exists()
 
 
 def test_arch_lists_keep_their_options():

@@ -395,6 +395,16 @@ def test_job_with_a_teacher_from_elsewhere(elsewhere, tmp_path, capsys):
         assert "## Teacher" in report_md and "| teacher | `unit` |" in report_md
 
 
+def test_every_ensemble_member_is_checked(elsewhere, tmp_path, capsys):
+    """A member that outputs probabilities (a softmax inside its SavedModel) stops the run,
+    although the ensemble's own figures would not show it."""
+    members = f"{elsewhere.folder / 't.keras'},{elsewhere.folder / 't_savedmodel'}"
+    code, out = _job(tmp_path, "mixed", f"--teacher={members}", "--teacher_preprocessing=unit")
+    err = capsys.readouterr().err
+    assert code == 2 and "the teacher_2 outputs probabilities, not logits" in err
+    assert not (out / "baseline.keras").exists()
+
+
 def test_job_stops_before_any_student_on_a_near_chance_teacher(tmp_path, capsys):
     keras.utils.set_random_seed(3)
     inputs = keras.Input((28, 28, 1))
@@ -420,6 +430,11 @@ def test_job_with_an_ensemble_and_a_teacher_at_its_own_size(tmp_path):
     rows = {r["model"]: r for r in metrics["models"]}
     assert {"teacher_1", "teacher_2", "ensemble", "baseline", "distilled"} == set(rows)
     assert rows["ensemble"]["params"] == rows["teacher_1"]["params"] + rows["teacher_2"]["params"]
+    diagnosed = metrics["teacher_diagnostics"]["teachers"]
+    assert [d["model"] for d in diagnosed] == ["teacher_1", "teacher_2", "ensemble"]
+    assert metrics["config"]["teacher_weights"] == "1,3"
+    report_md = (out / "report.md").read_text()
+    assert "| teacher_1 |" in report_md and "| ensemble |" in report_md
     assert (out / "teacher_1.keras").exists() and (out / "teacher_2.keras").exists()
     for name in ("teacher_1", "teacher_2"):  # trained at 32x32 on the 28x28 digits
         assert keras.saving.load_model(out / f"{name}.keras").inputs[0].shape[1:3] == (32, 32)

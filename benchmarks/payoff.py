@@ -1,0 +1,161 @@
+"""Does distillation pay? Baseline vs distilled student over seeds, datasets and schedules.
+
+For each dataset and seed, one teacher is trained by the main job's phase
+(kept in ``--out/teachers`` and reused), then, for every student setting
+(architecture × epochs × learning-rate schedule × augmentation), one baseline
+and one distilled student per ``T,alpha`` pair: both from the same initial
+weights, on the run's stream (:func:`keras_kd.job.stream`: the same batches,
+order and augmented views), in deterministic mode. One JSON line per
+(dataset, seed, setting, T, alpha) goes to ``--out/payoff.jsonl``; lines
+already there are skipped, so a stopped run resumes.
+
+    python -m benchmarks.payoff --datasets=mnist5k,animals10k --seeds=0,1,2 \\
+        --students=mlp:hidden=100x100 --epochs=12,40 --schedules=constant,cosine \\
+        --configs="3,0.7;8,0.5" --out=/tmp/kd_payoff
+    python -m benchmarks.payoff --out=/tmp/kd_payoff --summary    # the table
+"""
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import statistics
+import time
+
+
+def _key(row):
+    return tuple(row[k] for k in ("dataset", "seed", "teacher_arch", "teacher_epochs",
+                                  "student_arch", "epochs", "lr_schedule", "augment",
+                                  "temperature", "alpha"))
+
+
+def _done(path):
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {_key(r): r for r in rows}
+
+
+def _measure(args, dataset, seed, out, done):
+    import keras
+
+    from keras_kd import distribute, job, models
+
+    teachers = os.path.join(args.out, "teachers")
+    os.makedirs(teachers, exist_ok=True)
+    teacher_file = os.path.join(
+        teachers, f"{dataset}_{args.teacher_arch.replace(':', '_')}_"
+                  f"e{args.teacher_epochs}_s{seed}.keras")
+    base = job.JobConfig(dataset=dataset, seed=seed, teacher_arch=args.teacher_arch,
+                         teacher_epochs=args.teacher_epochs, export=False, verbose=0,
+                         output_dir=os.path.join(args.out, "runs", f"{dataset}_s{seed}"),
+                         teacher=teacher_file if os.path.exists(teacher_file) else None)
+    strategy, folder = job.open_folder(base, None, base.resume_settings())
+    with distribute.deterministic(seed, True):
+        run = job.start(base, lambda *_: None, strategy, folder)
+        with strategy.scope():
+            t0 = time.perf_counter()
+            members = job.train_teachers(run)
+            teacher_s = time.perf_counter() - t0
+            if not base.teacher:
+                members[0].save(teacher_file)
+            teacher = job.evaluate(members[0], run.val)
+            for student, epochs, schedule, augment in itertools.product(
+                    args.students, args.epochs, args.schedules, args.augment):
+                settings = dict(student_arch=student, epochs=epochs, lr_schedule=schedule,
+                                augment=augment)
+                todo = [(t, a) for t, a in args.configs if _key({
+                    "dataset": dataset, "seed": seed, "teacher_arch": args.teacher_arch,
+                    "teacher_epochs": args.teacher_epochs, **settings, "temperature": t,
+                    "alpha": a}) not in done]
+                if not todo:
+                    continue
+                config = dataclasses.replace(base, **settings)
+                keras.utils.set_random_seed(seed)
+                t0 = time.perf_counter()
+                baseline, initial, _ = job.train_baseline(run, config)
+                baseline_s = time.perf_counter() - t0
+                b = job.evaluate(baseline, run.val)
+                for temperature, alpha in todo:
+                    trial = dataclasses.replace(config, temperature=temperature, alpha=alpha)
+                    keras.utils.set_random_seed(seed)
+                    t0 = time.perf_counter()
+                    student_model, _ = job.distil(run, members, job.stream(run, trial), trial,
+                                                  initial_weights=initial)
+                    d = job.evaluate(student_model, run.val)
+                    row = {"dataset": dataset, "seed": seed, "teacher_arch": args.teacher_arch,
+                           "teacher_epochs": args.teacher_epochs, **settings,
+                           "temperature": temperature, "alpha": alpha,
+                           "teacher_errors": teacher["errors"], "baseline": b["errors"],
+                           "distilled": d["errors"], "examples": d["examples"],
+                           "student_params": models.count_params(student_model),
+                           "teacher_s": round(teacher_s, 1), "baseline_s": round(baseline_s, 1),
+                           "distill_s": round(time.perf_counter() - t0, 1)}
+                    with open(out, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(json.dumps(row), flush=True)
+
+
+def summary(path):
+    """Per setting: mean errors of teacher, baseline, distilled; wins; share of the gap closed."""
+    rows = list(_done(path).values())
+    groups = {}
+    for r in rows:
+        k = tuple(r[c] for c in ("dataset", "student_arch", "epochs", "lr_schedule", "augment",
+                                 "temperature", "alpha"))
+        groups.setdefault(k, []).append(r)
+    lines = ["| dataset | student | epochs | schedule | augment | T | alpha | seeds | teacher "
+             "| baseline | distilled | wins | gap closed |", "|" + "---|" * 13]
+    for k, rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        mean = {c: statistics.mean(r[c] for r in rs) for c in ("teacher_errors", "baseline",
+                                                                "distilled")}
+        gap = mean["baseline"] - mean["teacher_errors"]
+        closed = (mean["baseline"] - mean["distilled"]) / gap if gap > 0 else float("nan")
+
+        def per(c, rs=rs):
+            return " / ".join(str(r[c]) for r in rs)
+
+        lines.append(
+            f"| {k[0]} | `{k[1]}` | {k[2]} | {k[3]} | {k[4]} | {k[5]:g} | {k[6]:g} | "
+            f"{len(rs)} | {mean['teacher_errors']:.1f} | {per('baseline')} = "
+            f"{mean['baseline']:.1f} | {per('distilled')} = {mean['distilled']:.1f} | "
+            f"{sum(r['distilled'] < r['baseline'] for r in rs)}/{len(rs)} | "
+            f"{100 * closed:.0f} % |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="mnist5k,animals10k")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--teacher_arch", default="cnn")
+    parser.add_argument("--teacher_epochs", type=int, default=12)
+    parser.add_argument("--students", default="mlp:hidden=100x100", help="';'-separated")
+    parser.add_argument("--epochs", default="12")
+    parser.add_argument("--schedules", default="cosine")
+    parser.add_argument("--augment", default="jitter", help="';'-separated")
+    parser.add_argument("--configs", default="3,0.7", help="T,alpha pairs, ';'-separated")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--summary", action="store_true")
+    args = parser.parse_args()
+    out = os.path.join(args.out, "payoff.jsonl")
+    if args.summary:
+        print(summary(out))
+        return
+    args.students = args.students.split(";")
+    args.epochs = [int(e) for e in args.epochs.split(",")]
+    args.schedules = args.schedules.split(",")
+    args.augment = args.augment.split(";")
+    args.configs = [tuple(float(v) for v in c.split(",")) for c in args.configs.split(";")]
+    os.makedirs(args.out, exist_ok=True)
+    for dataset in args.datasets.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            _measure(args, dataset, seed, out, _done(out))
+    print(summary(out))
+
+
+if __name__ == "__main__":
+    main()
