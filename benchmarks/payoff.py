@@ -103,11 +103,11 @@ def summary(path):
     rows = list(_done(path).values())
     groups = {}
     for r in rows:
-        k = tuple(r[c] for c in ("dataset", "student_arch", "epochs", "lr_schedule", "augment",
-                                 "temperature", "alpha"))
+        k = tuple(r[c] for c in ("dataset", "teacher_arch", "student_arch", "epochs",
+                                 "lr_schedule", "augment", "temperature", "alpha"))
         groups.setdefault(k, []).append(r)
-    lines = ["| dataset | student | epochs | schedule | augment | T | alpha | seeds | teacher "
-             "| baseline | distilled | wins | gap closed |", "|" + "---|" * 13]
+    lines = ["| dataset | teacher | student | epochs | schedule | augment | T | alpha | seeds "
+             "| teacher errors | baseline | distilled | wins | gap closed |", "|" + "---|" * 14]
     for k, rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         rs = sorted(rs, key=lambda r: r["seed"])
         mean = {c: statistics.mean(r[c] for r in rs) for c in ("teacher_errors", "baseline",
@@ -119,7 +119,7 @@ def summary(path):
             return " / ".join(str(r[c]) for r in rs)
 
         lines.append(
-            f"| {k[0]} | `{k[1]}` | {k[2]} | {k[3]} | {k[4]} | {k[5]:g} | {k[6]:g} | "
+            f"| {k[0]} | `{k[1]}` | `{k[2]}` | {k[3]} | {k[4]} | {k[5]} | {k[6]:g} | {k[7]:g} | "
             f"{len(rs)} | {mean['teacher_errors']:.1f} | {per('baseline')} = "
             f"{mean['baseline']:.1f} | {per('distilled')} = {mean['distilled']:.1f} | "
             f"{sum(r['distilled'] < r['baseline'] for r in rs)}/{len(rs)} | "

@@ -96,7 +96,8 @@ def verdict(rows):
         return f"Distillation removed {base - kd} of the baseline's {base} errors."
     return (f"The distilled student is worse than its baseline: {kd - base} more validation "
             f"errors ({kd} vs {base}). The teacher did not help with these settings; try "
-            "`keras-kd sweep` (temperature, alpha, loss) or a longer schedule.")
+            "`--tune=temperature,alpha`, `keras-kd sweep` (temperature, alpha, loss), a "
+            "larger student or a longer schedule, and `--repeats=3` to see the spread.")
 
 
 def repeats(first_seed, scores):
