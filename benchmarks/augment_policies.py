@@ -21,7 +21,7 @@ import time
 import keras
 
 import keras_kd
-from keras_kd import augment, data, distribute, job, models
+from keras_kd import augment, data, diagnostics, distribute, models
 
 
 def main():
@@ -50,7 +50,7 @@ def _run(args):
                              num_classes=info.num_classes)
 
     def report(what, model, started):
-        errors = job.evaluate(model, val)["errors"]
+        errors = diagnostics.evaluate(model, val)["errors"]
         print(f"seed {args.seed} {what}: {errors} errors "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
 

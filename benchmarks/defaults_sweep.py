@@ -18,7 +18,7 @@ import time
 import keras
 
 import keras_kd
-from keras_kd import augment, data, distribute, job, models
+from keras_kd import augment, data, diagnostics, distribute, models
 
 
 def main():
@@ -49,7 +49,7 @@ def _sweep(args):
         model.fit(train, epochs=epochs, verbose=0, shuffle=False)
 
     def report(what, model, started):
-        errors = job.evaluate(model, val)["errors"]
+        errors = diagnostics.evaluate(model, val)["errors"]
         print(f"seed {args.seed} {what}: {errors} errors, {models.count_params(model):,} "
               f"params ({time.perf_counter() - started:.0f} s)", flush=True)
 

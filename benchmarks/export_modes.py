@@ -112,9 +112,9 @@ def _mobilenet(epochs):
 
 
 def _table(name, model, train, val, info, folder, threads):
-    from keras_kd import export, job, models
+    from keras_kd import diagnostics, export, models
 
-    scores = job.evaluate(model, val)
+    scores = diagnostics.evaluate(model, val)
     print(f"\n### {name}: {models.count_params(model):,} parameters, Keras float32 "
           f"accuracy {100 * scores['accuracy']:.2f}% on {scores['examples']} validation "
           "images\n")

@@ -41,7 +41,7 @@ def _done(path):
 def _measure(args, dataset, seed, out, done):
     import keras
 
-    from keras_kd import distribute, job, models
+    from keras_kd import checkpoint, diagnostics, distribute, job, models
 
     teachers = os.path.join(args.out, "teachers")
     os.makedirs(teachers, exist_ok=True)
@@ -52,7 +52,7 @@ def _measure(args, dataset, seed, out, done):
                          teacher_epochs=args.teacher_epochs, export=False, verbose=0,
                          output_dir=os.path.join(args.out, "runs", f"{dataset}_s{seed}"),
                          teacher=teacher_file if os.path.exists(teacher_file) else None)
-    strategy, folder = job.open_folder(base, None, base.resume_settings())
+    strategy, folder = checkpoint.open_folder(base, None, base.resume_settings())
     with distribute.deterministic(seed, True):
         run = job.start(base, lambda *_: None, strategy, folder)
         with strategy.scope():
@@ -61,7 +61,7 @@ def _measure(args, dataset, seed, out, done):
             teacher_s = time.perf_counter() - t0
             if not base.teacher:
                 members[0].save(teacher_file)
-            teacher = job.evaluate(members[0], run.val)
+            teacher = diagnostics.evaluate(members[0], run.val)
             for student, epochs, schedule, augment in itertools.product(
                     args.students, args.epochs, args.schedules, args.augment):
                 settings = dict(student_arch=student, epochs=epochs, lr_schedule=schedule,
@@ -77,14 +77,14 @@ def _measure(args, dataset, seed, out, done):
                 t0 = time.perf_counter()
                 baseline, initial, _ = job.train_baseline(run, config)
                 baseline_s = time.perf_counter() - t0
-                b = job.evaluate(baseline, run.val)
+                b = diagnostics.evaluate(baseline, run.val)
                 for temperature, alpha in todo:
                     trial = dataclasses.replace(config, temperature=temperature, alpha=alpha)
                     keras.utils.set_random_seed(seed)
                     t0 = time.perf_counter()
                     student_model, _ = job.distil(run, members, job.stream(run, trial), trial,
                                                   initial_weights=initial)
-                    d = job.evaluate(student_model, run.val)
+                    d = diagnostics.evaluate(student_model, run.val)
                     row = {"dataset": dataset, "seed": seed, "teacher_arch": args.teacher_arch,
                            "teacher_epochs": args.teacher_epochs, **settings,
                            "temperature": temperature, "alpha": alpha,

@@ -35,10 +35,12 @@ import tempfile
 import zlib
 
 import keras
+import tensorflow as tf
 
-from keras_kd import _io, distribute, views
+from keras_kd import _io, distribute, errors, views
 
-__all__ = ["RunFolder", "AtomicBackupAndRestore", "CorruptCheckpointError", "default_output_dir"]
+__all__ = ["RunFolder", "AtomicBackupAndRestore", "CorruptCheckpointError", "default_output_dir",
+           "open_folder", "as_user_error"]
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -350,3 +352,35 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
         views.set_initial_epoch(self.model, None)  # a later fit() starts from its own epoch
         if self.delete_on_end and self._writes() and os.path.exists(self.backup_dir):
             shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
+def open_folder(config, checkpoint_dir, settings, **words):
+    """The strategy and the :class:`RunFolder` of a run of ``config``.
+
+    ``words`` go to the folder's errors (``kind``, ``flag``).
+    """
+    distribute.configure_cpu_devices(config.num_cpu_devices)
+    strategy = distribute.get_strategy(config.strategy)
+    distribute.check_global_batch(config.batch_size, strategy.num_replicas_in_sync)
+    try:
+        folder = RunFolder(strategy, config.output_dir, checkpoint_dir, settings,
+                                      **words)
+    except tf.errors.OpError as err:
+        raise as_user_error(err, strategy, checkpoint_dir and words.get("flag",
+                                                                         "--checkpoint_dir")) from err
+    return strategy, folder
+
+
+def as_user_error(err, strategy, resumes_from=None):
+    """A TensorFlow error turned into the error the user should see; ``resumes_from``:
+    the flag of the folder the run resumes from (None: it cannot resume)."""
+    if distribute.is_multi_worker(strategy) and distribute.is_worker_lost(err):
+        resume = (f"it resumes from the last epoch backup in {resumes_from}" if resumes_from
+                  else "it starts over (pass --checkpoint_dir to resume instead)")
+        return distribute.WorkerLostError(
+            f"another worker stopped ({errors.short(err)}). Fix: restart every stopped "
+            f"worker with its same command; {resume}.")
+    if isinstance(err, tf.errors.InvalidArgumentError):
+        # e.g. the augmentation's value-range check, or a label out of range
+        return ValueError(f"TensorFlow stopped the run: {errors.short(err, 600)}")
+    return err

@@ -16,7 +16,7 @@ import numpy as np
 from keras_kd import losses, views
 from keras_kd import preprocessing as prep
 
-__all__ = ["diagnose", "describe", "check", "check_bar", "TeacherError", "ONE_HOT_TOP1", "FLAT_LOGIT_STD"]
+__all__ = ["diagnose", "describe", "evaluate", "predictions", "check", "check_bar", "TeacherError", "ONE_HOT_TOP1", "FLAT_LOGIT_STD"]
 
 
 
@@ -66,6 +66,45 @@ def _figures(logits, labels, temperature, calibration_temperature=1.0):
     }
 
 
+def _outputs(model, dataset, spec=None):
+    """``model``'s float32 logits [n, N] and the labels, over ``(images, labels)`` batches
+    (images given :func:`keras_kd.preprocessing.preprocess` with ``spec`` if one is set)."""
+    logits, labels = [], []
+    for batch in dataset:
+        images = batch[0] if spec is None else prep.preprocess(batch[0], spec)
+        z = model(images, training=False)
+        logits.append(keras.ops.convert_to_numpy(z).astype(np.float32))
+        labels.append(keras.ops.convert_to_numpy(batch[1]))
+    if not logits:
+        raise ValueError("the dataset to score the model on is empty.")
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def evaluate(model, dataset, teacher_pred=None):
+    """Scores of a logits model on validation batches of ``(images, labels)``.
+
+    ``{"accuracy", "errors", "examples", "loss"}`` (``loss``: the mean softmax
+    cross-entropy, in float64), plus ``"agreement"``, the fraction of examples
+    whose top-1 class is ``teacher_pred``'s, when that is given.
+    """
+    logits, labels = _outputs(model, dataset)
+    labels = labels.reshape(-1).astype(np.int64)
+    pred = logits.argmax(-1)
+    z = logits.astype(np.float64)
+    z = z - z.max(-1, keepdims=True)
+    ce = np.log(np.exp(z).sum(-1)) - z[np.arange(len(labels)), labels]
+    scores = {"accuracy": float(np.mean(pred == labels)), "errors": int(np.sum(pred != labels)),
+              "examples": len(labels), "loss": float(np.mean(ce))}
+    if teacher_pred is not None:
+        scores["agreement"] = float(np.mean(pred == teacher_pred))
+    return scores
+
+
+def predictions(model, dataset):
+    """The top-1 classes of a logits model on ``(images, labels)`` batches, in order."""
+    return _outputs(model, dataset)[0].argmax(-1)
+
+
 def diagnose(teacher, dataset, temperature=4.0, preprocessing=None, calibration_temperature=1.0):
     """How good the teacher is and how soft its targets are, on ``dataset``.
 
@@ -89,15 +128,8 @@ def diagnose(teacher, dataset, temperature=4.0, preprocessing=None, calibration_
     temperature = losses.check_temperature(temperature)
     spec = prep.parse_preprocessing(preprocessing)
     view, _ = views.logits_model(teacher, "teacher")
-    logits, labels = [], []
-    for batch in dataset:
-        z = view(prep.preprocess(batch[0], spec), training=False)
-        logits.append(keras.ops.convert_to_numpy(z).astype(np.float32))
-        labels.append(keras.ops.convert_to_numpy(batch[1]))
-    if not logits:
-        raise ValueError("the dataset to diagnose the teacher on is empty.")
-    return _figures(np.concatenate(logits), np.concatenate(labels), temperature,
-                    calibration_temperature)
+    logits, labels = _outputs(view, dataset, spec)
+    return _figures(logits, labels, temperature, calibration_temperature)
 
 
 def describe(d, name="teacher"):

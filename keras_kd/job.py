@@ -29,7 +29,6 @@ import time
 import warnings
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_kd import (
@@ -42,7 +41,6 @@ from keras_kd import (
     distiller,
     distribute,
     epochs,
-    errors,
     export,
     models,
     preprocessing,
@@ -53,9 +51,8 @@ from keras_kd.config import TUNE_GRID, JobConfig, make_optimizer
 
 __all__ = ["JobConfig", "Run", "run", "start", "train_teachers", "check_teachers", "teacher_view",
            "teacher_names", "tune", "train_baseline", "distil", "train_pair",
-           "cached_logits", "load_data", "stream", "evaluate", "export_student", "write_report",
-           "open_folder",
-           "new_student", "predictions", "as_user_error", "teacher_augment"]
+           "cached_logits", "load_data", "stream", "export_student", "write_report",
+           "new_student", "teacher_augment"]
 
 # --------------------------------------------------------------------------
 # The phases
@@ -273,7 +270,7 @@ def tune(run, members):
         trial = dataclasses.replace(config, epochs=epochs_each, **dict(zip(names, values)))
         keras.utils.set_random_seed(trial.seed)
         student, _ = distil(part, members, stream(part, trial), trial, f"tune/{i:02d}")
-        trials.append({**dict(zip(names, values)), **evaluate(student, part.val)})
+        trials.append({**dict(zip(names, values)), **diagnostics.evaluate(student, part.val)})
     best = max(trials, key=lambda t: (t["accuracy"], -t["loss"]))
     chosen = {n: best[n] for n in names}
     run.config = dataclasses.replace(config, **chosen)
@@ -392,34 +389,6 @@ def train_pair(run, members, index=0, cached=None):
     return baseline, student, history
 
 
-def evaluate(model, val_ds, teacher_pred=None):
-    """Scores of a logits model on the validation batches.
-
-    ``{"accuracy", "errors", "examples", "loss"}`` (``loss``: the mean
-    softmax cross-entropy), plus ``"agreement"``, the fraction of examples
-    whose top-1 class is ``teacher_pred``'s, when that is given.
-    """
-    logits, labels = [], []
-    for images, y in val_ds:
-        logits.append(np.asarray(model(images, training=False), np.float32))
-        labels.append(np.asarray(y).reshape(-1))
-    logits, labels = np.concatenate(logits), np.concatenate(labels).astype(np.int64)
-    pred = logits.argmax(-1)
-    z = logits.astype(np.float64)
-    z = z - z.max(-1, keepdims=True)
-    ce = np.log(np.exp(z).sum(-1)) - z[np.arange(len(labels)), labels]
-    scores = {"accuracy": float(np.mean(pred == labels)), "errors": int(np.sum(pred != labels)),
-              "examples": len(labels), "loss": float(np.mean(ce))}
-    if teacher_pred is not None:
-        scores["agreement"] = float(np.mean(pred == teacher_pred))
-    return scores
-
-
-def predictions(model, val_ds):
-    """The top-1 classes of a logits model on the validation batches, in order."""
-    return np.concatenate([np.asarray(model(x, training=False)).argmax(-1) for x, _ in val_ds])
-
-
 def export_student(run, student):
     """Phase 6: ``student.tflite`` (the chief only), verified on the validation split.
 
@@ -496,7 +465,7 @@ def _phases(run):
     rows = [{"model": d["model"], "params": models.count_params(m),
              **{k: d[k] for k in ("accuracy", "errors", "examples")}}
             for d, m in zip(diagnosis["teachers"], [*members, view])]
-    scores = [(evaluate(b, run.val), evaluate(s, run.val)) for b, s, _ in pairs]
+    scores = [(diagnostics.evaluate(b, run.val), diagnostics.evaluate(s, run.val)) for b, s, _ in pairs]
     rows += [{"model": role, "params": models.count_params(model), **score}
              for role, model, score in (("baseline", baseline, scores[0][0]),
                                         ("distilled", student, scores[0][1]))]
@@ -514,23 +483,6 @@ def _phases(run):
     return results
 
 
-def open_folder(config, checkpoint_dir, settings, **words):
-    """The strategy and the :class:`~keras_kd.checkpoint.RunFolder` of a run of ``config``.
-
-    ``words`` go to the folder's errors (``kind``, ``flag``).
-    """
-    distribute.configure_cpu_devices(config.num_cpu_devices)
-    strategy = distribute.get_strategy(config.strategy)
-    distribute.check_global_batch(config.batch_size, strategy.num_replicas_in_sync)
-    try:
-        folder = checkpoint.RunFolder(strategy, config.output_dir, checkpoint_dir, settings,
-                                      **words)
-    except tf.errors.OpError as err:
-        raise as_user_error(err, strategy, checkpoint_dir and words.get("flag",
-                                                                         "--checkpoint_dir")) from err
-    return strategy, folder
-
-
 def run(config, log=print):
     """Runs the whole path and returns the results dict (also in metrics.json).
 
@@ -539,24 +491,9 @@ def run(config, log=print):
     outside both, on the float32-variable student.
     """
     config.validate()
-    strategy, folder = open_folder(config, config.checkpoint_dir, config.resume_settings())
+    strategy, folder = checkpoint.open_folder(config, config.checkpoint_dir, config.resume_settings())
     try:
         with distribute.deterministic(config.seed, config.deterministic):
             return _phases(start(config, log, strategy, folder))
     except tf.errors.OpError as err:
-        raise as_user_error(err, strategy, config.checkpoint_dir and "--checkpoint_dir") from err
-
-
-def as_user_error(err, strategy, resumes_from=None):
-    """A TensorFlow error turned into the error the user should see; ``resumes_from``:
-    the flag of the folder the run resumes from (None: it cannot resume)."""
-    if distribute.is_multi_worker(strategy) and distribute.is_worker_lost(err):
-        resume = (f"it resumes from the last epoch backup in {resumes_from}" if resumes_from
-                  else "it starts over (pass --checkpoint_dir to resume instead)")
-        return distribute.WorkerLostError(
-            f"another worker stopped ({errors.short(err)}). Fix: restart every stopped "
-            f"worker with its same command; {resume}.")
-    if isinstance(err, tf.errors.InvalidArgumentError):
-        # e.g. the augmentation's value-range check, or a label out of range
-        return ValueError(f"TensorFlow stopped the run: {errors.short(err, 600)}")
-    return err
+        raise checkpoint.as_user_error(err, strategy, config.checkpoint_dir and "--checkpoint_dir") from err

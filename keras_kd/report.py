@@ -103,7 +103,7 @@ def verdict(rows):
 def repeats(first_seed, scores):
     """The pairs of a ``--repeats`` run: per-seed errors, mean ± spread, and a verdict.
 
-    ``scores``: ``[(baseline scores, distilled scores)]`` per pair (``job.evaluate``'s
+    ``scores``: ``[(baseline scores, distilled scores)]`` per pair (``diagnostics.evaluate``'s
     dicts), pair ``i`` seeded ``first_seed + i``. The spread is the sample standard
     deviation over the pairs; the gain (baseline errors − distilled errors, per pair)
     *exceeds its spread* when its mean is larger than its standard deviation.

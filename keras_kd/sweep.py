@@ -44,7 +44,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from keras_kd import _io, cache, checkpoint, distribute, errors, job, models, report
+from keras_kd import _io, cache, checkpoint, diagnostics, distribute, errors, job, models, report
 from keras_kd import config as config_lib
 
 __all__ = ["run", "parse_list", "check_grid", "GRID_FLAGS", "best_flags", "train_trial",
@@ -189,7 +189,7 @@ def run(config, grid, *, baseline=True, use_cache=True, log=print):
     config = dataclasses.replace(config, output_dir=config.output_dir
                                  or checkpoint.default_output_dir())
     settings = {**config.resume_settings(), **grid, "baseline": baseline, "use_cache": use_cache}
-    strategy, folder = job.open_folder(config, config.output_dir, settings, kind="sweep",
+    strategy, folder = checkpoint.open_folder(config, config.output_dir, settings, kind="sweep",
                                        flag="--output_dir")
     try:
         with distribute.deterministic(config.seed, config.deterministic):
@@ -197,7 +197,7 @@ def run(config, grid, *, baseline=True, use_cache=True, log=print):
             with distribute.mixed_precision(config.mixed_precision), strategy.scope():
                 return _sweep(state, grid, baseline, use_cache)
     except tf.errors.OpError as err:
-        raise job.as_user_error(err, strategy, "--output_dir") from err
+        raise checkpoint.as_user_error(err, strategy, "--output_dir") from err
 
 
 def _fresh(state, config, cached=None):
@@ -220,8 +220,8 @@ def _sweep(state, grid, baseline, use_cache):
     job.check_teachers(state, members)
     teacher = job.teacher_view(state, members)
     _check_same_teacher(teacher, out)
-    teacher_pred = job.predictions(teacher, state.val)
-    teacher_scores = _val(job.evaluate(teacher, state.val))
+    teacher_pred = diagnostics.predictions(teacher, state.val)
+    teacher_scores = _val(diagnostics.evaluate(teacher, state.val))
     log(f"teacher: val accuracy {100 * teacher_scores['val_accuracy']:.2f}%")
     cached, cache_report = _teacher_cache(state, teacher, use_cache)
 
@@ -336,7 +336,7 @@ def _baseline(state, config, index):
     t0 = time.perf_counter()
     with distribute.deterministic(config.seed, config.deterministic):
         model, _, _ = job.train_baseline(state, config, _fresh(state, config), phase)
-    result = {"arch": config.student_arch, **_val(job.evaluate(model, state.val)),
+    result = {"arch": config.student_arch, **_val(diagnostics.evaluate(model, state.val)),
               "params": models.count_params(model), "epochs": config.epochs,
               "time_s": round(time.perf_counter() - t0, 2)}
     state.log(f"baseline {config.student_arch}: val accuracy "
@@ -361,7 +361,7 @@ def train_trial(state, members, values, index, teacher_pred, cached=None):
         source = "the teacher cache" if cached is not None else "the teacher"
         student, history = job.distil(state, members, train, config, trial,
                                       validation_data=state.val, source=source)
-    scores = _val(job.evaluate(student, state.val, teacher_pred))
+    scores = _val(diagnostics.evaluate(student, state.val, teacher_pred))
     if not math.isfinite(scores["val_loss"]):
         warnings.warn(f"trial {_describe(values)}: the validation loss is not finite.",
                       stacklevel=2)

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_kd import Distiller, cli, data, distribute, epochs, job, models, sweep
+from keras_kd import Distiller, cli, data, diagnostics, distribute, epochs, job, models, sweep
 
 TINY = [
     "--temperature=1,4",
@@ -115,17 +115,17 @@ def test_recorded_accuracy_is_the_students(swept):
     _, val, info = data.load("mnist5k", batch_size=128)
     teacher = keras.saving.load_model(out / "teacher.keras")
     teacher_pred = teacher.predict(x_val, verbose=0).argmax(-1)
-    assert results["teacher"]["val_accuracy"] == job.evaluate(teacher, val)["accuracy"]
+    assert results["teacher"]["val_accuracy"] == diagnostics.evaluate(teacher, val)["accuracy"]
     assert len(results["rows"]) == 4 and [r["rank"] for r in results["rows"]] == [1, 2, 3, 4]
     for row in results["rows"]:
         student = keras.saving.load_model(trial_file(out, row["trial_id"]))
-        assert row["val_accuracy"] == job.evaluate(student, val)["accuracy"]
+        assert row["val_accuracy"] == diagnostics.evaluate(student, val)["accuracy"]
         pred = student.predict(x_val, verbose=0).argmax(-1)
         assert row["teacher_agreement"] == pytest.approx(np.mean(pred == teacher_pred), abs=1e-9)
         assert row["history"]["val_accuracy"][-1] == pytest.approx(row["val_accuracy"], abs=1e-6)
     best = keras.saving.load_model(out / "best_student.keras")
     top = results["rows"][0]
-    assert job.evaluate(best, val)["accuracy"] == top["val_accuracy"] == results["best"][
+    assert diagnostics.evaluate(best, val)["accuracy"] == top["val_accuracy"] == results["best"][
         "val_accuracy"]
     assert "history" not in results["best"]
     assert set(results["baselines"]) == {"mlp:hidden=8"}
@@ -157,7 +157,7 @@ def test_a_trial_equals_an_independent_distiller_fit(swept):
     swept_student = keras.saving.load_model(trial_file(out, row["trial_id"]))
     for a, b in zip(student.get_weights(), swept_student.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
-    assert abs(job.evaluate(student, val)["accuracy"] - row["val_accuracy"]) <= 0.002
+    assert abs(diagnostics.evaluate(student, val)["accuracy"] - row["val_accuracy"]) <= 0.002
 
 
 def test_best_flags_is_a_main_cli_flagfile(swept):
