@@ -363,11 +363,10 @@ def open_folder(config, checkpoint_dir, settings, **words):
     strategy = distribute.get_strategy(config.strategy)
     distribute.check_global_batch(config.batch_size, strategy.num_replicas_in_sync)
     try:
-        folder = RunFolder(strategy, config.output_dir, checkpoint_dir, settings,
-                                      **words)
+        folder = RunFolder(strategy, config.output_dir, checkpoint_dir, settings, **words)
     except tf.errors.OpError as err:
-        raise as_user_error(err, strategy, checkpoint_dir and words.get("flag",
-                                                                         "--checkpoint_dir")) from err
+        flag = checkpoint_dir and words.get("flag", "--checkpoint_dir")
+        raise as_user_error(err, strategy, flag) from err
     return strategy, folder
 
 

@@ -84,7 +84,9 @@ class JobConfig:
         0.7, "Weight of the distillation loss; 1 - alpha weighs the label loss.")
     tune: str | None = _field(
         None, "Choose these settings for your data before the students train: temperature, "
-        "alpha, or both (comma-separated), among T in 2,4,8 and alpha in 0.5,0.9, by short "
+        "alpha, or both (comma-separated), among T in "
+        f"{','.join(f'{v:g}' for v in TUNE_GRID['temperature'])} and alpha in "
+        f"{','.join(f'{v:g}' for v in TUNE_GRID['alpha'])}, by short "
         "distillations on 80% of the training split scored on the other 20% (never on the "
         "validation split the report compares the models on).")
     tune_epochs: int | None = _field(

@@ -49,7 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = [
-    "DatasetInfo", "EMBEDDED", "SPLIT_SEED", "VALID_FORMS", "batched", "finish", "load", "load_arrays",
+    "DatasetInfo", "EMBEDDED", "SPLIT_SEED", "VALID_FORMS", "batched", "finish", "shuffle_size", "load", "load_arrays",
     "load_unbatched", "parse_image_size",
 ]
 
@@ -190,12 +190,17 @@ def finish(train_ds, val_ds=None, info=None, *, batch_size=64, seed=0,
         first = getattr(tf.nest.flatten(train_ds.element_spec)[0], "shape", None)
         known = first is not None and first.is_fully_defined()
         num, shape = None, tuple(first) if known and tuple(first) else (1,)
-    size = min(int(shuffle_buffer), max(1, _SHUFFLE_BUFFER_BYTES // (4 * int(np.prod(shape)))))
-    if num:
-        size = min(size, int(num))
-    train_ds = train_ds.shuffle(max(1, size), seed=int(seed), reshuffle_each_iteration=True)
+    train_ds = train_ds.shuffle(shuffle_size(shuffle_buffer, num, shape), seed=int(seed),
+                                reshuffle_each_iteration=True)
     train_ds = batched(train_ds, batch_size)
     return train_ds, None if val_ds is None else batched(val_ds, batch_size)
+
+
+def shuffle_size(shuffle_buffer, num_examples, shape):
+    """Examples in a shuffle buffer: at most ``shuffle_buffer``, ``num_examples`` (if
+    known) and ~512 MiB of float32 elements of ``shape``; at least 1."""
+    size = min(int(shuffle_buffer), _SHUFFLE_BUFFER_BYTES // (4 * max(1, int(np.prod(shape)))))
+    return max(1, min(size, int(num_examples)) if num_examples else size)
 
 
 def batched(dataset, batch_size):

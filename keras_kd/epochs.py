@@ -27,12 +27,9 @@ import math
 import tensorflow as tf
 
 from keras_kd import augment as augment_lib
+from keras_kd import data
 
 __all__ = ["Epochs", "epoch_seed"]
-
-# Shuffle buffers hold float32 images; capped so large images fit in memory.
-_SHUFFLE_BUFFER_BYTES = 512 * 1024 * 1024
-
 
 def epoch_seed(seed, epoch):
     """The seed of epoch ``epoch`` of a run seeded ``seed``: a positive int of both only."""
@@ -74,9 +71,8 @@ class Epochs:
                              "--dataset (and --validation_split) leave training examples.")
         if input_shape is None:
             input_shape = tuple(tf.nest.flatten(examples.element_spec)[0].shape)
-        pixels = max(1, math.prod(int(d or 1) for d in input_shape))
-        self.shuffle_buffer = max(1, min(int(shuffle_buffer), self.num_examples,
-                                         _SHUFFLE_BUFFER_BYTES // (4 * pixels)))
+        self.shuffle_buffer = data.shuffle_size(
+            shuffle_buffer, self.num_examples, [int(d or 1) for d in input_shape])
 
     @property
     def steps(self):

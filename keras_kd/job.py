@@ -278,7 +278,7 @@ def tune(run, members):
     run.timings["tune_s"] = seconds
     run.log(f"tune: chose {', '.join(f'{n}={v:g}' for n, v in chosen.items())} (held-out "
             f"accuracy {100 * best['accuracy']:.2f}%; {len(trials)} trials of {epochs_each} "
-            f"epochs on {total - held} training images, scored on {held}; {seconds:.0f} s)")
+            f"epoch{'s' if epochs_each != 1 else ''} on {total - held} training images, scored on {held}; {seconds:.0f} s)")
     return {"tuned": names, "chosen": chosen, "trials": trials, "epochs": epochs_each,
             "trained_on": total - held, "held_out": held, "seconds": round(seconds, 1)}
 
