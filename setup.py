@@ -1,16 +1,17 @@
 """keras_kd: knowledge distillation for Keras 3 on TensorFlow."""
 
 import re
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
-VERSION = re.search(r'__version__ = "([^"]+)"', open("keras_kd/_version.py", encoding="utf-8").read())[1]
+VERSION = re.search(r'__version__ = "([^"]+)"', Path("keras_kd/_version.py").read_text(encoding="utf-8"))[1]
 
 setup(
     name="keras_kd",
     version=VERSION,
     description="Knowledge distillation for Keras 3 / TensorFlow, from notebook to phone.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["keras_kd", "keras_kd.*"]),
@@ -32,6 +33,7 @@ setup(
         "ai-edge-litert",
         # The sweep report's plots.
         "matplotlib",
+        "tensorboard",  # --tensorboard's event files (tf.summary needs it; TF 2.21 does not require it)
     ],
     extras_require={
         # nbclient + ipykernel execute examples/distill.ipynb in the tests;

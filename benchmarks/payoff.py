@@ -50,7 +50,8 @@ def _measure(args, dataset, seed, out, done):
                   f"e{args.teacher_epochs}_s{seed}.keras")
     base = job.JobConfig(dataset=dataset, seed=seed, teacher_arch=args.teacher_arch,
                          teacher_epochs=args.teacher_epochs, export=False, verbose=0,
-                         output_dir=os.path.join(args.out, "runs", f"{dataset}_s{seed}"),
+                         output_dir=checkpoint.default_output_dir(  # fresh per invocation
+                             os.path.join(args.out, "runs", f"{dataset}_s{seed}")),
                          teacher=teacher_file if os.path.exists(teacher_file) else None)
     strategy, folder = checkpoint.open_folder(base, None, base.resume_settings())
     with distribute.deterministic(seed, True):

@@ -9,6 +9,7 @@ steps with a baseline for comparison.
 
 import argparse
 import os
+import sys
 import tempfile
 
 import keras
@@ -48,9 +49,30 @@ def main(epochs=6, output_dir=None):
     return {"keras": scores, "tflite": check, "path": path}
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _cli(argv=None):
+    """``python examples/quickstart.py``: errors are one line, exit status 2 (as keras-kd's)."""
+    prog = os.path.basename(__file__)
+
+    def fail(message, code=2):
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+        return code
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):  # a bad flag: one line, not argparse's usage + error
+            sys.exit(fail(f"{message} (see --help)"))
+
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--output_dir", default=None)
-    args = parser.parse_args()
-    main(args.epochs, args.output_dir)
+    args = parser.parse_args(argv)
+    try:
+        main(args.epochs, args.output_dir)
+    except (ValueError, OSError, RuntimeError) as err:
+        return fail(" ".join(str(err).split()))
+    except KeyboardInterrupt:
+        return fail("interrupted (Ctrl-C).", 130)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_cli())

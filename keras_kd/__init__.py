@@ -7,9 +7,10 @@
     distiller.student.save("student.keras")
 """
 
-from keras_kd._backend import ensure_tensorflow_backend as _ensure
+from keras_kd import _backend
 
-_ensure()
+_backend.quiet_startup()  # the keras-kd command: before TensorFlow is imported
+_backend.ensure_tensorflow_backend()
 
 from keras_kd import features, losses  # noqa: E402
 from keras_kd._version import __version__  # noqa: E402

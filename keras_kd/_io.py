@@ -7,13 +7,14 @@ leaves any existing destination untouched.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 
 __all__ = ["ensure_dir", "atomic_path", "atomic_dir", "write_bytes", "write_text",
-           "write_json", "save_model"]
+           "write_json", "save_model", "sha256_file"]
 
 
 def ensure_dir(folder, what=None):
@@ -129,3 +130,13 @@ def save_model(model, path):
     with atomic_path(path) as tmp:
         model.save(tmp)
     return path
+
+
+def sha256_file(path, chunk_bytes=1 << 20):
+    """The sha256 (hex) of the file at ``path``, read ``chunk_bytes`` at a time
+    (the memory held is one chunk, whatever the file's size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_bytes):
+            h.update(block)
+    return h.hexdigest()

@@ -390,8 +390,9 @@ def apply(dataset, spec, input_shape=None, seed=None, num_classes=None,
     label-mixing policy the labels come out as mixed one-hot vectors
     (``num_classes`` is needed for sparse labels). Raises ValueError for an
     invalid spec or a label-mixing policy on a dataset without labels; when
-    iterated, tf.errors.InvalidArgumentError for a batch outside
-    ``value_range`` (or 0-1 data given to a 0-255 policy).
+    iterated, tf.errors.InvalidArgumentError for a batch holding NaN or Inf
+    (counted, named first), outside ``value_range``, or of 0-1 data given to a
+    0-255 policy.
     """
     spec_elements = dataset.element_spec
     has_labels = isinstance(spec_elements, tuple) and len(spec_elements) >= 2
@@ -408,19 +409,31 @@ def apply(dataset, spec, input_shape=None, seed=None, num_classes=None,
     tolerance = 1e-3 * (high - low)
 
     def augment(*batch):  # autograph on: keras-cv's Equalization needs it
-        # Checked per batch inside the pipeline (two reductions): reading a
-        # batch ahead would advance a seeded shuffle and change the run.
+        # Checked per batch inside the pipeline (a few reductions): reading a
+        # batch ahead would advance a seeded shuffle and change the run. NaN and
+        # Inf are named first: the min and max of such a batch say nothing useful.
         images = tf.cast(batch[0], tf.float32)
         lo, hi = tf.reduce_min(images), tf.reduce_max(images)
-        checks = [tf.debugging.Assert(
-            (lo >= low - tolerance) & (hi <= high + tolerance),
-            [f"augmentation: images outside value_range ({low:g}, {high:g}); "
-             "min and max of this batch:", lo, hi,
-             "Fix: pass value_range= bounds that match the data, or feed raw "
-             "0-255 pixels as keras_kd.data does."], summarize=3)]
+        nans = tf.reduce_sum(tf.cast(tf.math.is_nan(images), tf.int64))
+        infs = tf.reduce_sum(tf.cast(tf.math.is_inf(images), tf.int64))
+        finite = tf.equal(nans + infs, 0)
+        checks = [
+            tf.debugging.Assert(finite, [
+                "augmentation: this batch holds pixel values that are NaN or infinite, "
+                "so they would reach both models and the loss; NaN count and Inf count:",
+                nans, infs,
+                "Fix: find where they come from (a division by zero or a log in your "
+                "preprocessing, an overflowing cast, a corrupt source) and feed finite "
+                "pixels; keras_kd.data yields raw 0-255 pixels, never NaN."]),
+            tf.debugging.Assert(
+                ~finite | ((lo >= low - tolerance) & (hi <= high + tolerance)),
+                [f"augmentation: images outside value_range ({low:g}, {high:g}); "
+                 "min and max of this batch:", lo, hi,
+                 "Fix: pass value_range= bounds that match the data, or feed raw "
+                 "0-255 pixels as keras_kd.data does."], summarize=3)]
         if high >= 255:
             checks.append(tf.debugging.Assert(
-                (hi > 1.0) | (hi <= lo),
+                ~finite | (hi > 1.0) | (hi <= lo),
                 [f"augmentation: images look scaled to [0, 1], but the policy "
                  f"expects value_range ({low:g}, {high:g}). Fix: pass "
                  "value_range=(0, 1), or feed raw 0-255 pixels (keras_kd models "

@@ -10,7 +10,7 @@ so training from a full cache equals online distillation without
 augmentation (tested to 1e-5). The targets are fixed, the clean images'
 logits, so some runs cannot use a cache (:func:`check_usable`).
 
-On-disk format (:data:`FORMAT_VERSION` 1), a folder ``DIR`` holding
+On-disk format (:data:`FORMAT_VERSION` 2), a folder ``DIR`` holding
 
     ``meta.json``      what the cache holds and for what (below)
     ``logits.npy``     float32 ``[n, N]``: every logit (``top_k`` None), or
@@ -23,9 +23,12 @@ Row ``i`` belongs to the ``i``-th example of the dataset. The ``.npy`` files
 are plain NumPy arrays, read with ``allow_pickle=False`` (memory-mapped when
 large). ``meta.json`` holds the format and its version, n, N, k (or null),
 the fingerprints (:func:`teacher_fingerprint`, :func:`dataset_fingerprint`),
-and for people the teacher's name, ``dataset_id``, when and by which version
-it was built, how long it took and each array's shape and dtype. The folder
-is written atomically (:func:`keras_kd._io.atomic_dir`).
+each file's sha256 (``files``: checked on every load, so a file changed after
+the build, even to valid arrays of the same shape, is refused, never
+distilled from), and for people the teacher's name, ``dataset_id``, when and
+by which version it was built, how long it took and each array's shape and
+dtype. The folder is written atomically (:func:`keras_kd._io.atomic_dir`).
+Version 1 (no checksums) is refused: rebuild it.
 
 Top-k (``top_k=k``): per example the k largest logits, their classes and
 *one* float, the mean of the other N − k logits, which :func:`reconstruct`
@@ -59,8 +62,8 @@ __all__ = ["FORMAT_VERSION", "CacheError", "CacheMismatchError", "build", "attac
            "get_or_build", "read_meta", "teacher_fingerprint", "dataset_fingerprint",
            "check_usable", "check_no_augmentation", "reconstruct", "precheck"]
 
-#: Version of the on-disk format this module writes and reads.
-FORMAT_VERSION = 1
+#: Version of the on-disk format this module writes and reads (2: with each file's sha256).
+FORMAT_VERSION = 2
 _FORMAT = "keras_kd.teacher_cache"
 META = "meta.json"
 LOGITS_FILE, INDICES_FILE, REST_FILE = "logits.npy", "indices.npy", "rest_mean.npy"
@@ -361,7 +364,8 @@ def build(teacher, dataset, directory, *, top_k=None, batch_size=256,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "keras_kd_version": __version__,
             "build_seconds": round(time.perf_counter() - started, 3),
-            "files": {name: {"shape": list(shapes[name]), "dtype": raw[name][1].str}
+            "files": {name: {"shape": list(shapes[name]), "dtype": raw[name][1].str,
+                             "sha256": _io.sha256_file(os.path.join(tmp, name))}
                       for name in raw},
         }
         _io.write_json(os.path.join(tmp, META), meta)
@@ -437,11 +441,35 @@ def _expected_files(meta):
             REST_FILE: ((n,), np.float32)}
 
 
-def _read_arrays(directory, meta):
-    """The cache's arrays, checked against meta (memory-mapped if large)."""
+def _check_sha256(directory, meta, name):
+    """Raises CacheError unless the file ``name`` has the sha256 that ``meta.json`` records."""
+    path = os.path.join(directory, name)
+    files = meta.get("files")
+    entry = files.get(name) if isinstance(files, dict) else None
+    recorded = entry.get("sha256") if isinstance(entry, dict) else None
+    if not recorded:
+        raise CacheError(f"the teacher cache {directory!r} records no sha256 of {name} in "
+                         f"{META}, so {path!r} cannot be checked. {_REBUILD}")
+    try:
+        found = _io.sha256_file(path)
+    except FileNotFoundError as err:
+        raise CacheError(f"the teacher cache {directory!r} is incomplete: {name} is "
+                         f"missing. {_REBUILD}") from err
+    if found != recorded:
+        raise CacheError(
+            f"the teacher cache {directory!r} is corrupt: {name} changed after the cache was "
+            f"built (its sha256 is {_fp_short(found)}, {META} records "
+            f"{_fp_short(recorded)}), so its soft targets are not the teacher's. {_REBUILD}")
+
+
+def _read_arrays(directory, meta, verify=True):
+    """The cache's arrays, checked against meta (memory-mapped if large); ``verify``:
+    each file's sha256 too (False only for a cache this process has just written)."""
     arrays = []
     for name, (shape, dtype) in _expected_files(meta).items():
         path = os.path.join(directory, name)
+        if verify:
+            _check_sha256(directory, meta, name)
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError as err:
@@ -490,10 +518,11 @@ def _rows(arrays):
     return tf.data.Dataset.from_generator(chunks, output_signature=signature).unbatch()
 
 
-def _attach_checked(dataset, directory, meta):
-    """Zips the cache's rows into ``dataset`` (already checked against meta)."""
+def _attach_checked(dataset, directory, meta, verify=True):
+    """Zips the cache's rows into ``dataset`` (already checked against meta); ``verify``:
+    check the files' sha256 (False only for a cache this process has just written)."""
     classes, top_k = meta["num_classes"], meta["top_k"]
-    rows = _rows(_read_arrays(directory, meta))
+    rows = _rows(_read_arrays(directory, meta, verify))
 
     def pair(example, row):
         x, y = example
@@ -550,9 +579,10 @@ def attach(dataset, directory, teacher=None, *, check=True, teacher_id=None):
 
     ``check`` verifies (one pass over ``dataset``, one hash of ``teacher``'s
     weights) that the cache is this teacher's, for these examples;
-    ``check=False`` skips the pass (you vouch for it). Raises
-    CacheMismatchError (another teacher or dataset), CacheError (no cache, or
-    a missing or corrupt file) or ValueError (a batched or unlabelled dataset).
+    ``check=False`` skips the pass (you vouch for it). Each file's sha256 is
+    checked against ``meta.json`` either way. Raises CacheMismatchError
+    (another teacher or dataset), CacheError (no cache, or a missing, corrupt
+    or changed file) or ValueError (a batched or unlabelled dataset).
     """
     directory = _check_dir_path(directory)
     meta = read_meta(directory)
@@ -600,7 +630,7 @@ def get_or_build(teacher, dataset, directory, top_k=None, *, batch_size=256,
     if _is_empty(directory):
         meta = build(teacher, dataset, directory, top_k=top_k, batch_size=batch_size,
                      dataset_id=dataset_id, teacher_id=teacher_id, log=log)
-        attached, status = _attach_checked(dataset, directory, meta), "built"
+        attached, status = _attach_checked(dataset, directory, meta, verify=False), "built"
     else:
         meta = read_meta(directory)
         _check_same_top_k(meta, top_k, directory)

@@ -1,35 +1,49 @@
 """Runs that survive being killed: the run folder and its resume protocol.
 
 One :class:`RunFolder` per run (the job, or a sweep) decides once who the
-chief is and owns every file that makes a run resumable:
+chief is and owns every file that makes a run resumable, in the checkpoint
+folder:
 
 - ``config.json``: the settings the folder belongs to; another run's settings
   are refused (also across workers, which must share the folder);
-- ``<phase>.keras``: a finished phase's model (its marker), ``<phase>.json``:
-  a finished phase's result;
+- ``run.token``: a random number naming the run (the chief writes it once);
+- ``<phase>.keras``: a finished phase's model (its marker), with its sha256 in
+  ``<phase>.keras.sha256`` (``sha256sum`` format, checked on every load: a
+  different model file swapped in is an error, never silently loaded);
+  ``<phase>.json``: a finished phase's result;
 - ``<phase>_backup/``: epoch backups of the phase being trained
   (:class:`AtomicBackupAndRestore`), and ``<phase>_history.csv``, its history.
+
+The output folder holds one run: a non-empty one is refused unless it is the
+output of the run the checkpoint folder resumes (``checkpoint.json`` in it
+names that checkpoint folder and its ``run.token``; a sweep's output folder is
+its checkpoint folder). Folders a run created are removed again if it fails
+before writing anything in them but this bookkeeping (:meth:`RunFolder.discard`).
 
 ::
 
     folder = RunFolder(strategy, output_dir="out", checkpoint_dir="ckpt", settings={...})
-    model = folder.load("teacher") or train()         # a finished phase is loaded
-    history = folder.fit(model, dataset, "teacher", epochs=12)   # resumes after a kill
-    folder.mark_done("teacher", model)
+    with folder:                                          # a failed run leaves no empty folder
+        path = folder.finished("teacher")                 # a finished phase: loaded, not trained
+        history = folder.fit(model, dataset, "teacher", epochs=12)   # resumes after a kill
+        folder.mark_done("teacher", model)
 
 :class:`AtomicBackupAndRestore` is ``keras.callbacks.BackupAndRestore`` with
 crash-safe writes: each backup (weights + the epoch reached) goes into a fresh
-folder, and a small ``latest.json`` pointer is then replaced atomically
-(``os.replace``). A kill at any moment leaves either the previous backup or the
-new one, never a mix. A backup that exists but cannot be read raises
-:class:`CorruptCheckpointError` instead of silently restarting from zero.
+folder, and a small ``latest.json`` pointer (with the weights' sha256) is then
+replaced atomically (``os.replace``). A kill at any moment leaves either the
+previous backup or the new one, never a mix. A backup that exists but cannot
+be read, or whose weights file changed, raises :class:`CorruptCheckpointError`
+instead of silently restarting from zero or from other weights.
 """
 
 import csv
 import datetime
+import importlib.util
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 import zlib
@@ -42,19 +56,37 @@ from keras_kd import _io, distribute, errors, views
 __all__ = ["RunFolder", "AtomicBackupAndRestore", "CorruptCheckpointError", "default_output_dir",
            "open_folder", "as_user_error"]
 
+#: In the checkpoint folder: the run's settings, and its identity (a random number).
+CONFIG, TOKEN = "config.json", "run.token"
+#: In an output folder written by a checkpointed run: which checkpoint resumes it.
+MARKER = "checkpoint.json"
+#: Beside a finished phase's ``<phase>.keras``: its sha256.
+SHA256 = ".sha256"
+_BOOKKEEPING = {CONFIG, TOKEN, MARKER}
+_WORKER_FOLDER = re.compile(r"worker-\d+")
+
 
 class CorruptCheckpointError(RuntimeError):
-    """A backup exists but cannot be restored."""
+    """A checkpoint file exists but cannot be used: unreadable, or changed since written."""
 
 
-def default_output_dir():
-    """``./kd_runs/<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``, … if it exists)."""
-    base = os.path.join("kd_runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+def default_output_dir(base="kd_runs"):
+    """``<base>/<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``, … if it exists): a fresh folder name."""
+    base = os.path.join(base, datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     path, n = base, 1
     while os.path.exists(path):
         n += 1
         path = f"{base}-{n}"
     return path
+
+
+def _same(a, b):
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 class RunFolder:
@@ -65,9 +97,12 @@ class RunFolder:
         the chief (it writes the shared files) is decided here, once.
       output_dir: where the run's results go (default
         :func:`default_output_dir`); a non-chief worker writes into
-        ``<output_dir>/worker-<i>`` instead.
+        ``<output_dir>/worker-<i>`` instead. It must be absent or empty, or be
+        the output folder of the run ``checkpoint_dir`` resumes (ValueError
+        otherwise: a folder holds one run, never a mix of two).
       checkpoint_dir: the folder that makes the run resumable, or None (then
-        nothing is kept and nothing resumes). It may be ``output_dir`` itself.
+        nothing is kept and nothing resumes). It may be ``output_dir`` itself,
+        or a folder inside it, or outside it.
       settings: a JSON-able dict of what the results depend on. The first run
         stores it; a later run with other settings is refused.
       kind, flag: words for the errors ("run", "--checkpoint_dir").
@@ -76,7 +111,13 @@ class RunFolder:
     ``checkpoint_dir`` on storage they all see: the workers compare what they
     find (a token the chief leaves, the settings, the finished phases and
     backups) before anything trains, and a mismatch is an error, not a hang.
+
+    Used as a context manager, a run that raises calls :meth:`discard`.
     """
+
+    #: Whether :meth:`fit` writes TensorBoard event files to ``<out>/tensorboard/<phase>/``
+    #: (``--tensorboard``; :func:`open_folder` sets it from the config).
+    tensorboard = False
 
     def __init__(self, strategy, output_dir=None, checkpoint_dir=None, settings=None, *,
                  kind="run", flag="--checkpoint_dir"):
@@ -84,22 +125,159 @@ class RunFolder:
         self.chief = distribute.is_chief(strategy)
         self.path = str(checkpoint_dir) if checkpoint_dir else None
         self.kind, self.flag = kind, flag
-        if self.path:
-            _io.ensure_dir(self.path, flag)
-            self._check_settings(settings or {})
         out = str(output_dir or default_output_dir())
         if not self.chief:  # the chief writes the run's files; the others keep theirs apart
             out = os.path.join(out, f"worker-{distribute.worker_index(strategy)}")
-        self.out = _io.ensure_dir(out, "--output_dir")
+        self.out, self._created = out, []
+        self._check_output(out)  # before anything is written
+        try:
+            if self.path:
+                self._create(self.path, flag)
+                self._check_settings(settings or {})
+            self._create(out, "--output_dir")
+            if self.path and not _same(out, self.path):
+                marker = {"checkpoint_dir": os.path.abspath(self.path), "run_token": self.token()}
+                if self._marker(out) != marker:
+                    _io.write_json(os.path.join(out, MARKER), marker)
+        except BaseException:
+            self.discard()
+            raise
+
+    def _create(self, folder, what):
+        if not os.path.exists(folder):
+            self._created.append(folder)
+        _io.ensure_dir(folder, what)
+
+    # -- one run per output folder ---------------------------------------------
+
+    def token(self):
+        """The checkpointed run's identity (``run.token``), or None (none yet, or no checkpoint)."""
+        path = self.path and os.path.join(self.path, TOKEN)
+        if not (path and os.path.exists(path)):
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                return str(int(f.read().strip()))
+        except (OSError, ValueError) as err:
+            raise CorruptCheckpointError(
+                f"{path!r} is unreadable ({err}), so {self.flag}={self.path!r} cannot be "
+                f"matched with its output folder. Fix: delete {self.path!r} to start over, "
+                f"or use a new {self.flag}.") from err
+
+    @staticmethod
+    def _marker(out):
+        """The ``checkpoint.json`` of the output folder ``out`` (None: none, or unreadable)."""
+        try:
+            marker = _read_json(os.path.join(out, MARKER))
+        except (OSError, ValueError):
+            return None
+        return marker if isinstance(marker, dict) else None
+
+    def _held(self, out):
+        """What ``out`` holds of its own: not this run's other workers' folders, nor the
+        checkpoint folder when it lies inside ``out``."""
+        inside = None
+        if self.path:
+            rel = os.path.relpath(os.path.realpath(self.path), os.path.realpath(out))
+            if rel != "." and not rel.startswith(os.pardir):
+                inside = rel.split(os.sep)[0]
+        multi = distribute.is_multi_worker(self.strategy)
+        return sorted(
+            name for name in os.listdir(out)
+            if name != inside and not (multi and self.chief and _WORKER_FOLDER.fullmatch(name)))
+
+    def _check_output(self, out):
+        """Raises ValueError unless ``out`` may take this run's files: absent, empty, or
+        the output folder of the run the checkpoint folder resumes."""
+        if not os.path.isdir(out):
+            return  # absent (created later), or a file (ensure_dir's error)
+        held = self._held(out)
+        if not held:
+            return
+        marker = self._marker(out)
+        if self.path:
+            if _same(out, self.path) and os.path.exists(os.path.join(self.path, CONFIG)):
+                return  # the checkpoint folder is the output folder: its own run's
+            token = self.token()
+            if token is not None and marker is not None and marker.get("run_token") == token:
+                return  # this run's checkpointed resume
+        owner = marker.get("checkpoint_dir") if marker else None
+        names = ", ".join(held[:4]) + (", …" if len(held) > 4 else "")
+        if owner and self.path and _same(owner, self.path):
+            why = (f"; they belong to an earlier run checkpointed in {owner!r} (its {TOKEN} "
+                   "differs: that checkpoint folder was deleted or replaced since)")
+            owner = None
+        elif owner and self.path:
+            why = (f"; they belong to the run checkpointed in {owner!r}, not to the one in "
+                   f"{self.flag}={self.path!r}")
+        elif owner:
+            why = f"; they belong to the run checkpointed in {owner!r}"
+        elif self.path:
+            why = f"; no {self.kind} checkpointed in {self.flag}={self.path!r} wrote them"
+        else:
+            why = ""
+        if self.flag == "--output_dir":  # the folder is its own checkpoint (a sweep)
+            resume = f" (a {self.kind} resumes only in a folder it made itself)"
+        elif owner:
+            resume = f", or pass --checkpoint_dir={owner!r} to resume the run that wrote it"
+        else:
+            resume = ""
+        raise ValueError(
+            f"--output_dir={out!r} is not empty: it holds another run's files "
+            f"({names}){why}. A run folder holds one run: this one would overwrite some "
+            "of those files and leave the others beside its own. Fix: pass a new "
+            f"--output_dir (or none: ./kd_runs/<timestamp>), or delete {out!r}{resume}.")
+
+    # -- cleaning up after a failed run ----------------------------------------
+
+    def discard(self):
+        """Removes the folders this run created that hold nothing but its bookkeeping
+        (``config.json``, ``run.token``, ``checkpoint.json``): a run that failed before
+        writing a result leaves no empty folder behind. Anything else (a saved
+        ``teacher.keras``, an epoch backup) keeps its folder, and a folder that existed
+        before the run is never removed. The chief alone cleans the shared checkpoint
+        folder. Returns the folders removed."""
+        removed = []
+        mine = [f for f in self._created if self.chief or f != self.path]
+        for folder in sorted(mine, key=lambda f: -len(os.path.abspath(f))):  # inner first
+            try:
+                names = os.listdir(folder)
+                if not set(names) <= _BOOKKEEPING:
+                    continue
+                for name in names:
+                    os.remove(os.path.join(folder, name))
+                os.rmdir(folder)
+            except OSError:
+                continue
+            removed.append(folder)
+        return removed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if kind is not None:
+            self.discard()
+        return False
 
     # -- settings and the workers' shared view -------------------------------
 
     def _check_settings(self, settings):
-        path = os.path.join(self.path, "config.json")
+        path = os.path.join(self.path, CONFIG)
+        if self.chief and not os.path.exists(os.path.join(self.path, TOKEN)):
+            _io.write_text(os.path.join(self.path, TOKEN), f"{random.getrandbits(62)}\n")
         self._check_workers_share()
         if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                saved = json.load(f)
+            try:
+                saved = _read_json(path)
+                if not isinstance(saved, dict):
+                    raise ValueError(f"it holds a JSON {type(saved).__name__}, not an object")
+            except (OSError, ValueError) as err:
+                raise CorruptCheckpointError(
+                    f"{path!r} is unreadable ({err}): the settings {self.flag}={self.path!r} "
+                    f"was made with are unknown, so its finished phases cannot be reused. "
+                    f"Fix: delete {self.path!r} to start over, or use a new {self.flag}."
+                ) from err
             if saved != settings:
                 changed = sorted(k for k in set(saved) | set(settings)
                                  if saved.get(k) != settings.get(k))
@@ -118,7 +296,7 @@ class RunFolder:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
                 rel = os.path.relpath(os.path.join(root, name), self.path)
-                if name in ("config.json", "latest.json", "workers.token"):
+                if name in (CONFIG, "latest.json", TOKEN):
                     with open(os.path.join(root, name), "rb") as f:
                         rel += f":{zlib.crc32(f.read())}"
                 elif not name.endswith((".keras", ".json")):
@@ -132,14 +310,12 @@ class RunFolder:
         Each worker would otherwise resume from a different point, and the
         collectives would hang. A no-op outside multi-worker training. A fresh
         folder looks the same (empty) to workers on separate disks, so the
-        chief first leaves a random token there; after a barrier every worker
-        reads it back, and the token is compared with the rest.
+        chief first leaves its random ``run.token`` there; after a barrier every
+        worker reads it back, and the token is compared with the rest.
         """
         if not distribute.is_multi_worker(self.strategy):
             return
-        token_path = os.path.join(self.path, "workers.token")
-        if self.chief and not os.path.exists(token_path):
-            _io.write_text(token_path, f"{random.getrandbits(62)}\n")
+        token_path = os.path.join(self.path, TOKEN)
         distribute.gather_from_workers(self.strategy, [0])  # barrier: the token is written
         try:
             with open(token_path, encoding="utf-8") as f:
@@ -161,22 +337,69 @@ class RunFolder:
         return os.path.join(self.path, f"{phase}{suffix}")
 
     def finished(self, phase):
-        """Path of a finished phase's model, or None (also without a checkpoint folder)."""
+        """Path of a finished phase's model, or None (also without a checkpoint folder).
+
+        The file's sha256 is checked against the one recorded when the phase was
+        marked done: CorruptCheckpointError (naming the file and the fix) if it
+        changed or none was recorded, never another model loaded silently.
+        """
         if not self.path:
             return None
         path = self._file(phase, ".keras")
-        return path if os.path.exists(path) else None
+        if not os.path.exists(path):
+            return None
+        fix = (f"Fix: delete {path!r}"
+               + (f" and {self._file(phase, '.json')!r}"
+                  if os.path.exists(self._file(phase, ".json")) else "")
+               + f" to redo the {phase} phase, or delete {self.path!r} to start over.")
+        try:
+            with open(path + SHA256, encoding="utf-8") as f:
+                recorded = f.read().split()[0]
+        except (OSError, IndexError) as err:
+            raise CorruptCheckpointError(
+                f"{path!r} has no recorded sha256 ({os.path.basename(path)}{SHA256} is missing "
+                "or empty: written by an older keras_kd, or copied in), so it cannot be "
+                f"trusted as this {self.kind}'s finished {phase} phase. {fix}") from err
+        found = _io.sha256_file(path)
+        if found != recorded:
+            raise CorruptCheckpointError(
+                f"{path!r} changed after its {phase} phase finished (its sha256 is "
+                f"{found[:12]}…, {os.path.basename(path)}{SHA256} records {recorded[:12]}…), "
+                f"so it is not the model this {self.kind} trained. {fix}")
+        return path
 
     def mark_done(self, phase, model):
-        """Saves a finished phase's model (the chief), then drops its epoch backups."""
+        """Saves a finished phase's model (the chief) with its sha256, then drops its
+        epoch backups.
+
+        The checksum is written first, then the model is moved into place: a kill
+        in between leaves no finished phase (it is redone), never an unchecked one.
+        """
         if not self.path:
             return
         if self.chief:
-            _io.save_model(model, self._file(phase, ".keras"))
+            path = self._file(phase, ".keras")
+            with _io.atomic_path(path) as tmp:
+                model.save(tmp)
+                _io.write_text(path + SHA256,
+                               f"{_io.sha256_file(tmp)}  {os.path.basename(path)}\n")
         else:  # saving is a collective under multi-worker: save, then discard
             with tempfile.TemporaryDirectory() as scratch:
                 _io.save_model(model, os.path.join(scratch, "model.keras"))
         self.drop_backup(phase)  # only now: the phase's result is safe
+
+    def save_output(self, model, name):
+        """Saves ``model`` as ``<output folder>/<name>.keras``; returns the path.
+
+        Where that file is this run's finished phase ``name`` itself (the output
+        folder is the checkpoint folder, as in a sweep), it is kept as it is:
+        saving again would change its bytes and no longer match its sha256.
+        """
+        path = os.path.join(self.out, f"{name}.keras")
+        if (self.path and _same(path, self._file(name, ".keras"))
+                and os.path.exists(path + SHA256) and self.finished(name)):
+            return path
+        return _io.save_model(model, path)
 
     def drop_backup(self, phase):
         """Removes a phase's epoch backups once its result is safe (chief only)."""
@@ -218,11 +441,13 @@ class RunFolder:
                                             chief=self.chief)
             callbacks.append(backup)
             start = backup.latest_epoch()
+        if self.tensorboard:
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(self.out, "tensorboard", phase)))
         steps = None
         if hasattr(dataset, "batches"):  # keras_kd.epochs.Epochs: resume at the epoch itself
             dataset, steps = dataset.batches(min(start, epochs - 1), epochs), dataset.steps
-        history = distribute.fit(
-            model, dataset, epochs=epochs, verbose=verbose, shuffle=False,
+        history = distribute.fit(  # --verbose=3: progress bars (and TensorFlow's log lines)
+            model, dataset, epochs=epochs, verbose=1 if verbose >= 3 else verbose, shuffle=False,
             callbacks=callbacks, validation_data=validation_data, steps_per_epoch=steps,
         ).history
         if self.path and self.chief:
@@ -290,8 +515,8 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
             with open(self._pointer, encoding="utf-8") as f:
                 latest = json.load(f)
             folder = os.path.join(self.backup_dir, latest["folder"])
-            return folder, int(latest["epoch"])
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            return folder, int(latest["epoch"]), latest.get("sha256")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise CorruptCheckpointError(
                 f"the backup pointer {self._pointer!r} is unreadable ({err}). "
                 f"Fix: delete {self.backup_dir!r} to restart this phase from "
@@ -307,8 +532,9 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
         latest = self._latest()
         if latest is None:
             return
-        folder, epoch = latest
+        folder, epoch, recorded = latest
         weights = os.path.join(folder, "model.weights.h5")
+        self._check_sha256(weights, epoch, recorded)
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)
@@ -321,6 +547,25 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
                 "to restart this phase from scratch."
             ) from err
         views.set_initial_epoch(self.model, epoch)
+
+    def _check_sha256(self, weights, epoch, recorded):
+        """CorruptCheckpointError unless ``weights`` has the sha256 ``latest.json`` records."""
+        fix = f"Fix: delete {self.backup_dir!r} to restart this phase from scratch."
+        if not recorded:
+            raise CorruptCheckpointError(
+                f"the backup pointer {self._pointer!r} records no sha256 of {weights!r} "
+                f"(epoch {epoch}; written by an older keras_kd?), so the backup cannot be "
+                f"checked. {fix}")
+        try:
+            found = _io.sha256_file(weights)
+        except OSError as err:
+            raise CorruptCheckpointError(
+                f"the backup {weights!r} (epoch {epoch}) cannot be read ({err}). {fix}") from err
+        if found != recorded:
+            raise CorruptCheckpointError(
+                f"the backup {weights!r} (epoch {epoch}) changed after it was written (its "
+                f"sha256 is {found[:12]}…, {self._pointer!r} records {recorded[:12]}…), so "
+                f"it is not this run's state. {fix}")
 
     def _writes(self):
         if self._chief is None:
@@ -342,9 +587,11 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
         if os.path.exists(folder):  # left by a kill before the pointer moved
             shutil.rmtree(folder)
         os.makedirs(folder)
-        self.model.save_weights(os.path.join(folder, "model.weights.h5"))
+        weights = os.path.join(folder, "model.weights.h5")
+        self.model.save_weights(weights)
         previous = self._latest()
-        _io.write_json(self._pointer, {"folder": folder_name, "epoch": done})
+        _io.write_json(self._pointer, {"folder": folder_name, "epoch": done,
+                                       "sha256": _io.sha256_file(weights)})
         if previous is not None and os.path.abspath(previous[0]) != os.path.abspath(folder):
             shutil.rmtree(previous[0], ignore_errors=True)
 
@@ -362,8 +609,12 @@ def open_folder(config, checkpoint_dir, settings, **words):
     distribute.configure_cpu_devices(config.num_cpu_devices)
     strategy = distribute.get_strategy(config.strategy)
     distribute.check_global_batch(config.batch_size, strategy.num_replicas_in_sync)
+    if getattr(config, "tensorboard", False) and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError("--tensorboard needs the tensorboard package (tf.summary writes "
+                         "through it). Fix: pip install tensorboard, or drop --tensorboard.")
     try:
         folder = RunFolder(strategy, config.output_dir, checkpoint_dir, settings, **words)
+        folder.tensorboard = bool(getattr(config, "tensorboard", False))
     except tf.errors.OpError as err:
         flag = checkpoint_dir and words.get("flag", "--checkpoint_dir")
         raise as_user_error(err, strategy, flag) from err

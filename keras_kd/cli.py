@@ -14,15 +14,23 @@
 The flags of ``keras-kd`` and ``keras-kd sweep`` are generated from the fields
 of :class:`keras_kd.job.JobConfig` (name, type, default, choices and help);
 ``keras-kd export`` shares their data flags.
+
+Ctrl-C (or SIGTERM) stops any subcommand with one line saying what was kept
+and how to resume, exit status 130 (143 for SIGTERM); errors are one line
+``keras-kd: error: ...``, exit status 2. TensorFlow's own log lines stay off
+the console unless ``--verbose=3``.
 """
 
+import contextlib
 import dataclasses
+import os
+import signal
 import sys
 import typing
 
 from absl import app, flags
 
-from keras_kd import distribute, export, job
+from keras_kd import _backend, checkpoint, distribute, export, job
 
 FLAGS = flags.FLAGS
 #: The flags that name the data, shared by ``keras-kd``, ``export`` and ``sweep``.
@@ -103,6 +111,45 @@ def _stderr(message):
     print(f"keras-kd: {message}", file=sys.stderr, flush=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the Ctrl-C path: the same clean-up (every ``finally``
+    runs, so no temporary folder is left) and one line, exit status 143."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _interrupted(name, err, kept):
+    """One line for a Ctrl-C (or SIGTERM) saying what was kept; the exit status."""
+    how = "stopped (SIGTERM)" if isinstance(err, Terminated) else "interrupted (Ctrl-C)"
+    print(f"keras-kd{' ' + name if name else ''}: {how}; {kept}", file=sys.stderr, flush=True)
+    return 143 if isinstance(err, Terminated) else 130
+
+
+def _saved_models(folder):
+    """The ``.keras`` files in ``folder`` (none if it does not exist)."""
+    try:
+        return sorted(n for n in os.listdir(folder) if n.endswith(".keras"))
+    except OSError:
+        return []
+
+
+def _job_kept(config):
+    """What an interrupted main job of ``config`` leaves, and how to go on (one sentence)."""
+    if config.checkpoint_dir:
+        return (f"the finished phases and the last epoch backup are kept in --checkpoint_dir="
+                f"{config.checkpoint_dir}: rerun the same command to resume from there.")
+    out = config.output_dir
+    saved = _saved_models(out)
+    held = (f"{out} holds {', '.join(saved)}" if saved else "nothing was saved")
+    if "teacher.keras" in saved:
+        held += f" (reuse the teacher with --teacher={os.path.join(out, 'teacher.keras')})"
+    return (f"{held}; without --checkpoint_dir nothing resumes: add --checkpoint_dir=DIR "
+            "next time to make the run resumable (rerunning the same command then continues "
+            "from the last finished epoch).")
+
+
 def main(argv):
     """Runs the main job; bad flag values exit with a one-line error."""
     if len(argv) > 1:
@@ -113,12 +160,19 @@ def main(argv):
             f"unexpected arguments {argv[1:]}; keras-kd takes only --flags "
             f"(see keras-kd --help).{hint}"
         )
+    config = config_from_flags()
+    # The run's folder is named now, so that an interrupted run can say where it is.
+    config = dataclasses.replace(
+        config, output_dir=config.output_dir or checkpoint.default_output_dir())
     try:
-        job.run(config_from_flags())
+        with _backend.tensorflow_logs(config.verbose >= 3):
+            job.run(config)
     except distribute.WorkerLostError as err:
         return _restart(err, FLAGS.max_restarts)
     except (ValueError, OSError, RuntimeError) as err:
         return _fail("", err)
+    except KeyboardInterrupt as err:
+        return _interrupted("", err, _job_kept(config))
     return 0
 
 
@@ -173,13 +227,18 @@ def export_main(argv):
                              "(its validation split checks the file, its training images "
                              "calibrate int8, its class names go with it), e.g. "
                              "--dataset=mnist5k.")
-        export.export_saved_model(
-            f.model, **config_values(f, only=DATA_FIELDS), output=f.output, quantization=f.quantization,
-            min_agreement=f.min_agreement, probabilities=f.probabilities,
-            allow_flex=f.allow_flex, int8_io=f.int8_io,
-        )
+        with _backend.tensorflow_logs(False):
+            export.export_saved_model(
+                f.model, **config_values(f, only=DATA_FIELDS), output=f.output,
+                quantization=f.quantization, min_agreement=f.min_agreement,
+                probabilities=f.probabilities, allow_flex=f.allow_flex, int8_io=f.int8_io,
+            )
     except (ValueError, OSError, RuntimeError) as err:
         return _fail("export", err)
+    except KeyboardInterrupt as err:
+        return _interrupted("export", err, "an export replaces its files only once the check "
+                            "passed, and its temporary files are removed: rerun the same "
+                            "command.")
     return 0
 
 
@@ -244,6 +303,7 @@ def sweep_main(argv):
     from keras_kd import sweep
 
     f = SWEEP_FLAGS
+    config = None
     try:
         if len(argv) > 1:
             raise ValueError(f"unexpected arguments {argv[1:]}; keras-kd sweep takes only "
@@ -252,11 +312,21 @@ def sweep_main(argv):
         config = job.JobConfig(
             **config_values(f, skip=sweep.GRID_FLAGS),
             flags_used={flag.name: flag.value for flag in f.get_flags_for_module(__name__)})
-        sweep.run(config, grid, baseline=f.baseline)
+        # The sweep resumes from its folder: named now, so that Ctrl-C can say which.
+        config = dataclasses.replace(
+            config, output_dir=config.output_dir or checkpoint.default_output_dir())
+        with _backend.tensorflow_logs(config.verbose >= 3):
+            sweep.run(config, grid, baseline=f.baseline)
     except distribute.WorkerLostError as err:
         return _restart(err, f.max_restarts)
     except (ValueError, OSError, RuntimeError) as err:
         return _fail("sweep", err)
+    except KeyboardInterrupt as err:
+        out = config.output_dir if config is not None else None
+        return _interrupted("sweep", err, (
+            f"the finished trials are kept in {out}: rerun the same command with "
+            f"--output_dir={out} to resume (finished trials are not trained again)."
+        ) if out else "nothing was started.")
     return 0
 
 
@@ -266,7 +336,33 @@ def _parse_sweep_flags(argv):
 
 
 def run():
-    """Console-script entry point (also ``python -m keras_kd``)."""
+    """Console-script entry point (also ``python -m keras_kd``).
+
+    SIGTERM takes the Ctrl-C path (clean-up, one line); a Ctrl-C outside a
+    subcommand's own handling (e.g. while the flags are read) is one line too.
+    """
+    with _sigterm_as_interrupt():
+        try:
+            _run()
+        except KeyboardInterrupt as err:
+            sys.exit(_interrupted("", err, "no run was under way; nothing to clean up."))
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within: SIGTERM raises :class:`Terminated` (main thread only; else a no-op)."""
+    try:
+        saved = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread
+        saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            signal.signal(signal.SIGTERM, saved)
+
+
+def _run():
     if len(sys.argv) > 1 and sys.argv[1] == "export":
         app.run(export_main, flags_parser=_parse_export_flags)
         return

@@ -21,6 +21,7 @@ from keras_kd import (
     distiller,
     distribute,
     export,
+    losses,
     models,
     teachers,
 )
@@ -79,7 +80,9 @@ class JobConfig:
     student_arch: str = _field(
         "mlp:hidden=400x400",
         "Student architecture spec, e.g. cnn:width=0.25, mlp:hidden=800x800.")
-    temperature: float = _field(3.0, "Softmax temperature T of the soft targets (> 0).")
+    temperature: float = _field(
+        3.0, f"Softmax temperature T of the soft targets, in [{losses.MIN_TEMPERATURE:g}, "
+        f"{losses.MAX_TEMPERATURE:g}] (where the float32 math is exact).")
     alpha: float = _field(
         0.7, "Weight of the distillation loss; 1 - alpha weighs the label loss.")
     tune: str | None = _field(
@@ -153,7 +156,8 @@ class JobConfig:
         "resumes from the last backup.")
     jit_compile: bool = _field(
         False, "XLA-compile the train steps (one replica only; off under multi-replica "
-        "strategies). XLA drops the label-range check. Often slower on CPU.")
+        "strategies). XLA drops the per-batch data checks: a bad batch is then reported at "
+        "the end of its epoch. Often slower on CPU.")
     features: str | None = _field(
         None, "Feature distillation terms between named layers, e.g. with "
         "--student_arch=cnn:width=0.5: 'hint:block2_conv=block2_conv,weight=1;attention:"
@@ -163,7 +167,14 @@ class JobConfig:
         "float32", "Precision of the frozen teacher's inference (float32 also for a teacher "
         "built under --mixed_precision; its logits are cast to float32 before the softmax). "
         "Not with --teacher_cache.", choices=("float32", "bfloat16", "float16"))
-    verbose: int = _field(1, "Keras verbosity: 0 silent, 1 progress bars, 2 one line per epoch.")
+    verbose: int = _field(
+        1, "Keras verbosity: 0 silent, 1 progress bars, 2 one line per epoch, 3 progress bars "
+        "and TensorFlow's own log lines (the TFLite converter's and LiteRT's, kept off the "
+        "console otherwise; its C++ start-up INFO lines also need TF_CPP_MIN_LOG_LEVEL=0).")
+    tensorboard: bool = _field(
+        False, "Write TensorBoard event files of every training phase (teacher, baseline, "
+        "distill, tune trials, ...) to <output_dir>/tensorboard/<phase>/; view them with "
+        "tensorboard --logdir=<output_dir>/tensorboard.")
     flags_used: dict = dataclasses.field(default_factory=dict, metadata={"cli": False})
 
     def validate(self):
@@ -301,7 +312,7 @@ class JobConfig:
 
 
 _RESUME_IGNORES = (
-    "output_dir", "verbose", "checkpoint_dir", "flags_used", "export",
+    "output_dir", "verbose", "tensorboard", "checkpoint_dir", "flags_used", "export",
     "export_quantization", "min_agreement", "min_teacher_accuracy",
     "strategy", "num_cpu_devices", "jit_compile", "mixed_precision", "deterministic",
 )

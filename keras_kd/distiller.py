@@ -18,17 +18,20 @@ Models ending in a softmax are distilled from their pre-softmax output
 (:func:`keras_kd.views.logits_model`); the student itself is left unchanged.
 """
 
+import contextlib
+import re
 import warnings
 
 import keras
 import tensorflow as tf
 
-from keras_kd import distribute, teachers, views
+from keras_kd import distribute, models, teachers, views
 from keras_kd import features as features_lib
 from keras_kd import losses as losses_lib
 from keras_kd import preprocessing as prep
 
-__all__ = ["Distiller", "build_distiller", "check_settings", "TEACHER_LOGITS", "LABELS"]
+__all__ = ["Distiller", "DataError", "build_distiller", "check_settings", "TEACHER_LOGITS",
+           "LABELS"]
 
 #: Key of precomputed teacher logits in a target dict ``{TEACHER_LOGITS: t,
 #: LABELS: y}``: the Distiller then trains from ``t`` and does not run the
@@ -36,6 +39,57 @@ __all__ = ["Distiller", "build_distiller", "check_settings", "TEACHER_LOGITS", "
 TEACHER_LOGITS = "teacher_logits"
 #: Key of the true labels in such a target dict (optional when alpha = 1).
 LABELS = "labels"
+
+
+class DataError(ValueError):
+    """A batch the Distiller cannot learn from: inputs or teacher logits with
+    NaN or Inf, labels that are not class ids in ``[0, classes)`` or not
+    probability distributions. Raised by ``fit`` / ``evaluate`` /
+    ``train_on_batch`` / ``test_on_batch`` with the failed check's message,
+    which names the fix."""
+
+
+# The checks of a batch (Distiller._require). Their messages start with
+# "keras_kd: ", end with the first "." before a quote, bracket or line end,
+# and are ASCII: _step_errors reads them back out of TensorFlow's error text.
+_STEP_MESSAGE = re.compile(r"keras_kd: (.+?\.)(?=\]|\"|'|\n|$)")
+_INPUTS_NOT_FINITE = (
+    "keras_kd: the inputs x (images) of this batch contain NaN or Inf; training on them turns "
+    "every weight into NaN. Fix: clean the data or check the preprocessing (e.g. a division by "
+    "a zero standard deviation, a log of 0, a corrupt file).")
+_TEACHER_NOT_FINITE = (
+    "keras_kd: the teacher's logits for this batch contain NaN or Inf although its inputs are "
+    "finite. Fix: check the teacher (e.g. teacher.predict on a few batches) and its weights, "
+    "or run it in float32 (teacher_dtype='float32': float16 overflows above 65504).")
+_CACHED_NOT_FINITE = (
+    "keras_kd: the cached teacher logits of this batch contain NaN or Inf. Fix: rebuild the "
+    "teacher cache (keras_kd.cache.build; or delete its folder) from a teacher whose "
+    "predictions are finite.")
+#: Messages of the checks recorded under XLA; a check's code is its index + 1.
+_RECORDED = []
+
+
+def _all_finite(values):
+    """A scalar bool: every floating tensor of ``values`` (a structure) is finite
+    (one reduction per tensor)."""
+    flags = [tf.reduce_all(tf.math.is_finite(v)) for v in map(tf.convert_to_tensor,
+                                                               tf.nest.flatten(values))
+             if v.dtype.is_floating]
+    return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
+
+
+@contextlib.contextmanager
+def _step_errors():
+    """A failed batch check surfaces as a DataError with its own message first
+    (TensorFlow puts it at the end of a long graph trace)."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as err:
+        found = _STEP_MESSAGE.search(str(err))
+        if found is None:
+            raise
+        message = found.group(1).replace("\\'", "'")
+        raise DataError(f"{message} (A keras_kd check of the batch stopped the step.)") from None
 
 
 def check_settings(*, temperature, alpha, distillation_loss, features=None,
@@ -75,11 +129,12 @@ class Distiller(keras.Model):
         weighted mean of the members' ``softmax(t_i / T)``); ``distiller.teacher``,
         and ``distiller.teachers`` (always a list). Every member is frozen and called
         with ``training=False`` (:func:`keras_kd.teachers.logits_view`).
-      student: the ``keras.Model`` to train; same input rank, channels and
-        number of classes as the teacher. Image height and width may differ:
-        each model gets each batch resized to its own size
-        (:func:`keras_kd.preprocessing.resize_images`).
-      temperature: ``T > 0`` of the soft targets ``softmax(z / T)``.
+      student: the ``keras.Model`` to train, built (a subclassed model called
+        once); same input rank, channels and number of classes as the teacher.
+        Image height and width may differ: each model gets each batch resized
+        to its own size (:func:`keras_kd.preprocessing.resize_images`).
+      temperature: ``T`` of the soft targets ``softmax(z / T)``, in ``[0.01, 100]``
+        (where float32 is exact: :func:`keras_kd.losses.check_temperature`).
       alpha: weight in ``[0, 1]`` of the distillation loss; ``1 − alpha``
         weighs the student's cross-entropy on the labels. ``alpha = 1`` needs
         no labels (unlabelled data may be passed as ``x`` alone).
@@ -103,6 +158,15 @@ class Distiller(keras.Model):
         only; a list: one per ensemble member. Default ``"none"`` (raw pixels).
       teacher_weights: one weight ≥ 0 per ensemble member (normalised to sum
         1); None: equal.
+
+    Nothing silent: every batch is checked (one reduction per tensor): finite
+    inputs and teacher logits (cached ones too), labels that are class ids in
+    ``[0, classes)`` or rows of a probability distribution
+    (:func:`keras_kd.losses.label_checks`), sample weights of shape ``(batch,)``.
+    The first failure stops ``fit`` / ``evaluate`` with a :class:`DataError`
+    naming the fix, before that batch changes a weight (under
+    ``jit_compile=True``: after its epoch, see ``compile``); empty data is a
+    :class:`keras_kd.distribute.EmptyDataError`.
 
     The settings are checked by :func:`check_settings`. When a batch's targets
     are a dict ``{"teacher_logits": t, "labels": y}`` (offline distillation,
@@ -134,6 +198,13 @@ class Distiller(keras.Model):
         members = teachers.teacher_list(teacher)
         if not isinstance(student, keras.Model):
             raise ValueError(f"student must be a keras.Model, got {type(student).__name__}.")
+        if not student.built:
+            raise ValueError(
+                f"the student {student.name!r} is not built: it has no weights and no known input "
+                "or output shape yet (a subclassed keras.Model that was never called, or a "
+                "Sequential model without keras.Input), so keras_kd cannot check it against the "
+                "teacher. Fix: call it once on a batch, student(x[:1]), or build it "
+                "(student.build(input_shape), keras.Input(shape) first) before the Distiller.")
         if any(member is student for member in members):
             raise ValueError("teacher and student are the same model object; the teacher is "
                              "frozen, so nothing would train. Pass two different models.")
@@ -184,8 +255,12 @@ class Distiller(keras.Model):
         if self._feature_terms:
             self.feature_loss_trackers = [keras.metrics.Mean(name=n)
                                           for n in self._plan.metric_names]
-        if student.built and all(member.built for member in members):
+        if all(member.built for member in members):
             self.built = True
+        # Under XLA (which drops assertions) the first failed batch check is
+        # recorded here and raised after the epoch; not a Keras weight.
+        self._batch_problem = tf.Variable(0, trainable=False, dtype=tf.int32,
+                                          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     features = property(lambda self: self._feature_terms,
                         doc="The feature-distillation terms, a tuple (empty without features).")
@@ -205,17 +280,14 @@ class Distiller(keras.Model):
         the labels, e.g. ``metrics=["accuracy"]``.
 
         ``jit_compile`` defaults to False (Keras's ``"auto"`` turns XLA on for
-        any GPU): XLA compiles ``tf.debugging`` assertions away, so labels
-        outside ``[0, classes)`` would give a silent NaN instead of an error.
+        any GPU). The step checks every batch (finite inputs and teacher logits,
+        labels that are class ids or distributions) and stops at the first bad
+        one; XLA compiles such assertions away, so under ``jit_compile=True``
+        the step records the first failed check and ``fit`` raises it at the
+        end of that epoch (``evaluate`` at its end) instead.
         """
         if jit_compile == "auto":
             jit_compile = False
-        if jit_compile:
-            warnings.warn(
-                "Distiller compiled with jit_compile=True: XLA removes the label-range check, so "
-                "labels outside [0, num_classes) give NaN losses instead of an error.",
-                stacklevel=2,
-            )
         if loss is not None:
             raise ValueError(
                 "Distiller.compile() takes no loss: the loss is alpha * distillation_loss + (1 - "
@@ -226,14 +298,84 @@ class Distiller(keras.Model):
     def fit(self, x=None, y=None, **kwargs):
         """``keras.Model.fit``; under ``MultiWorkerMirroredStrategy`` (where
         Keras 3.15's own ``fit`` fails) a loop over ``strategy.run`` with the
-        same callbacks (:func:`keras_kd.distribute.fit_loop`)."""
-        if distribute.is_multi_worker(self.distribute_strategy):
-            if y is not None:
-                raise ValueError(
-                    "under multi-worker training pass a tf.data.Dataset of (x, y) "
-                    "batches, not separate x and y.")
-            return distribute.fit_loop(self, x, **kwargs)
-        return super().fit(x, y, **kwargs)
+        same callbacks (:func:`keras_kd.distribute.fit_loop`).
+
+        Never silent: empty data is a :class:`keras_kd.distribute.EmptyDataError`,
+        a batch that fails the step's checks a :class:`DataError` naming the fix
+        (under ``jit_compile=True`` at the end of its epoch: see ``compile``). A
+        reduced-precision teacher copy (``teacher_dtype``) first takes the
+        teacher's current weights (:func:`keras_kd.views.refresh_dtype_copies`).
+        """
+        note = models.replicas_batchnorm_note(  # warned once per Distiller
+            self.student, self.distribute_strategy.num_replicas_in_sync)
+        if note and not getattr(self, "_batchnorm_noted", False):
+            self._batchnorm_noted = True
+            warnings.warn(note, stacklevel=2)
+        multi_worker = distribute.is_multi_worker(self.distribute_strategy)
+        if multi_worker and y is not None:
+            raise ValueError(
+                "under multi-worker training pass a tf.data.Dataset of (x, y) "
+                "batches, not separate x and y.")
+
+        def run(**kw):
+            if self.jit_compile:
+                callbacks = kw.get("callbacks")
+                if isinstance(callbacks, keras.callbacks.CallbackList):
+                    callbacks.callbacks.append(_RaiseRecorded(self))
+                else:
+                    kw["callbacks"] = [*(callbacks or []), _RaiseRecorded(self)]
+            if multi_worker:
+                return distribute.fit_loop(self, x, **kw)
+            return super(Distiller, self).fit(x, y, **kw)
+
+        with self._checked_run():
+            return distribute.fit_checked(run, x, kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        """``keras.Model.evaluate``, with the checks and teacher refresh of ``fit``."""
+        with self._checked_run():
+            return super().evaluate(*args, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        """``keras.Model.train_on_batch``, with the checks and teacher refresh of ``fit``."""
+        with self._checked_run():
+            return super().train_on_batch(*args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        """``keras.Model.test_on_batch``, with the checks and teacher refresh of ``fit``."""
+        with self._checked_run():
+            return super().test_on_batch(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _checked_run(self):
+        """Around a run of the steps: the teacher copy refreshed, a failed batch
+        check raised as a DataError (and, under XLA, the recorded one after it).
+        A run inside another (``fit``'s validation ``evaluate``) leaves all of
+        this to the outer one (so it keeps what the epoch's steps recorded)."""
+        if getattr(self, "_run_open", False):
+            yield
+            return
+        with self.distribute_strategy.scope():
+            views.refresh_dtype_copies(self._teacher_logits_model)
+            self._batch_problem.assign(0)
+        self._run_open = True
+        try:
+            with _step_errors():
+                yield
+        finally:
+            self._run_open = False
+        self._raise_recorded("in this run")
+
+    def _raise_recorded(self, where):
+        """The DataError of the first check that failed under XLA, if any."""
+        code = int(self._batch_problem.numpy())
+        if code:
+            self._batch_problem.assign(0)
+            raise DataError(
+                f"{_RECORDED[code - 1][len('keras_kd: '):]} (Found {where}: under "
+                "jit_compile=True XLA drops the per-batch checks, so the run went on past the "
+                "bad batch, and a training step on it may have made the student's weights NaN. "
+                "Compile with jit_compile=False to stop at the batch itself.)")
 
     def compile_from_config(self, config):
         """Re-compiles after ``keras.saving.load_model`` (optimizer, metrics)."""
@@ -280,11 +422,20 @@ class Distiller(keras.Model):
 
     @staticmethod
     def _weights(sample_weight, per_example):
+        """The sample weights as float32 ``[B]``; ValueError for another shape
+        (``[B, 1]`` is squeezed)."""
         if sample_weight is None:
             return None
         sw = tf.cast(sample_weight, tf.float32)
         if sw.shape.rank == 2 and sw.shape[-1] == 1:
             sw = tf.squeeze(sw, -1)
+        n, m = per_example.shape[0], (sw.shape[0] if sw.shape.rank else None)
+        if sw.shape.rank != 1 or (n is not None and m is not None and n != m):
+            raise ValueError(
+                f"sample_weight must have shape (batch,), one weight per example; this batch of "
+                f"{n if n is not None else 'B'} examples has sample_weight of shape "
+                f"{tuple(sample_weight.shape)}. Fix: pass one number per example (a vector as "
+                "long as x); for per-class weights, index them by the labels (w[y]).")
         return tf.broadcast_to(sw, tf.shape(per_example))
 
     def compute_losses(self, teacher_logits, student_logits, y=None):
@@ -388,8 +539,39 @@ class Distiller(keras.Model):
     # -- steps -------------------------------------------------------------------
 
     def _teacher(self, x, cached):
-        """The teacher's ``(logits, features or None)``: ``cached`` logits, or a pass."""
-        return (cached, None) if cached is not None else self._plan.teacher_outputs(x)
+        """The teacher's ``(logits, features or None)``: ``cached`` logits, or a
+        pass; either checked to be finite."""
+        if cached is not None:
+            return self._require(cached, [(_all_finite(cached), _CACHED_NOT_FINITE)]), None
+        logits, features = self._plan.teacher_outputs(x)
+        return self._require(logits, [(_all_finite(logits), _TEACHER_NOT_FINITE)]), features
+
+    def _require(self, value, checks):
+        """``value`` once every ``(ok, message)`` of ``checks`` holds (``ok`` a
+        scalar bool tensor): an assertion (a DataError out of ``fit``), or,
+        under XLA, which compiles assertions away, a record of the first check
+        that failed, raised after the epoch (:meth:`_raise_recorded`)."""
+        if not self.jit_compile:
+            asserts = [tf.debugging.Assert(ok, [message]) for ok, message in checks]
+            if tf.executing_eagerly():
+                return value
+            with tf.control_dependencies(asserts):
+                return tf.nest.map_structure(tf.identity, value)
+        for ok, message in checks:
+            if message not in _RECORDED:
+                _RECORDED.append(message)
+            first = tf.logical_and(tf.equal(self._batch_problem, 0), tf.logical_not(ok))
+            self._batch_problem.assign(tf.where(first, _RECORDED.index(message) + 1,
+                                                self._batch_problem))
+        return value
+
+    def _checked_inputs(self, x, y):
+        """``x`` once it is finite; under XLA also the labels' checks recorded
+        (elsewhere :func:`keras_kd.losses.cross_entropy` asserts them)."""
+        x = self._require(x, [(_all_finite(x), _INPUTS_NOT_FINITE)])
+        if self.jit_compile and y is not None and self.num_classes is not None:
+            self._require(y, losses_lib.label_checks(y, self.num_classes))
+        return x
 
     def _objective(self, teacher, student, y, sample_weight):
         """Per-example ``(total, ce, teacher terms, weights)`` from both models'
@@ -403,6 +585,7 @@ class Distiller(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y, cached = self._split_targets(y)
+        x = self._checked_inputs(x, y)
         teacher = self._teacher(x, cached)
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
@@ -418,6 +601,7 @@ class Distiller(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with_teacher = self.evaluate_with_teacher
         y, cached = self._split_targets(y, uses_teacher=with_teacher)
+        x = self._checked_inputs(x, y)
         student = self._plan.student_outputs(x, training=False, with_features=with_teacher)
         if with_teacher:
             total, ce, terms, sw = self._objective(
@@ -465,6 +649,17 @@ class Distiller(keras.Model):
             config["distillation_loss"] = keras.saving.deserialize_keras_object(
                 loss, custom_objects=custom_objects)
         return cls(**config)
+
+
+class _RaiseRecorded(keras.callbacks.Callback):
+    """Under XLA: raises the batch check that failed during the epoch."""
+
+    def __init__(self, distiller):
+        super().__init__()
+        self.distiller = distiller
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.distiller._raise_recorded(f"in epoch {epoch + 1}")
 
 
 def _agreement(teacher_logits, student_logits):

@@ -52,6 +52,9 @@ __all__ = [
     "is_worker_lost",
     "restart_process",
     "restarts_so_far",
+    "EmptyDataError",
+    "check_not_empty",
+    "fit_checked",
     "fit",
     "fit_loop",
 ]
@@ -372,11 +375,85 @@ def restart_process(max_restarts, log=None):
     return True  # not reached
 
 
-def fit(model, dataset, **kwargs):
-    """``model.fit(dataset, **kwargs)``, or :func:`fit_loop` under multi-worker."""
+class EmptyDataError(ValueError):
+    """The data given to ``fit`` holds no batch: training would do nothing."""
+
+
+_EMPTY_FIX = ("Fix: check where the data comes from: an empty split or folder, a filter that "
+              "drops every example, take(0), or batch(..., drop_remainder=True) with fewer "
+              "examples than the batch size.")
+
+
+def _describe(data):
+    if isinstance(data, tf.data.Dataset):
+        spec = str(data.element_spec)
+        return f"a tf.data.Dataset of element spec {spec if len(spec) < 200 else spec[:199] + '…'}"
+    leaves = [v for v in tf.nest.flatten(data) if hasattr(v, "shape")]
+    return f"arrays of shape {tuple(leaves[0].shape)}" if leaves else type(data).__name__
+
+
+def check_not_empty(data, role="the training data"):
+    """EmptyDataError (naming ``role``, the data and the fix) when ``data`` is
+    known to hold no batch before anything runs: a ``tf.data.Dataset`` of
+    cardinality 0, or arrays of length 0. Data of unknown size passes (a
+    filtered dataset): :func:`fit_checked` finds it empty after the fact."""
+    if data is None:
+        return
+    if isinstance(data, tf.data.Dataset):
+        empty = int(data.cardinality()) == 0
+    else:
+        leaves = [v for v in tf.nest.flatten(data) if getattr(v, "shape", None) is not None]
+        empty = bool(leaves) and len(leaves[0].shape) > 0 and leaves[0].shape[0] == 0
+    if empty:
+        raise EmptyDataError(f"{role} is empty ({_describe(data)}): fit would train on "
+                             f"nothing. {_EMPTY_FIX}")
+
+
+class _Progress(keras.callbacks.Callback):
+    """Counts the epochs begun and the training batches run."""
+
+    async_safe = True  # (Keras keeps its asynchronous callback dispatch)
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = self.batches = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs += 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
+def fit_checked(run, data, kwargs, role="the training data"):
+    """``run(**kwargs)`` (a ``fit`` of ``data``), never silently empty.
+
+    :func:`check_not_empty` first; afterwards an EmptyDataError when an epoch
+    began but no training batch ran (data of unknown size that turned out
+    empty, where Keras only warns and returns an empty history). A run resumed
+    past its last epoch begins none and passes.
+    """
+    check_not_empty(data, role)
+    progress = _Progress()
+    callbacks = kwargs.get("callbacks")
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks.callbacks.append(progress)
+    else:
+        kwargs = {**kwargs, "callbacks": [*(callbacks or []), progress]}
+    history = run(**kwargs)
+    if progress.epochs and not progress.batches:
+        raise EmptyDataError(f"{role} yielded no batch ({_describe(data)}): fit trained on "
+                             f"nothing. {_EMPTY_FIX}")
+    return history
+
+
+def fit(model, dataset, role="the training data", **kwargs):
+    """``model.fit(dataset, **kwargs)``, or :func:`fit_loop` under multi-worker;
+    an EmptyDataError naming ``role`` when ``dataset`` holds no batch
+    (:func:`fit_checked`)."""
     if is_multi_worker(model.distribute_strategy):
-        return fit_loop(model, dataset, **kwargs)
-    return model.fit(dataset, **kwargs)
+        return fit_checked(lambda **kw: fit_loop(model, dataset, **kw), dataset, kwargs, role)
+    return fit_checked(lambda **kw: model.fit(dataset, **kw), dataset, kwargs, role)
 
 
 #: :func:`fit_loop` reads the (cross-worker) metrics for its per-batch
@@ -408,8 +485,13 @@ def fit_loop(model, dataset, *, epochs=1, callbacks=None, verbose=1,
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     dataset = dataset.with_options(options)
+    try:
+        first = next(iter(dataset))
+    except StopIteration:
+        raise EmptyDataError(f"the training data yielded no batch ({_describe(dataset)}): "
+                             f"fit would train on nothing. {_EMPTY_FIX}") from None
     with strategy.scope():
-        views.build_for_fit(model, next(iter(dataset)))
+        views.build_for_fit(model, first)
     distributed = strategy.experimental_distribute_dataset(dataset)
     val = None
     if validation_data is not None:

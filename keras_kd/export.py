@@ -46,6 +46,17 @@ failed conversion or check writes nothing and leaves earlier files untouched):
 - ``student.labels.txt`` (:func:`labels_path`): class names, one per line, in
   output order (when ``class_names`` is given).
 
+Temporary folders: everything an export writes before its files are in
+place (the staging folder of :func:`export_verified`, the SavedModel and
+calibration files the converter writes) goes into a hidden folder beside the
+output, ``.keras_kd-tmp-<host>-<pid>-<random>``, removed when the export ends,
+also by an error or Ctrl-C. A process killed outright (SIGKILL) cannot remove
+it: the next export into that folder on the same host removes every such
+folder whose process is gone (:func:`sweep_stale`).
+
+Console: the converter's and LiteRT's INFO lines are kept off the console
+(:func:`keras_kd._backend.quiet_tensorflow`); their errors still show.
+
 Why ``TFLiteConverter.from_keras_model``: converting a Keras 3 model's
 concrete function (``from_concrete_functions``) produced a file whose outputs
 were NaN/inf on TF 2.21 (see BUILD_NOTES.md), which is also why every export
@@ -58,6 +69,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 import warnings
@@ -66,13 +78,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_kd import _io, data, models, teachers, views
+from keras_kd import _backend, _io, data, models, teachers, views
 from keras_kd._version import __version__
 
 __all__ = ["QUANTIZATIONS", "AUTO_ORDER", "AUTO_MIN_AGREEMENT", "REPRESENTATIVE_LIMIT",
            "AgreementError", "RuntimeCheckError", "check_settings", "to_tflite", "verify",
            "export_verified", "read_metadata", "labels_path", "metadata_path", "summary",
-           "export_saved_model"]
+           "export_saved_model", "TEMP_PREFIX", "sweep_stale"]
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 # quantization="auto" tries these in order, smallest and fastest first (export_verified).
@@ -81,6 +93,8 @@ AUTO_MIN_AGREEMENT = 0.99
 REPRESENTATIVE_LIMIT = 300
 METADATA_NAME = "keras_kd"
 FORMAT = "keras_kd.tflite/1"
+#: The start of the hidden temporary folders an export makes beside its output.
+TEMP_PREFIX = ".keras_kd-tmp-"
 
 
 class AgreementError(ValueError):
@@ -149,6 +163,67 @@ def check_settings(quantization, min_agreement=None, int8_io=False, flag="--quan
             f"{dashes}min_agreement must be a fraction in [0, 1] (e.g. 0.99), got {min_agreement}.")
 
 
+def _host():
+    """This machine's name, in the characters a folder name keeps everywhere."""
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname() or "host")
+
+
+def _alive(pid):
+    """Whether process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, run by someone else
+        return True
+    return True
+
+
+def sweep_stale(folder):
+    """Removes the temporary folders (:data:`TEMP_PREFIX`) in ``folder`` left by
+    exports on this host whose process is gone (killed before its ``finally``).
+
+    Folders of running processes and of other hosts (a shared file system) are
+    kept. Returns the paths removed.
+    """
+    pattern = re.compile(re.escape(f"{TEMP_PREFIX}{_host()}-") + r"(\d+)-")
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        found = pattern.match(name)
+        path = os.path.join(folder, name)
+        if found and int(found[1]) != os.getpid() and not _alive(int(found[1])) \
+                and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _temp_folder(folder):
+    """A new hidden temporary folder in ``folder``, named for this host and process
+    (after removing those of killed exports); the caller removes it."""
+    sweep_stale(folder)
+    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{_host()}-{os.getpid()}-", dir=folder)
+
+
+@contextlib.contextmanager
+def _scratch(folder):
+    """A temporary folder in ``folder`` that is also Python's default temporary
+    folder within (``tempfile.tempdir``, where the converter writes its SavedModel
+    and calibration files); removed afterwards, also on an error or Ctrl-C."""
+    scratch = _temp_folder(folder)
+    saved = tempfile.tempdir
+    tempfile.tempdir = scratch
+    try:
+        yield scratch
+    finally:
+        tempfile.tempdir = saved
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _representative_examples(data, input_shape, limit=REPRESENTATIVE_LIMIT):
     """Up to ``limit`` float32 examples ``[n, H, W, C]`` from ``data``: an array
     ``[N, H, W, C]``, an ``(images, labels)`` tuple, or a dataset (any iterable)
@@ -213,7 +288,8 @@ def _convert(model, quantization, examples, allow_flex, int8_io):
     try:
         # The converter prints its SavedModel and warns about int8 input
         # statistics it does not need (the calibration gives them).
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), \
+                _backend.quiet_tensorflow():
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
             return _converter(model, quantization, examples, allow_flex, int8_io).convert()
     except Exception as err:
@@ -338,7 +414,7 @@ def to_tflite(model, path, quantization="none", representative_data=None,
     """
     input_shape = _check_model(model)
     check_settings(quantization, int8_io=int8_io, flag="quantization", auto=False)
-    _check_path(path)
+    folder = _check_path(path)
     examples = None
     if quantization == "int8":
         if representative_data is None:
@@ -357,7 +433,8 @@ def to_tflite(model, path, quantization="none", representative_data=None,
         model = keras.Model(views.model_inputs(logits), outputs, name=f"{model.name}_probs")
     elif ends_in_softmax:
         model = logits  # the app gets logits unless it asks for probabilities
-    flatbuffer = _convert(model, quantization, examples, allow_flex, int8_io)
+    with _scratch(folder):
+        flatbuffer = _convert(model, quantization, examples, allow_flex, int8_io)
 
     def describe(inp, out, flex_ops):
         return {
@@ -392,8 +469,9 @@ def _interpreter(model, num_threads):
 
     source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
     try:
-        interpreter = Interpreter(**source, num_threads=num_threads)
-        interpreter.allocate_tensors()
+        with _backend.quiet_tensorflow():  # "Created TensorFlow Lite XNNPACK delegate"
+            interpreter = Interpreter(**source, num_threads=num_threads)
+            interpreter.allocate_tensors()
     except (RuntimeError, ValueError) as err:
         if "Select TensorFlow op" in str(err):
             raise ValueError(
@@ -552,7 +630,7 @@ def export_verified(model, path, validation_data, *, quantization="auto",
     _check_model(model)
     folder = _check_path(path)
     base = os.path.basename(path)
-    staging = tempfile.mkdtemp(prefix=f".{base}.", dir=folder)
+    staging = _temp_folder(folder)
     try:
         tried, chosen = [], None
         for mode in modes:

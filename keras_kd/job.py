@@ -201,7 +201,7 @@ def train_teachers(run, train=None):
         if not paths:
             run.trained.append(name)
         if not (path and os.path.isdir(path)):  # (a SavedModel folder is kept where it is)
-            _io.save_model(member, os.path.join(run.folder.out, f"{name}.keras"))
+            run.folder.save_output(member, name)
         members.append(member)
     run.timings["teacher_s"] = time.perf_counter() - t0
     return members
@@ -223,7 +223,7 @@ def check_teachers(run, members):
     for name, member, spec in zip(teacher_names(config), members,
                                   config.teacher_preprocessings()):
         view = teachers.logits_view(member, preprocessing=spec,
-                                    input_shape=run.info.input_shape)[0]
+                                    input_shape=run.info.input_shape, role=name)[0]
         found.append({"model": name, "preprocessing": spec,
                       **diagnostics.diagnose(view, run.val, config.temperature)})
     if len(members) > 1:  # its calibration: of its soft targets (the members' mean at T)
@@ -473,7 +473,7 @@ def _phases(run):
     paths = {n: p for n in teacher_names(config)
              if os.path.exists(p := os.path.join(run.folder.out, f"{n}.keras"))}
     for name, model in (("baseline", baseline), ("student", student)):
-        paths[name] = _io.save_model(model, os.path.join(run.folder.out, f"{name}.keras"))
+        paths[name] = run.folder.save_output(model, name)
     tflite, exported, export_error = export_student(run, student)
     results = write_report(run, rows, history, tflite, {**paths, **exported},
                            {"teacher_cache": cache_report, "teacher_diagnostics": diagnosis,
@@ -488,12 +488,13 @@ def run(config, log=print):
 
     Models are built, compiled and trained inside the chosen
     ``tf.distribute`` strategy's scope and dtype policy; the export runs
-    outside both, on the float32-variable student.
+    outside both, on the float32-variable student. One run per output folder (RunFolder).
     """
     config.validate()
     strategy, folder = checkpoint.open_folder(config, config.checkpoint_dir, config.resume_settings())
-    try:
-        with distribute.deterministic(config.seed, config.deterministic):
-            return _phases(start(config, log, strategy, folder))
-    except tf.errors.OpError as err:
-        raise checkpoint.as_user_error(err, strategy, config.checkpoint_dir and "--checkpoint_dir") from err
+    with folder:  # a failed run removes the folders it created and left empty
+        try:
+            with distribute.deterministic(config.seed, config.deterministic):
+                return _phases(start(config, log, strategy, folder))
+        except tf.errors.OpError as err:
+            raise checkpoint.as_user_error(err, strategy, config.checkpoint_dir and "--checkpoint_dir") from err

@@ -44,7 +44,11 @@ __all__ = [
     "dkd",
     "dist",
     "cross_entropy",
+    "label_checks",
     "per_example",
+    "MIN_TEMPERATURE",
+    "MAX_TEMPERATURE",
+    "LABEL_SUM_TOLERANCE",
     "check_temperature",
     "check_alpha",
     "get",
@@ -61,13 +65,50 @@ def _number(value, name):
     return float(value)
 
 
+#: The temperatures keras_kd accepts, ``[MIN_TEMPERATURE, MAX_TEMPERATURE]``:
+#: where ``t / T``, ``softmax(t / T)`` and ``T²`` are exact enough in float32
+#: (:func:`check_temperature` says why).
+MIN_TEMPERATURE = 0.01
+MAX_TEMPERATURE = 100.0
+
+
 def check_temperature(value, name="temperature"):
-    """Returns the temperature ``T`` as a float; ValueError unless it is a finite
-    number > 0. The one rule for ``T``; ``name`` is what the error calls it."""
+    """Returns the temperature ``T`` as a float; ValueError unless it is a number
+    in ``[MIN_TEMPERATURE, MAX_TEMPERATURE] = [0.01, 100]``. The one rule for
+    ``T`` (the Distiller, these losses, the job's ``--temperature``); ``name`` is
+    what the error calls it.
+
+    Why this range: the losses compute ``t / T``, ``softmax(t / T)`` and ``T²``
+    in float32.
+
+    - Below 0.01 nothing changes but the risk: at ``T = 0.01`` the soft targets
+      are already one-hot to float32 precision for logits 0.17 apart
+      (``exp(-0.17 / T) < 2^-24``), while ``T²`` leaves float32's normal range
+      below ``T ≈ 1e-19`` (0 below ``1e-23``) and ``t / T`` overflows for
+      ``|t| > 3.4e38 · T``: ``T = 1e-40`` gives NaN.
+    - Above 100 the soft targets differ from uniform by about ``|t| / (N·T)``,
+      close to float32's rounding of ``p`` and ``q``: the loss *value* loses
+      digits as ``T²`` grows (against float64, logits of spread 3, student
+      logits 1 apart from the teacher's: relative error 2e-4 at ``T = 100``,
+      1.5e-2 at ``T = 1000``; 0.1 apart: 4e-2 and 8e-2) while the gradient
+      ``T·(q − p)`` stays within 3e-4. For the ``T → ∞`` limit use
+      ``mse_logits`` (logit matching, Hinton et al. 2015 §2.1).
+    """
     value = _number(value, name)
+    allowed = (f"keras_kd accepts T in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] (1 is the "
+               "plain softmax; 2-8 gives the soft targets of Hinton et al. 2015)")
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value} (1 is the plain "
-                         "softmax; 2-8 gives the soft targets of Hinton et al. 2015).")
+        raise ValueError(f"{name} must be a finite number > 0, got {value}; {allowed}.")
+    if value < MIN_TEMPERATURE:
+        raise ValueError(
+            f"{name}={value:g} is below {MIN_TEMPERATURE:g}: the soft targets are already "
+            "one-hot there, and smaller T only makes t/T and T² overflow or underflow float32 "
+            f"(NaN losses). Fix: {allowed}.")
+    if value > MAX_TEMPERATURE:
+        raise ValueError(
+            f"{name}={value:g} is above {MAX_TEMPERATURE:g}: the soft targets are then so close "
+            "to uniform that float32 rounding swamps their differences. Fix: "
+            f"{allowed}; for the high-temperature limit use distillation_loss='mse_logits'.")
     return value
 
 
@@ -318,25 +359,65 @@ def _labels_kind(labels, num_classes):
                      f"shape [batch, {num_classes}].")
 
 
-def _checked_class_ids(labels, num_classes):
-    """int64 class ids ``[batch]``; the graph fails unless they are whole numbers
-    in ``[0, num_classes)`` (``tf.debugging`` checks, removed by XLA)."""
+#: How far from 1 a row of one-hot / soft labels may sum (:func:`label_checks`);
+#: 16-bit labels get their own rounding (bfloat16: 2^-7) when it is larger.
+LABEL_SUM_TOLERANCE = 1e-3
+_ROUNDING = {tf.bfloat16: 2.0 ** -7, tf.float16: 2.0 ** -10}
+
+
+def label_checks(labels, num_classes):
+    """The checks of a batch's labels, a list of ``(ok, message)``: ``ok`` a scalar
+    bool tensor (True when they pass), ``message`` the error naming the fix.
+
+    - sparse class ids (``[B]`` or ``[B, 1]``): whole numbers (float labels),
+      in ``[0, num_classes)``;
+    - one-hot / soft labels ``[B, N]``: each row a probability distribution,
+      entries ``>= 0`` summing to 1 within :data:`LABEL_SUM_TOLERANCE`.
+
+    Each check is one reduction over the batch. :func:`cross_entropy` asserts
+    them; the Distiller records them under XLA, which drops assertions. The
+    messages start with ``"keras_kd: "``, end with the first ``"."`` that
+    precedes a quote, bracket or line end, and are ASCII (so the Distiller can
+    read them back out of TensorFlow's error). ValueError for labels of another
+    static shape.
+    """
+    labels = tf.convert_to_tensor(labels)
+    if _labels_kind(labels, num_classes) == "dense":
+        rows = tf.cast(labels, tf.float32)
+        tolerance = max(LABEL_SUM_TOLERANCE, _ROUNDING.get(labels.dtype, 0.0))
+        sums_ok = tf.reduce_all(tf.abs(tf.reduce_sum(rows, axis=-1) - 1.0) <= tolerance)
+        fix = ("Fix: one-hot encode class ids (tf.one_hot), normalise soft labels (each row "
+               "divided by its sum), or pass integer class ids of shape (batch,).")
+        return [
+            (tf.reduce_all(rows >= 0.0), "keras_kd: one-hot / soft labels must be probability "
+             "distributions, but a row of this batch has a negative or NaN entry. " + fix),
+            (sums_ok, "keras_kd: one-hot / soft labels must be probability distributions whose "
+             f"rows sum to 1 (within {tolerance:g}), but a row of this batch sums to another "
+             "value. " + fix),
+        ]
     labels = tf.reshape(labels, [-1])
     checks = []
     if labels.dtype.is_floating:
-        checks.append(tf.debugging.assert_equal(labels, tf.round(labels), message=(
+        checks.append((tf.reduce_all(tf.equal(labels, tf.round(labels))), (
             "keras_kd: sparse labels must be whole numbers (class ids); got a fractional value. "
-            f"Fix: pass integer ids, or soft labels of shape [batch, {num_classes}].")))
-    labels = tf.cast(labels, tf.int64)
-    message = (f"keras_kd: labels must be integer class ids in [0, {num_classes}) (the models "
-               f"output {num_classes} logits). Fix: check the dataset's labels, or build the "
-               "models with the right number of classes.")
-    checks += [
-        tf.debugging.assert_non_negative(labels, message=message),
-        tf.debugging.assert_less(labels, tf.constant(num_classes, tf.int64), message=message),
-    ]
-    with tf.control_dependencies(checks):
-        return tf.identity(labels)
+            f"Fix: pass integer ids, or soft labels of shape (batch, {num_classes}).")))
+        labels = tf.where(tf.math.is_finite(labels), labels, -1.0)  # (NaN: out of range too)
+    ids = tf.cast(labels, tf.int64)
+    checks.append((tf.reduce_all((ids >= 0) & (ids < num_classes)), (
+        f"keras_kd: labels must be integer class ids in [0, {num_classes}) (the models output "
+        f"{num_classes} logits). Fix: check the dataset's labels, or build the models with the "
+        "right number of classes.")))
+    return checks
+
+
+def _asserted(value, checks):
+    """``value`` once every ``(ok, message)`` of ``checks`` holds (an
+    InvalidArgumentError carrying the message otherwise; XLA drops the check)."""
+    asserts = [tf.debugging.Assert(ok, [message]) for ok, message in checks]
+    if tf.executing_eagerly():
+        return value  # (Assert raised already)
+    with tf.control_dependencies(asserts):
+        return tf.identity(value)
 
 
 def cross_entropy(labels, logits):
@@ -346,19 +427,23 @@ def cross_entropy(labels, logits):
     the Distiller weighs by ``1 − alpha``). The labels are either
 
     - sparse class ids, shape ``[B]`` or ``[B, 1]`` (any int dtype, or whole-
-      valued floats): ``CE_i = −log softmax(z_i)_{y_i}``. Ids outside ``[0, N)``
-      or fractional values fail the graph with a ``tf.debugging`` error
-      naming the fix (XLA compiles these checks away); or
-    - dense one-hot / soft label vectors ``[B, N]`` (e.g. MixUp/CutMix).
+      valued floats): ``CE_i = −log softmax(z_i)_{y_i}``; or
+    - dense one-hot / soft label vectors ``[B, N]`` (e.g. MixUp/CutMix), each
+      row a probability distribution.
 
-    Labels of any other static shape are a ValueError.
+    Labels that fail :func:`label_checks` (ids outside ``[0, N)`` or
+    fractional, rows with a negative entry or not summing to 1) fail the graph
+    with an InvalidArgumentError carrying its message (XLA compiles these
+    checks away; the Distiller records them there). Labels of any other static
+    shape are a ValueError.
     """
     labels = tf.convert_to_tensor(labels)  # NumPy labels under run_eagerly=True
     num_classes = logits.shape[-1]
     logits = tf.cast(logits, tf.float32)
+    labels = _asserted(labels, label_checks(labels, num_classes))
     if _labels_kind(labels, num_classes) == "sparse":
         return tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=_checked_class_ids(labels, num_classes), logits=logits)
+            labels=tf.cast(tf.reshape(labels, [-1]), tf.int64), logits=logits)
     return tf.nn.softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.float32),
                                                    logits=logits)
 

@@ -55,6 +55,20 @@ keras.applications refuses images smaller than 32×32 (even with
 and 3). Their layers are built on the normalised tensor (``input_tensor=``), so
 the model is flat: ``model.get_layer("conv4_block6_out")`` works for feature
 distillation.
+
+Several replicas: BatchNormalization normalises each batch by the batch's own
+mean and variance. Under a ``tf.distribute`` strategy with N > 1 replicas an
+ordinary ``BatchNormalization`` sees only its replica's 1/N of the global
+batch, so 1 device and N replicas would train different weights (and keep
+different moving statistics). Every model built here **inside** such a
+strategy's scope (as the ``keras-kd`` job builds them) therefore has
+*synchronized* BatchNormalization (``BatchNormalization(synchronized=True)``:
+the mean and variance are all-reduced over the global batch, TensorFlow only);
+1 device and N replicas then train the same weights up to float32 rounding.
+:func:`build`'s ``synchronized_batchnorm`` argument overrides that choice, and
+:func:`synchronize_batchnorm` converts a model of your own. At inference
+(``training=False``, a ``.tflite`` export) synchronized BatchNormalization is
+plain BatchNormalization: it uses the moving statistics and no replica.
 """
 from __future__ import annotations
 
@@ -66,6 +80,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 __all__ = [
     "ARCHITECTURES",
@@ -73,6 +88,9 @@ __all__ = [
     "parse_spec",
     "count_params",
     "describe",
+    "synchronize_batchnorm",
+    "unsynchronized_batchnorm",
+    "replicas_batchnorm_note",
 ]
 
 #: Minimum spatial size keras.applications accepts (weights=None included).
@@ -415,7 +433,8 @@ def _check_num_classes(num_classes):
     return int(num_classes)
 
 
-def build(spec, input_shape, num_classes, *, name=None, seed=None):
+def build(spec, input_shape, num_classes, *, name=None, seed=None,
+          synchronized_batchnorm=None):
     """Builds the uncompiled functional model named by ``spec`` (:func:`parse_spec`).
 
     It maps raw pixels of ``input_shape = (height, width, channels)`` (no
@@ -427,6 +446,14 @@ def build(spec, input_shape, num_classes, *, name=None, seed=None):
     TensorFlow seeds are untouched). With None, the current global Python
     random state decides (e.g. ``keras.utils.set_random_seed``). A bad
     argument is a ValueError.
+
+    ``synchronized_batchnorm``: whether the model's BatchNormalization layers
+    (``cnn:batchnorm=1``, ``resnet_cifar``, ``resnet*``, ``mobilenet*``)
+    compute their batch statistics over the global batch of all replicas
+    (module docstring). None (the default) decides by the strategy in scope:
+    True when ``tf.distribute.get_strategy().num_replicas_in_sync > 1``. The
+    choice changes no initial weight: the same ``seed`` gives the same
+    weights either way.
     """
     arch, options = parse_spec(spec)
     input_shape = _check_input_shape(input_shape)
@@ -434,6 +461,9 @@ def build(spec, input_shape, num_classes, *, name=None, seed=None):
     if seed is not None and not _is_int(seed):
         raise ValueError(f"seed must be an int or None, got {seed!r}.")
     seed = None if seed is None else int(seed)
+    if synchronized_batchnorm not in (None, True, False):
+        raise ValueError(f"synchronized_batchnorm must be True, False or None (decided by the "
+                         f"strategy in scope), got {synchronized_batchnorm!r}.")
 
     with _seeded(seed):
         inputs = keras.Input(shape=input_shape, name="pixels")
@@ -449,7 +479,86 @@ def build(spec, input_shape, num_classes, *, name=None, seed=None):
             outputs = _build_mobilenet(arch, inputs, input_shape, num_classes, **options)
         else:  # pragma: no cover - ARCHITECTURES and this switch agree
             raise AssertionError(arch)
-        return keras.Model(inputs, outputs, name=name or arch)
+        model = keras.Model(inputs, outputs, name=name or arch)
+    if synchronized_batchnorm is None:
+        synchronized_batchnorm = tf.distribute.get_strategy().num_replicas_in_sync > 1
+    if synchronized_batchnorm and _batchnorm_layers(model):
+        # keras.applications builds its own BatchNormalization layers: a copy
+        # with synchronized ones (same names, same weights) serves every arch.
+        model = synchronize_batchnorm(model)
+    return model
+
+
+def _batchnorm_layers(model):
+    """Every BatchNormalization layer of ``model``, nested models included."""
+    found, stack = [], [model]
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            stack.extend(reversed(layer.layers))
+    return found
+
+
+def unsynchronized_batchnorm(model):
+    """The names of ``model``'s trainable BatchNormalization layers that are not
+    synchronized (nested functional/Sequential models included).
+
+    Under a strategy with N > 1 replicas each of them normalises by the
+    statistics of its replica's 1/N of the batch, so the weights trained
+    differ from one device's (:func:`synchronize_batchnorm` is the fix). A
+    non-trainable BatchNormalization runs in inference mode (moving
+    statistics) and is not listed.
+    """
+    return [layer.name for layer in _batchnorm_layers(model)
+            if layer.trainable and not layer.synchronized]
+
+
+def replicas_batchnorm_note(model, replicas, role="student"):
+    """The warning owed when ``model`` trains over ``replicas`` replicas with
+    unsynchronized BatchNormalization (:func:`unsynchronized_batchnorm`), or
+    None when there is nothing to say (one replica, or none of them)."""
+    names = unsynchronized_batchnorm(model) if replicas > 1 else []
+    if not names:
+        return None
+    listed = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more"
+                                                      if len(names) > 3 else "")
+    return (f"the {role} {model.name!r} trains over {replicas} replicas with "
+            f"unsynchronized BatchNormalization ({listed}): each replica normalises by its "
+            f"own 1/{replicas} of the batch, so the weights differ from one device's. Fix: "
+            f"build it inside the strategy scope with keras_kd.models.build (synchronized by "
+            f"default there), pass keras_kd.models.synchronize_batchnorm({role}), or use "
+            f"keras.layers.BatchNormalization(synchronized=True).")
+
+
+def synchronize_batchnorm(model):
+    """A copy of the functional or Sequential ``model`` whose BatchNormalization
+    layers are ``synchronized=True``: under ``tf.distribute`` their batch mean
+    and variance are all-reduced over the global batch, so 1 device and N
+    replicas train the same weights (up to float32 rounding). Layer names and
+    all weights (moving statistics included) are copied; other layers are
+    rebuilt from their configs, as ``keras.models.clone_model`` does. Call it
+    inside the strategy's scope (its variables are created there). At
+    inference it computes exactly what ``model`` computes. TensorFlow backend
+    only. A subclassed model cannot be copied: ValueError naming the fix.
+    """
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            config["synchronized"] = True
+        return layer.__class__.from_config(config)
+
+    try:
+        copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    except ValueError as err:
+        raise ValueError(
+            f"cannot copy model {model.name!r} to synchronize its BatchNormalization "
+            f"({str(err).splitlines()[0][:200]}). Fix: build its layers with "
+            "keras.layers.BatchNormalization(synchronized=True), or make it a "
+            "functional or Sequential model.") from None
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def count_params(model) -> int:

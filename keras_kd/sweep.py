@@ -23,7 +23,9 @@ the teacher (``teacher.keras``), each baseline (``baselines/<i>``) and each
 trial (``trials/<i>.keras`` and ``trials/<i>.json``, written last) is a
 phase. Rerunning the same command after a crash (or after deleting a trial's
 ``.json``) runs only what is missing; a folder holding a sweep with other
-settings, or trials of another teacher, is refused. The grid is walked in
+settings, or trials of another teacher, or anything but a sweep (a non-empty
+folder without the sweep's ``config.json``), is refused. A sweep that fails
+before its first result removes the folder it created. The grid is walked in
 order by a plain loop: keras-tuner's grid oracle added nothing to that and
 could not resume (BUILD_NOTES.md, "Sweeps").
 
@@ -191,13 +193,14 @@ def run(config, grid, *, baseline=True, use_cache=True, log=print):
     settings = {**config.resume_settings(), **grid, "baseline": baseline, "use_cache": use_cache}
     strategy, folder = checkpoint.open_folder(config, config.output_dir, settings, kind="sweep",
                                        flag="--output_dir")
-    try:
-        with distribute.deterministic(config.seed, config.deterministic):
-            state = job.start(config, log, strategy, folder)
-            with distribute.mixed_precision(config.mixed_precision), strategy.scope():
-                return _sweep(state, grid, baseline, use_cache)
-    except tf.errors.OpError as err:
-        raise checkpoint.as_user_error(err, strategy, "--output_dir") from err
+    with folder:  # a sweep that fails before any result leaves no folder it created
+        try:
+            with distribute.deterministic(config.seed, config.deterministic):
+                state = job.start(config, log, strategy, folder)
+                with distribute.mixed_precision(config.mixed_precision), strategy.scope():
+                    return _sweep(state, grid, baseline, use_cache)
+        except tf.errors.OpError as err:
+            raise checkpoint.as_user_error(err, strategy, "--output_dir") from err
 
 
 def _fresh(state, config, cached=None):

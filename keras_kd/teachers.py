@@ -21,13 +21,27 @@ import re
 import zipfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_kd import errors, losses, views
 from keras_kd import preprocessing as prep
 
-__all__ = ["load", "load_model", "check_path", "check_fits", "logits_view", "teacher_list",
-           "check_teacher_settings", "EnsembleLogits"]
+__all__ = ["load", "load_model", "check_path", "check_fits", "logits_view", "check_logits",
+           "teacher_list", "check_teacher_settings", "EnsembleLogits"]
+
+
+def _stored(flag):
+    """True when ``flag`` names a run folder (``--checkpoint_dir``, a sweep's
+    ``--output_dir``: it ends in ``_dir``) that keras_kd stored the model file in,
+    rather than the flag whose value is the model's path."""
+    return flag.endswith("_dir")
+
+
+def _named(path, flag):
+    """How errors name the model: ``--teacher='t.keras'``, or a stored file."""
+    return (f"the file {path!r} (stored by an earlier run in {flag})" if _stored(flag)
+            else f"{flag}={path!r}")
 
 
 def check_path(path, flag="--model"):
@@ -36,57 +50,91 @@ def check_path(path, flag="--model"):
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "saved_model.pb")):
             raise ValueError(
-                f"{flag}={path!r} is a folder without saved_model.pb, so it is not a "
+                f"{_named(path, flag)} is a folder without saved_model.pb, so it is not a "
                 "SavedModel. Fix: pass a SavedModel folder (written by model.export(path)), "
                 "or the path of a model file (.keras or legacy .h5) inside it.")
         return
     if not os.path.isfile(path):
         raise ValueError(
-            f"{flag}={path!r} does not exist. Fix: pass the path of a saved Keras "
+            f"{_named(path, flag)} does not exist. Fix: pass the path of a saved Keras "
             "model (written by model.save('model.keras')), a legacy .h5 file or a "
             "SavedModel folder (model.export(path)).")
 
 
 _MODEL_FILES = ("pass a file written by model.save('model.keras'), a legacy .h5, or a "
                 "SavedModel folder (model.export(path))")
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _in_python(flag):
+    """What to do in Python with a model loaded there, for the command that read ``flag``."""
+    if flag == "--model":  # keras-kd export
+        return ("convert it there with keras_kd.export.export_verified(model, "
+                "'model.tflite', val_ds)")
+    return "distil from it there with keras_kd.Distiller(model, student, ...)"
+
+
+def _broken_file(path, err):
+    """Why ``path`` (a file keras.saving.load_model refused) is not a model file."""
+    text = str(err)
+    ext = os.path.splitext(path)[1].lower()
+    if os.path.basename(path) == "saved_model.pb":
+        return "the file of a SavedModel: pass its folder instead"
+    if ext == ".keras":
+        if not zipfile.is_zipfile(path):
+            return "not a zip archive, as every .keras file is: truncated, or another format"
+        if isinstance(err, zipfile.BadZipFile) or "CRC" in text:
+            return (f"a damaged zip archive ({errors.short(err, 120)}): corrupted or cut "
+                    "short in a copy")
+        if "config.json" in text:
+            return "a zip archive without config.json: not written by model.save"
+    elif ext in (".h5", ".hdf5"):
+        with open(path, "rb") as f:
+            if f.read(len(_HDF5_SIGNATURE)) != _HDF5_SIGNATURE:
+                return "not an HDF5 file, as every .h5 model is: another format, or damaged"
+        if "truncated" in text:
+            return ("a truncated HDF5 file: shorter than its header says, e.g. a copy cut "
+                    "short")
+    else:
+        return f"keras reads .keras and legacy .h5 files, not {ext or 'a file without extension'}"
+    return errors.short(err, 200)
 
 
 def _unreadable(path, flag, err):
     """The ValueError for a file keras.saving.load_model refused."""
-    text = str(err)
-    if "safe_mode" in text and "Lambda" in text:
-        return ValueError(
-            f"{flag}={path!r} has a Lambda layer, and keras refused to run the Lambda's code "
-            "(safe_mode: a saved Lambda can run any Python). Fix: re-save the model without "
-            "Lambda layers (e.g. Rescaling / Softmax layers), or, if you wrote and trust the "
-            "file, load it in Python with keras.saving.load_model(path, safe_mode=False) and "
-            "pass the model to Distiller.")
+    text, who = str(err), _named(path, flag)
     if "safe_mode" in text:
+        lam = "Lambda" in text
+        what = ("has a Lambda layer, whose Python code keras does not run when it loads a "
+                "file (safe_mode: a saved Lambda can run any code)" if lam else
+                f"was refused by keras in safe_mode ({errors.short(err, 200)})")
+        saved_model = ("" if flag == "--model" or _stored(flag) else
+                       ", or save it there as a SavedModel, which holds no Python code "
+                       "(model.export(folder), of a model ending in logits), and pass "
+                       f"{flag}=folder")
         return ValueError(
-            f"{flag}={path!r}: keras refused to load it in safe_mode "
-            f"({errors.short(err, 200)}). Fix: re-save the model with built-in layers only, "
-            "or, if you wrote and trust the file, load it in Python with "
-            "keras.saving.load_model(path, safe_mode=False) and pass the model to Distiller.")
+            f"{who} {what}. keras-kd loads model files in safe_mode only and has no option "
+            "to turn it off, on purpose. Fix: rebuild the model with built-in layers in place "
+            + ("of the Lambda (e.g. Rescaling for input scaling, Softmax for a softmax)"
+               if lam else "of the refused one") + " and save it again; or, if you wrote "
+            "and trust the file, load it in Python with keras.saving.load_model(path, "
+            f"safe_mode=False) and {_in_python(flag)}{saved_model}.")
     missing = re.search(r"Could not locate (class|function) '([^']+)'", text)
     if missing:
         kind, name = missing.groups()
         return ValueError(
-            f"{flag}={path!r} uses the custom {kind} {name!r}, which keras cannot find (a "
+            f"{who} uses the custom {kind} {name!r}, which keras cannot find (a "
             "model file holds its name, not its code). Fix: in Python, import the code that "
             f"defines {name!r} (registered with @keras.saving.register_keras_serializable()) "
-            "or pass custom_objects to keras.saving.load_model, and pass the model to "
-            "Distiller; or re-save the model with built-in layers only.")
-    ext = os.path.splitext(path)[1].lower()
-    if os.path.basename(path) == "saved_model.pb":
-        reason = "the file of a SavedModel: pass its folder instead"
-    elif ext == ".keras" and not zipfile.is_zipfile(path):
-        reason = "not a zip archive, as every .keras file is: truncated, or another format"
-    elif ext not in (".keras", ".h5", ".hdf5"):
-        reason = f"keras reads .keras and legacy .h5 files, not {ext or 'a file without extension'}"
-    else:
-        reason = errors.short(err, 200)
-    return ValueError(f"{flag}={path!r} is not a Keras model file ({reason}). Fix: "
-                      f"{_MODEL_FILES}.")
+            f"or pass custom_objects to keras.saving.load_model, and {_in_python(flag)}; or "
+            "rebuild the model with built-in layers only.")
+    reason = _broken_file(path, err)
+    if _stored(flag):
+        return ValueError(
+            f"{who} is not a readable Keras model file ({reason}). Fix: delete that file so "
+            f"the run redoes its phase, or pass a new {flag} (or delete it) to start over.")
+    return ValueError(f"{who} is not a Keras model file ({reason}). Fix: {_MODEL_FILES} "
+                      "(a truncated or damaged file: save or copy it again in full).")
 
 
 def _load_saved_model(path, flag):
@@ -95,14 +143,14 @@ def _load_saved_model(path, flag):
         layer = keras.layers.TFSMLayer(path, call_endpoint="serving_default")
     except Exception as err:
         raise ValueError(
-            f"{flag}={path!r} is a SavedModel keras cannot load through its serving_default "
+            f"{_named(path, flag)} is a SavedModel keras cannot load through its serving_default "
             f"signature ({errors.short(err, 200)}). Fix: export it with a serving_default "
             "signature (Keras 3: model.export(path); TensorFlow: tf.saved_model.save(model, "
             "path, signatures=...)), or save it as a .keras file.") from err
     specs = tf.nest.flatten(layer.call_endpoint_fn.structured_input_signature)
     if len(specs) != 1 or specs[0].shape.rank is None:
         raise ValueError(
-            f"{flag}={path!r}: its serving_default signature takes {len(specs)} input(s) "
+            f"{_named(path, flag)}: its serving_default signature takes {len(specs)} input(s) "
             f"({specs}); keras_kd feeds one batch of images of known rank. Fix: export a "
             "model with a single image input.")
     inputs = keras.Input(shape=tuple(specs[0].shape[1:]), dtype=specs[0].dtype.name)
@@ -115,7 +163,7 @@ def _load_saved_model(path, flag):
     if isinstance(outputs, (list, tuple)):
         if len(outputs) != 1:
             raise ValueError(
-                f"{flag}={path!r}: its serving_default signature returns {len(outputs)} "
+                f"{_named(path, flag)}: its serving_default signature returns {len(outputs)} "
                 f"outputs ({', '.join(names or [])}); a teacher has one (its logits or "
                 "class probabilities). Fix: export a model with a single output.")
         outputs = outputs[0]
@@ -132,7 +180,14 @@ def load_model(path, flag="--model"):
     functional model over ``keras.layers.TFSMLayer(path, "serving_default")``
     with the signature's input shape (a softmax inside it cannot be cut off).
     Errors: a missing path, a folder without ``saved_model.pb``, a file that is
-    not a model (text, truncated), a Lambda or custom layer keras will not load.
+    not a model (text, truncated, a damaged zip or HDF5 file), a Lambda or custom
+    layer keras will not load; each names the fix, for the command at hand.
+
+    ``flag``: the flag whose value is ``path`` (``--teacher``; ``--model`` is
+    ``keras-kd export``'s), or the run folder's flag (one ending in ``_dir``:
+    ``--checkpoint_dir``, a sweep's ``--output_dir``) when ``path`` is a file an
+    earlier run stored there: its errors then name that file and say to delete
+    it (the phase runs again) instead of blaming a flag the user did not pass.
     """
     check_path(path, flag)
     if os.path.isdir(path):
@@ -142,7 +197,7 @@ def load_model(path, flag="--model"):
     except Exception as err:
         raise _unreadable(path, flag, err) from err
     if not isinstance(model, keras.Model):
-        raise ValueError(f"{flag}={path!r} holds a {type(model).__name__}, not a keras.Model.")
+        raise ValueError(f"{_named(path, flag)} holds a {type(model).__name__}, not a keras.Model.")
     return model
 
 
@@ -184,7 +239,7 @@ def load(path, info, flag="--teacher", resize_ok=False):
 
 
 def logits_view(teacher, dtype="float32", *, preprocessing=None, weights=None,
-                temperature=None, input_shape=None):
+                temperature=None, input_shape=None, role="teacher"):
     """The frozen teacher's (or ensemble's) inference view: ``(view, recovered)``.
 
     The one place a teacher's view is built: the Distiller, the cache and the
@@ -199,7 +254,14 @@ def logits_view(teacher, dtype="float32", *, preprocessing=None, weights=None,
     ``weights``: None (equal) or one number ≥ 0 per member, normalised to sum
     1 (a member of weight 0 is not run). ``input_shape``: the shape (without
     the batch axis) of the batches the view reads, e.g. the student's; None:
-    the teacher's own.
+    the teacher's own. ``role``: what errors call a single teacher (e.g. the
+    job's ``teacher_2``); an ensemble's members are ``teacher i (name)``.
+
+    Each member's logits view is probed once (:func:`check_logits`, eagerly, on
+    a few seeded 0-255 images of its input shape, or of ``input_shape`` where
+    its own leaves height or width open): a teacher whose outputs are
+    probabilities (a softmax keras_kd could not cut, e.g. in a ``Lambda``) is
+    refused here, before any student trains on them.
 
     - One model (or a one-member list), preprocessing ``"none"`` and batches of
       its own size: today's view, bit for bit (no wrapper: for float32 and a
@@ -221,7 +283,8 @@ def logits_view(teacher, dtype="float32", *, preprocessing=None, weights=None,
         preprocessing, a wrong number of specs or weights, negative or all-zero
         weights, an ensemble without ``temperature``, members that disagree on
         classes or channels, a subclassed teacher with a reduced ``dtype`` or
-        ending in a softmax, or one that needs a wrapper and has no known input.
+        ending in a softmax, one that needs a wrapper and has no known input, or
+        one that outputs probabilities (:func:`check_logits`).
     """
     members = teacher_list(teacher)
     specs, weights = check_teacher_settings(len(members), preprocessing, weights)
@@ -234,14 +297,16 @@ def logits_view(teacher, dtype="float32", *, preprocessing=None, weights=None,
     weights = weights or (1.0 / len(members),) * len(members)
     runs, recovered = [], False
     for i, (member, spec, weight) in enumerate(zip(members, specs, weights)):
-        role = "teacher" if len(members) == 1 else f"teacher {i + 1} ({member.name!r})"
+        who = role if len(members) == 1 else f"teacher {i + 1} ({member.name!r})"
         runner = views.with_compute_dtype(member, dtype)
         runner.trainable = False
         member.trainable = False
         if i:
-            views.check_same_io(runner, members[0], (role, "teacher 1"))
+            views.check_same_io(runner, members[0], (who, "teacher 1"))
         if weight > 0:
-            view, found = views.logits_model(runner, role)
+            view, found = views.logits_model(runner, who)
+            check_logits(view, who if i or len(members) > 1 else f"{who} ({member.name!r})",
+                         input_shape)
             runs.append((runner, view, spec, weight))
             recovered = recovered or found
     if len(runs) == 1:
@@ -263,6 +328,76 @@ def logits_view(teacher, dtype="float32", *, preprocessing=None, weights=None,
 
 # ---------------------------------------------------------------------------
 # Ensembles and wrapped views (logits_view's parts).
+
+
+#: Rows of the probe batch :func:`check_logits` feeds a teacher's logits view.
+PROBE_ROWS = 3
+
+
+def _known_inputs(model):
+    """``model.inputs``, or None where Keras does not know them (subclassed models)."""
+    try:
+        return model.inputs or None
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _probe_shape(view, input_shape):
+    """The input shape (batch first) to probe ``view`` with, or None if unknown."""
+    inputs = _known_inputs(view)
+    if not inputs:  # e.g. a subclassed model: it reads the batches it is given
+        return None if input_shape is None else (PROBE_ROWS, *map(int, input_shape))
+    if len(inputs) != 1:
+        return None
+    batch, *shape = inputs[0].shape
+    if None in shape and input_shape is not None and len(input_shape) == len(shape):
+        shape = [own if own is not None else int(x) for own, x in zip(shape, input_shape)]
+    return None if None in shape else (batch or PROBE_ROWS, *shape)
+
+
+def check_logits(view, role="teacher", input_shape=None):
+    """Raises ValueError when ``view`` (a model meant to output logits) outputs
+    class probabilities.
+
+    ``view`` is run eagerly (``training=False``) on :data:`PROBE_ROWS` seeded
+    images uniform in [0, 255] of its input shape (open height / width taken
+    from ``input_shape``). A softmax output is a distribution on *any* input,
+    so the probe needs no data: if every output is ≥ 0 and every row sums to 1
+    (within 1e-4; 3e-2 for 16-bit outputs), the view outputs probabilities.
+    Logits pass: both conditions on every row of random inputs do not happen by
+    chance (logits that are all ≥ 0, e.g. after a ReLU, do not sum to 1).
+
+    Not probed (returns): a view whose input shape stays unknown (a subclassed
+    model, unless ``input_shape`` is given), a call inside a ``tf.function``,
+    a view with several outputs, or one that fails to run on the probe (its own
+    error then comes at the first batch).
+    """
+    shape = _probe_shape(view, input_shape)
+    if shape is None or not tf.executing_eagerly():
+        return
+    x = np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32)
+    try:
+        inputs = _known_inputs(view)
+        z = view(tf.cast(x, inputs[0].dtype) if inputs else x, training=False)
+    except (tf.errors.OpError, ValueError, TypeError):
+        return
+    if isinstance(z, (list, tuple, dict)):
+        return
+    wide = z.dtype in (tf.float32, tf.float64)
+    z = keras.ops.convert_to_numpy(tf.cast(z, tf.float64))
+    if z.ndim < 2 or z.shape[-1] < 2:
+        return
+    if (z >= 0).all() and np.abs(z.sum(axis=-1) - 1).max() <= (1e-4 if wide else 3e-2):
+        raise ValueError(
+            f"the {role} outputs probabilities, not logits: on {shape[0]} "
+            "probe images its outputs are all >= 0 and every row sums to 1, so it ends in a "
+            "softmax keras_kd cannot cut off (inside a Lambda or custom layer, a subclassed "
+            "model's call(), or a SavedModel). Distilled as logits they would soften "
+            "nothing (softmax(p / T) is nearly uniform). Fix: give keras_kd the model with "
+            "that softmax as its own last layer, keras.layers.Softmax() or "
+            "activation='softmax' on the last Dense (keras_kd cuts those off itself), or "
+            "ending in logits (Dense(num_classes) without activation); for a SavedModel, "
+            "re-export it from the layer before the softmax.")
 
 
 def teacher_list(teacher):

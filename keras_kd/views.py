@@ -19,6 +19,7 @@ this file.
 """
 
 import difflib
+import weakref
 
 import keras
 
@@ -33,6 +34,7 @@ __all__ = [
     "COMPUTE_DTYPES",
     "check_compute_dtype",
     "with_compute_dtype",
+    "refresh_dtype_copies",
     "feature_tensor",
     "tapped",
     "flatten_layers",
@@ -302,12 +304,48 @@ def with_compute_dtype(model, dtype):
     def clone(layer):
         config = layer.get_config()
         config["dtype"] = policy
-        return layer.__class__.from_config(config)
+        copied = layer.__class__.from_config(config)
+        _SOURCE_LAYERS[copied] = layer
+        return copied
 
     copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
     copy.set_weights(model.get_weights())
     copy.trainable = model.trainable
     return copy
+
+
+#: Each layer :func:`with_compute_dtype` made → the layer it copies (for
+#: :func:`refresh_dtype_copies`); weak, so a dropped copy is forgotten.
+_SOURCE_LAYERS = weakref.WeakKeyDictionary()
+
+
+def refresh_dtype_copies(model):
+    """Copies into every layer of ``model`` (nested ones included) that
+    :func:`with_compute_dtype` made the *current* weights of the layer it
+    copies; returns how many layers it refreshed (0: ``model`` holds no copy).
+
+    A dtype copy has its own variables, filled when it was made: weights loaded
+    into the original later (``teacher.load_weights(...)``) reach the copy only
+    through this call (the Distiller makes it before every ``fit`` and
+    ``evaluate``). The copy's variables are float32 like the original's, so the
+    values are copied exactly. RuntimeError if a copy no longer matches its
+    original's variables (the original was rebuilt).
+    """
+    refreshed, seen = 0, set()
+    for layer in flatten_layers(model):
+        source = _SOURCE_LAYERS.get(layer)
+        if source is None or id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if len(layer.weights) != len(source.weights):
+            raise RuntimeError(
+                f"the compute-dtype copy of layer {source.name!r} has {len(layer.weights)} "
+                f"variables, the layer itself now {len(source.weights)}. Fix: build the "
+                "Distiller again after changing the teacher.")
+        for copied, original in zip(layer.weights, source.weights):
+            copied.assign(original.value)
+        refreshed += 1
+    return refreshed
 
 
 # ---------------------------------------------------------------------------

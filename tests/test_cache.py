@@ -1,5 +1,6 @@
 """The teacher soft-target cache (offline distillation), at tiny size."""
 
+import hashlib
 import json
 import os
 
@@ -291,6 +292,28 @@ def test_clear_errors(xy, tmp_path):
         cache.get_or_build(teacher, ds, tmp_path / "other", log=None)
 
 
+def test_a_changed_cache_file_is_refused_naming_it(xy, tmp_path):
+    """logits.npy replaced by noise of the same shape and dtype (a valid array, not the
+    teacher's logits) is refused by the sha256 in meta.json, never distilled from."""
+    x, y = xy
+    teacher = _mlp(0, name="teacher")
+    meta = cache.build(teacher, _ds(x, y), tmp_path / "c", log=None)
+    for name, entry in meta["files"].items():  # hashlib on the whole file: the reference
+        assert entry["sha256"] == hashlib.sha256((tmp_path / "c" / name).read_bytes()).hexdigest()
+    noise = np.random.default_rng(1).normal(size=(N, CLASSES)).astype(np.float32)
+    np.save(tmp_path / "c" / "logits.npy", noise)
+    message = r"corrupt: logits.npy changed after the cache was built.*Fix: delete the folder"
+    for load in (lambda: cache.get_or_build(teacher, _ds(x, y), tmp_path / "c", log=None),
+                 lambda: cache.attach(_ds(x, y), tmp_path / "c", teacher),
+                 lambda: cache.attach(_ds(x, y), tmp_path / "c", check=False)):
+        with pytest.raises(cache.CacheError, match=message):
+            load()
+    del meta["files"]["logits.npy"]["sha256"]  # a cache without checksums cannot be checked
+    (tmp_path / "c" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(cache.CacheError, match="records no sha256 of logits.npy"):
+        cache.attach(_ds(x, y), tmp_path / "c", check=False)
+
+
 def test_augmentation_is_refused():
     for spec in (None, "none", ""):
         cache.check_no_augmentation(spec)
@@ -397,7 +420,7 @@ def test_job_refuses_bad_cache_flags_before_training(tmp_path):
                                   "output_dir": str(out), **change})
         with pytest.raises(ValueError, match=message):
             job.run(config, log=lambda *a: None)
-        assert os.listdir(out) == []
+        assert not out.exists()  # created by the failed run, still empty: removed
 
 
 def test_job_builds_then_loads_the_cache(tmp_path):

@@ -1,6 +1,7 @@
 """Runs survive being killed: atomic backups, resumed phases, clear errors."""
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -287,3 +288,69 @@ def test_run_folder_refuses_other_settings_naming_them(tmp_path):
                                          r"\(epochs, seed differ\).*Fix: use a new --output_dir"):
         RunFolder(strategy, tmp_path, tmp_path / "s", {"epochs": 3, "seed": 1}, kind="sweep",
                   flag="--output_dir")
+
+
+# ---------------------------------------------------------------------------
+# Nothing reused silently: checksums of what a rerun loads, readable settings.
+
+
+def test_swapped_backup_weights_are_refused(tmp_path, rng):
+    """Another model's valid weights file in place of a backup: refused by the sha256
+    in latest.json (load_weights alone would restore it silently)."""
+    x = rng.normal(size=(8, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=8)
+    backup = tmp_path / "b"
+    _model().fit(x, y, epochs=1, verbose=0,
+                 callbacks=[AtomicBackupAndRestore(backup, delete_on_end=False)])
+    latest = json.loads((backup / "latest.json").read_text())
+    weights = backup / latest["folder"] / "model.weights.h5"
+    assert latest["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    other = _model()
+    other.set_weights([w + 1.0 for w in other.get_weights()])
+    other.save_weights(weights)  # valid, same architecture, other values
+    with pytest.raises(CorruptCheckpointError, match=r"model.weights.h5.*changed after it was "
+                                                     r"written.*Fix: delete"):
+        _model().fit(x, y, epochs=2, verbose=0, callbacks=[AtomicBackupAndRestore(backup)])
+
+
+def test_swapped_finished_phase_model_is_refused(tmp_path):
+    """A finished phase's <phase>.keras replaced by another valid model: refused."""
+    import tensorflow as tf
+
+    from keras_kd.checkpoint import RunFolder
+
+    strategy = tf.distribute.get_strategy()
+    folder = RunFolder(strategy, tmp_path / "out", tmp_path / "ckpt", {"epochs": 2})
+    model = _model()
+    folder.mark_done("teacher", model)
+    path = tmp_path / "ckpt" / "teacher.keras"
+    recorded = (tmp_path / "ckpt" / "teacher.keras.sha256").read_text().split()
+    assert recorded == [hashlib.sha256(path.read_bytes()).hexdigest(), "teacher.keras"]
+    assert folder.finished("teacher") == str(path)
+    other = _model()
+    other.set_weights([w + 1.0 for w in other.get_weights()])
+    other.save(path)  # valid, loadable, not the model the phase trained
+    with pytest.raises(CorruptCheckpointError, match=r"teacher.keras' changed after its teacher "
+                                                     r"phase finished.*Fix: delete .*teacher.keras"):
+        folder.finished("teacher")
+    os.remove(tmp_path / "ckpt" / "teacher.keras.sha256")
+    with pytest.raises(CorruptCheckpointError, match="has no recorded sha256"):
+        folder.finished("teacher")
+
+
+def test_corrupt_checkpoint_config_names_the_file_and_the_fix(tmp_path, capsys):
+    import tensorflow as tf
+    from test_cli import TINY, run_cli
+
+    from keras_kd.checkpoint import RunFolder
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text('{"epochs": 2,')  # cut short
+    with pytest.raises(CorruptCheckpointError, match=r"config.json' is unreadable .*Fix: delete "):
+        RunFolder(tf.distribute.get_strategy(), tmp_path / "out", ckpt, {"epochs": 2})
+    assert not (tmp_path / "out").exists()
+    assert run_cli(TINY + [f"--checkpoint_dir={ckpt}", f"--output_dir={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("keras-kd: error: ") and "config.json' is unreadable" in err
+    assert len(err.splitlines()) == 1

@@ -400,3 +400,171 @@ def test_flags_are_generated_from_the_config_fields():
     finally:
         cli.FLAGS.unparse_flags()
     assert made.image_size == (32, 48) and made.teacher is None
+
+
+# ---------------------------------------------------------------- nothing silent, nothing noisy
+
+
+#: Lines TensorFlow, its converter and LiteRT print about their own workings.
+TF_CHATTER = ("signature_serialization", "Assets written", "Using new converter",
+              "fully_quantize", "XNNPACK delegate", "cpu_feature_guard", "INFO:tensorflow",
+              "Reading SavedModel", "Sharding callback")
+
+
+def test_the_default_console_has_progress_bars_and_our_lines_only(tmp_path):
+    """keras-kd at its default verbosity, exporting (int8 tried first), as a user runs
+    it (no TF_CPP_MIN_LOG_LEVEL set): none of TensorFlow's own INFO lines."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_kd", "--epochs=1", "--teacher_epochs=1",
+         "--teacher_arch=mlp:hidden=8", "--student_arch=mlp:hidden=8", "--batch_size=256",
+         "--min_teacher_accuracy=0", f"--output_dir={out}"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = result.stdout + result.stderr
+    for chatter in TF_CHATTER:
+        assert chatter not in said, (chatter, result.stderr[-3000:])
+    assert "data: mnist5k" in result.stdout and f"wrote {out}/" in result.stdout
+    assert "━" in result.stdout  # Keras's progress bars
+    tried = json.loads((out / "metrics.json").read_text())["tflite"]["candidates"]
+    assert tried[0]["quantization"] == "int8"  # the quantizer ran (and was quiet)
+    assert not [n for n in os.listdir(out) if n.startswith(".")]  # no temporary folder
+
+
+def test_verbose_3_shows_progress_bars_and_tensorflows_own_lines(tmp_path, capfd):
+    assert run_cli(TINY + ["--verbose=3", "--export_quantization=int8",
+                           f"--output_dir={tmp_path}"]) == 0
+    said = capfd.readouterr()
+    assert "━" in said.out  # Keras verbose 1 (its 3 shows no progress at all)
+    assert "fully_quantize" in said.err  # the int8 quantizer's line, not filtered
+
+
+def _events(folder):
+    """The scalar tags in the TensorBoard event files under ``folder``."""
+    import tensorflow as tf
+
+    tags = set()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name.startswith("events.out.tfevents"):
+                for record in tf.data.TFRecordDataset(os.path.join(root, name)):
+                    event = tf.compat.v1.Event.FromString(record.numpy())
+                    tags |= {v.tag for v in event.summary.value}
+    return tags
+
+
+def test_tensorboard_writes_event_files_for_every_phase(tmp_path):
+    out = tmp_path / "tb"
+    assert run_cli(TINY + ["--tensorboard", "--export=false", f"--output_dir={out}"]) == 0
+    board = out / "tensorboard"
+    assert sorted(os.listdir(board)) == ["baseline", "distill", "teacher"]
+    for phase in ("teacher", "baseline", "distill"):
+        tags = _events(board / phase)
+        assert "epoch_loss" in tags and "epoch_accuracy" in tags, (phase, tags)
+    assert "epoch_distillation_loss" in _events(board / "distill")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["tensorboard"] is True
+    # Without the flag: no event files.
+    plain = tmp_path / "plain"
+    assert run_cli(TINY + ["--export=false", f"--output_dir={plain}"]) == 0
+    assert not (plain / "tensorboard").exists()
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    assert run_cli(TINY + ["--tensorboard", f"--output_dir={tmp_path / 'x'}"]) == 2
+    assert "pip install tensorboard" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def _interrupt(saved=()):
+    """A job.run that saves ``saved`` into its output folder, then gets Ctrl-C."""
+    def run(config, log=print):
+        os.makedirs(config.output_dir, exist_ok=True)
+        for name in saved:
+            (open(os.path.join(config.output_dir, name), "w")).close()
+        raise KeyboardInterrupt
+    return run
+
+
+def test_ctrl_c_is_one_line_saying_what_was_kept(tmp_path, capsys, monkeypatch):
+    from keras_kd import job
+
+    monkeypatch.setattr(job, "run", _interrupt(["teacher.keras"]))
+    out = tmp_path / "out"
+    assert run_cli(TINY + [f"--output_dir={out}"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("keras-kd: interrupted (Ctrl-C); ")
+    assert f"{out} holds teacher.keras" in err
+    assert f"--teacher={out / 'teacher.keras'}" in err
+    assert "add --checkpoint_dir=DIR next time" in err
+    # With --checkpoint_dir: rerunning the same command resumes.
+    ckpt = tmp_path / "ckpt"
+    assert run_cli(TINY + [f"--output_dir={tmp_path / 'o2'}", f"--checkpoint_dir={ckpt}"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"kept in --checkpoint_dir={ckpt}: rerun the same command to resume" in err
+    # No --output_dir: the line names the folder the run was writing to.
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(TINY) == 130
+    (made,) = os.listdir(tmp_path / "kd_runs")
+    assert f"{os.path.join('kd_runs', made)} holds teacher.keras" in capsys.readouterr().err
+    # Nothing saved yet: it says so.
+    monkeypatch.setattr(job, "run", _interrupt())
+    assert run_cli(TINY + [f"--output_dir={tmp_path / 'o3'}"]) == 130
+    assert "; nothing was saved; without --checkpoint_dir" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_export_and_sweep_is_one_line(tmp_path, capsys, monkeypatch):
+    from keras_kd import export, sweep
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "export_saved_model", interrupted)
+    assert run_export([f"--model={tmp_path / 'm.keras'}", "--dataset=mnist5k"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("keras-kd export: interrupted (Ctrl-C); ")
+    assert "rerun the same command" in err
+    monkeypatch.setattr(sweep, "run", interrupted)
+    cli.SWEEP_FLAGS.unparse_flags()
+    cli.SWEEP_FLAGS(["keras-kd", f"--output_dir={tmp_path / 's'}"])
+    assert cli.sweep_main(["keras-kd"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("keras-kd sweep: interrupted (Ctrl-C); ")
+    assert f"--output_dir={tmp_path / 's'} to resume" in err
+
+
+def test_sigterm_takes_the_ctrl_c_path(tmp_path):
+    """A real process stopped by SIGTERM while it runs: no traceback, one line naming
+    the checkpoint folder to resume from, exit 143."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ckpt = tmp_path / "ckpt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keras_kd", "--teacher_epochs=200", "--epochs=1",
+         "--teacher_arch=mlp:hidden=8", "--student_arch=mlp:hidden=8", "--batch_size=256",
+         "--verbose=2", f"--output_dir={tmp_path / 'out'}", f"--checkpoint_dir={ckpt}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:  # the run is under way (its folder is set up)
+            if (ckpt / "config.json").exists():
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("keras-kd: stopped (SIGTERM); the finished phases and the last "
+                           f"epoch backup are kept in --checkpoint_dir={ckpt}"), last

@@ -352,3 +352,65 @@ def test_check_settings_is_the_rule_of_get_strategy_and_mixed_precision():
         distribute.check_settings(mixed_precision="float8", prefix="--")
     with pytest.raises(ValueError, match=r"^unknown strategy='horovod'; valid: "):
         distribute.get_strategy("horovod")
+
+
+_BN_SCRIPT = r"""
+import json, warnings
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import numpy as np, keras, keras_kd
+from keras_kd import models
+
+rng = np.random.default_rng(0)
+x = rng.uniform(0, 255, size=(16, 8, 8, 1)).astype("float32")
+y = rng.integers(0, 3, size=16).astype("int32")
+ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)  # 2 steps of 8 = 4 + 4 per replica
+strategies = {"one": tf.distribute.OneDeviceStrategy("/cpu:0"),
+              "two": tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])}  # once: see _DIST_SCRIPT
+out = {}
+for name, sync in (("one", None), ("two", None), ("two", False)):
+    with strategies[name].scope():
+        teacher = models.build("mlp:hidden=4", (8, 8, 1), 3, seed=1)
+        student = models.build("cnn:batchnorm=1,width=0.25", (8, 8, 1), 3, seed=2,
+                               synchronized_batchnorm=sync)
+        d = keras_kd.Distiller(teacher, student, temperature=2.0, alpha=0.5)
+        d.compile(optimizer=keras.optimizers.SGD(0.5))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):  # two fits: warned once
+            d.fit(ds, epochs=1, verbose=0)
+    out[f"{name}/{sync}"] = {
+        "w": [v.tolist() for v in student.get_weights()],
+        "names": [v.path for v in student.weights],
+        "synchronized": [l.synchronized for l in student.layers
+                         if isinstance(l, keras.layers.BatchNormalization)],
+        "warnings": [str(w.message) for w in caught if "BatchNormalization" in str(w.message)]}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_batchnorm_student_two_replicas_train_like_one_device(tmp_path):
+    """A BatchNormalization student built by models.build inside a 2-replica scope is
+    synchronized and trains the weights one device trains; unsynchronized (the
+    control) it does not, and the Distiller warns once."""
+    script = tmp_path / "bn.py"
+    script.write_text(_BN_SCRIPT)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = _result(run.stdout)
+    one, two, plain = res["one/None"], res["two/None"], res["two/False"]
+    assert one["synchronized"] == [False] * 3 and two["synchronized"] == [True] * 3
+    assert plain["synchronized"] == [False] * 3
+
+    def gaps(a, b):
+        return {n: float(np.abs(np.array(u) - np.array(v)).max())
+                for n, u, v in zip(one["names"], a["w"], b["w"])}
+
+    assert max(gaps(one, two).values()) < 1e-5, gaps(one, two)
+    assert max(gaps(one, plain).values()) > 1e-2, gaps(one, plain)
+    assert one["warnings"] == [] and two["warnings"] == []
+    assert len(plain["warnings"]) == 1, plain["warnings"]
+    assert "2 replicas" in plain["warnings"][0] and "'block1_bn'" in plain["warnings"][0]
+    assert "synchronize_batchnorm" in plain["warnings"][0]

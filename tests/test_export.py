@@ -442,3 +442,111 @@ def test_int8_file_that_does_not_run_is_refused(arrays, tmp_path):
                                     representative_data=representative, log=print)
     assert "does not run" in result["candidates"][0]["error"]
     assert result["quantization"] == "dynamic" and result["agreement"] == 1.0
+
+
+# ---------------------------------------------------------------- temporary folders
+
+
+def test_an_export_interrupted_inside_the_converter_leaves_no_temporary_folder(
+        trained, arrays, tmp_path, monkeypatch):
+    """Ctrl-C while the converter calibrates int8: its SavedModel was written into a
+    hidden folder beside the output (not /tmp), which is gone afterwards."""
+    import tempfile
+
+    model, _, _ = trained
+    representative, _ = arrays
+    real, seen = tf.lite.TFLiteConverter.from_keras_model, {}
+
+    def interrupted_converter(m):
+        converter = real(m)
+        convert = converter.convert
+
+        def interrupting():
+            seen["tempdir"] = tempfile.gettempdir()
+            seen["inside"] = os.listdir(seen["tempdir"])  # the converter's SavedModel
+            raise KeyboardInterrupt
+            yield  # a generator, as the converter expects
+
+        def run():
+            converter.representative_dataset = interrupting
+            return convert()
+
+        converter.convert = run
+        return converter
+
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_keras_model", interrupted_converter)
+    before = tempfile.tempdir
+    with pytest.raises(KeyboardInterrupt):
+        export.to_tflite(model, str(tmp_path / "s.tflite"), "int8", representative)
+    assert os.path.dirname(seen["tempdir"]) == str(tmp_path)
+    assert os.path.basename(seen["tempdir"]).startswith(export.TEMP_PREFIX)
+    assert seen["inside"]  # the converter really wrote its files there
+    assert not os.path.exists(seen["tempdir"])
+    assert os.listdir(tmp_path) == []
+    assert tempfile.tempdir == before
+
+
+def test_temporary_folders_of_killed_exports_are_swept(trained, tmp_path):
+    """A folder left by an export killed outright (SIGKILL: no finally) is removed by
+    the next export into that folder; one of a live process or another host is kept."""
+    import socket
+    import subprocess
+    import sys
+
+    model, _, _ = trained
+    host = export._host()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f"{export.TEMP_PREFIX}{host}-{dead_pid}-abc123"
+    live = tmp_path / f"{export.TEMP_PREFIX}{host}-{os.getppid()}-def456"
+    other_host = tmp_path / f"{export.TEMP_PREFIX}not{host}-{dead_pid}-ghi789"
+    for folder in (stale, live, other_host):
+        (folder / "tmpsaved" / "assets").mkdir(parents=True)
+    assert socket.gethostname()  # the names are this host's
+    export.to_tflite(model, str(tmp_path / "s.tflite"))
+    assert not stale.exists()
+    assert live.exists() and other_host.exists()
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [live.name, other_host.name, "s.json", "s.tflite"])
+
+
+# ---------------------------------------------------------------- a clean console
+
+
+NOISE = (
+    "I0000 00:00:1796120549.966138   19771 reader.cc:83] Reading SavedModel from: /tmp/x\n"
+    "W0000 00:00:1796120549.965808   19771 tf_tfl_flatbuffer_helpers.cc:364] Ignored "
+    "output_format.\n"
+    "I1201 10:22:29.700004 140001088334720 signature_serialization.py:156] Function "
+    "`function` contains input name(s) resource with unsupported characters\n"
+    "INFO:tensorflow:Assets written to: /tmp/tmp2kvwuyrn/assets\n"
+    "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+    "fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32, "
+    "output_inference_type: FLOAT32\n"
+)
+
+
+def test_the_console_filter_drops_info_lines_and_keeps_errors(capfd):
+    """What C++ code writes to fd 2 around a converter/LiteRT call: TensorFlow's and
+    LiteRT's INFO/WARNING lines are dropped, an error line and anything unknown are
+    kept (also when the call raises); with tensorflow_logs(True) all of it shows."""
+    import logging
+
+    from keras_kd import _backend
+
+    kept = ("E0000 00:00:1796120550.1   19771 convert.cc:12] a real converter error\n"
+            "an unknown line\n")
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    with pytest.raises(RuntimeError, match="the call failed"):
+        with _backend.quiet_tensorflow():
+            assert not logger.isEnabledFor(logging.INFO)
+            os.write(2, (NOISE + kept).encode())
+            raise RuntimeError("the call failed")
+    assert capfd.readouterr().err == kept
+    assert logger.level == level
+    with _backend.tensorflow_logs(True), _backend.quiet_tensorflow():
+        os.write(2, NOISE.encode())
+    assert capfd.readouterr().err == NOISE
+    assert logger.level == level

@@ -561,7 +561,110 @@ def test_save_load_round_trip(spec, shape, tmp_path, rng):
         rtol=1e-6, atol=1e-6)
 
 
+
+# ------------------------------------------------ synchronized BatchNormalization
+
+
+def _bn_layers(model):
+    return [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+
+
+@pytest.mark.parametrize("spec, shape", [("cnn:batchnorm=1,width=0.25", (8, 8, 1)),
+                                         ("mobilenet_v3_small:alpha=0.35", MNIST)])
+def test_synchronized_batchnorm_changes_no_weight_and_no_prediction(spec, shape, rng):
+    plain = build(spec, shape, 3, seed=4)  # outside any strategy: one replica
+    synced = build(spec, shape, 3, seed=4, synchronized_batchnorm=True)
+    assert _bn_layers(plain) and not any(l.synchronized for l in _bn_layers(plain))
+    assert all(l.synchronized for l in _bn_layers(synced))
+    assert len(_bn_layers(synced)) == len(_bn_layers(plain))
+    assert synced.name == plain.name and synced.input.name == "pixels"
+    assert [type(l) for l in synced.layers] == [type(l) for l in plain.layers]
+    for a, b in zip(_weights(plain), _weights(synced)):
+        np.testing.assert_array_equal(a, b)
+    x = _raw_pixels(rng, shape, n=4)
+    np.testing.assert_array_equal(  # inference: the moving statistics, identical
+        keras.ops.convert_to_numpy(synced(x, training=False)),
+        keras.ops.convert_to_numpy(plain(x, training=False)))
+    np.testing.assert_allclose(  # training: the batch statistics (E[x²]-E[x]² when synced)
+        keras.ops.convert_to_numpy(synced(x, training=True)),
+        keras.ops.convert_to_numpy(plain(x, training=True)), rtol=1e-4, atol=1e-4)
+    assert models.unsynchronized_batchnorm(synced) == []
+    assert models.unsynchronized_batchnorm(plain) == [l.name for l in _bn_layers(plain)]
+    with pytest.raises(ValueError, match="must be True, False or None"):
+        build(spec, shape, 3, synchronized_batchnorm="yes")
+    # No BatchNormalization: nothing to synchronize.
+    assert not _bn_layers(build("mlp:hidden=4", (4, 4, 1), 3, synchronized_batchnorm=True))
+
+
+def test_synchronize_batchnorm_copies_a_users_nested_model(rng):
+    inner_in = keras.Input((6,))
+    inner = keras.Model(inner_in, keras.layers.BatchNormalization(name="inner_bn")(
+        keras.layers.Dense(5, name="inner_dense")(inner_in)), name="inner")
+    frozen = keras.layers.BatchNormalization(name="frozen_bn")
+    frozen.trainable = False
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, name="d1"),
+                              keras.layers.BatchNormalization(name="outer_bn"), inner,
+                              frozen, keras.layers.Dense(3, name="logits")], name="user")
+    x = rng.normal(size=(16, 4)).astype("float32")
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(x, rng.normal(size=(16, 3)), epochs=1, verbose=0)  # moving statistics move
+    assert sorted(models.unsynchronized_batchnorm(model)) == ["inner_bn", "outer_bn"]
+    copy = models.synchronize_batchnorm(model)
+    assert models.unsynchronized_batchnorm(copy) == []
+    assert models.unsynchronized_batchnorm(model)  # the original is untouched
+    assert copy.get_layer("inner").get_layer("inner_bn").synchronized
+    for a, b in zip(_weights(model), _weights(copy)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(copy(x, training=False)),
+                                  keras.ops.convert_to_numpy(model(x, training=False)))
+
+
+def test_synchronize_batchnorm_refuses_a_subclassed_model_with_the_fix():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.bn = keras.layers.BatchNormalization()
+
+        def call(self, x):
+            return self.bn(x)
+
+    with pytest.raises(ValueError, match=r"cannot copy model .*synchronized=True"):
+        models.synchronize_batchnorm(Net())
+
+
+def test_replicas_batchnorm_note():
+    plain = build("cnn:batchnorm=1,width=0.25", (8, 8, 1), 3)
+    assert models.replicas_batchnorm_note(plain, 1) is None
+    assert models.replicas_batchnorm_note(models.synchronize_batchnorm(plain), 4) is None
+    note = models.replicas_batchnorm_note(plain, 4)
+    assert note.startswith("the student 'cnn' trains over 4 replicas")
+    assert "'block1_bn', 'block2_bn', 'block3_bn'" in note and "1/4 of the batch" in note
+    assert "Fix:" in note and "synchronize_batchnorm(student)" in note
+
+
+def test_synchronized_batchnorm_saves_and_exports_as_plain_batchnorm(tmp_path, rng):
+    """At inference synchronized BN is plain BN: the .keras file keeps the flag,
+    the .tflite file computes what Keras computes."""
+    import tensorflow as tf
+
+    from keras_kd import export
+
+    model = build("cnn:batchnorm=1,width=0.25", (8, 8, 1), 3, seed=0,
+                  synchronized_batchnorm=True)
+    x = _raw_pixels(rng, (8, 8, 1), n=16)
+    model.compile(optimizer="sgd",
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, rng.integers(0, 3, 16), epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert all(l.synchronized for l in _bn_layers(loaded))
+    path = export.to_tflite(model, str(tmp_path / "m.tflite"))
+    ds = tf.data.Dataset.from_tensor_slices((x, np.zeros(16, "int32"))).batch(8)
+    result = export.verify(path, ds, reference_model=model)
+    assert result["examples"] == 16 and result["max_abs_diff"] < 1e-4
+
 def test_public_functions_have_docstrings():
-    for fn in (build, parse_spec, count_params, describe):
+    for fn in (build, parse_spec, count_params, describe, models.synchronize_batchnorm,
+               models.unsynchronized_batchnorm, models.replicas_batchnorm_note):
         assert fn.__doc__ and len(fn.__doc__.strip()) > 40
     assert models.__doc__ and "logits" in models.__doc__

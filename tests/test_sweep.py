@@ -80,13 +80,14 @@ def test_sweep_writes_every_output(swept):
     names = set(os.listdir(out))
     assert {"sweep.md", "sweep.json", "best.flags", "best_student.keras", "teacher.keras",
             "accuracy_vs_temperature.png", "best_curves.png", "trials", "teacher_cache",
-            "baselines", "config.json"} <= names
+            "baselines", "config.json", "run.token", "teacher.keras.sha256"} <= names
     assert not [n for n in names if n.startswith(".")]  # no temporary files left
     assert not [n for n in names if n.endswith("_backup")]  # backups dropped when done
-    # A student, a result and a history per trial; no Distiller (teacher) is saved.
+    # A student (and its sha256), a result and a history per trial; no Distiller (teacher).
+    phase = (".keras", ".keras.sha256", ".json", "_history.csv")
     assert sorted(os.listdir(out / "trials")) == sorted(
-        f"{i:04d}{s}" for i in range(4) for s in (".keras", ".json", "_history.csv"))
-    assert sorted(os.listdir(out / "baselines")) == ["0.json", "0.keras", "0_history.csv"]
+        f"{i:04d}{s}" for i in range(4) for s in phase)
+    assert sorted(os.listdir(out / "baselines")) == sorted(f"0{s}" for s in phase)
 
 
 def test_sweep_md_is_sorted_by_validation_accuracy(swept):
@@ -246,6 +247,21 @@ def test_other_settings_in_the_same_folder_are_refused(swept, capsys):
     assert "holds a sweep with other settings (epochs differ)" in capsys.readouterr().err
     assert run_sweep(["--temperature=1,2", f"--output_dir={out}"]) == 2
     assert "(temperature differ)" in capsys.readouterr().err
+
+
+def test_a_folder_holding_no_sweep_is_refused_and_a_failed_sweep_leaves_none(tmp_path, capsys):
+    other = tmp_path / "job"
+    other.mkdir()
+    (other / "student.tflite").write_bytes(b"a main job's output")
+    assert run_sweep([f"--output_dir={other}"]) == 2
+    err = capsys.readouterr().err
+    assert f"--output_dir='{other}' is not empty" in err and "made itself" in err
+    assert os.listdir(other) == ["student.tflite"]
+    (tmp_path / "junk.keras").write_text("not a model")
+    new = tmp_path / "new"
+    assert run_sweep([f"--teacher={tmp_path / 'junk.keras'}", f"--output_dir={new}"]) == 2
+    assert "is not a Keras model file" in capsys.readouterr().err
+    assert not new.exists()  # created by the failed sweep, nothing in it but its settings
 
 
 BAD_GRIDS = [

@@ -153,10 +153,11 @@ def test_a_lambda_layer_gets_the_safe_mode_message(tmp_path):
             teachers.load_model(str(tmp_path / name), "--teacher")
         text = str(err.value)
         assert text.startswith(f"--teacher={str(tmp_path / name)!r} has a Lambda layer")
-        for part in ["keras refused to run the Lambda's code (safe_mode",
-                     "re-save the model without Lambda layers (e.g. Rescaling / Softmax",
-                     "keras.saving.load_model(path, safe_mode=False) and pass the model "
-                     "to Distiller"]:
+        for part in ["whose Python code keras does not run when it loads a file (safe_mode",
+                     "has no option to turn it off, on purpose",
+                     "rebuild the model with built-in layers in place of the Lambda (e.g. "
+                     "Rescaling", "keras.saving.load_model(path, safe_mode=False) and distil "
+                     "from it there with keras_kd.Distiller(model, student, ...)"]:
             assert part in text, (name, part, text)
 
 
@@ -401,7 +402,7 @@ def test_every_ensemble_member_is_checked(elsewhere, tmp_path, capsys):
     members = f"{elsewhere.folder / 't.keras'},{elsewhere.folder / 't_savedmodel'}"
     code, out = _job(tmp_path, "mixed", f"--teacher={members}", "--teacher_preprocessing=unit")
     err = capsys.readouterr().err
-    assert code == 2 and "the teacher_2 outputs probabilities, not logits" in err
+    assert code == 2 and "the teacher_2 ('t_savedmodel') outputs probabilities, not logits" in err
     assert not (out / "baseline.keras").exists()
 
 
