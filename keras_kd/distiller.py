@@ -19,16 +19,16 @@ Models ending in a softmax are distilled from their pre-softmax output
 """
 
 import contextlib
-import re
 import warnings
 
 import keras
 import tensorflow as tf
 
-from keras_kd import distribute, models, teachers, views
+from keras_kd import checks, distribute, models, teachers, views
 from keras_kd import features as features_lib
 from keras_kd import losses as losses_lib
 from keras_kd import preprocessing as prep
+from keras_kd.checks import DataError
 
 __all__ = ["Distiller", "DataError", "build_distiller", "check_settings", "TEACHER_LOGITS",
            "LABELS"]
@@ -39,57 +39,6 @@ __all__ = ["Distiller", "DataError", "build_distiller", "check_settings", "TEACH
 TEACHER_LOGITS = "teacher_logits"
 #: Key of the true labels in such a target dict (optional when alpha = 1).
 LABELS = "labels"
-
-
-class DataError(ValueError):
-    """A batch the Distiller cannot learn from: inputs or teacher logits with
-    NaN or Inf, labels that are not class ids in ``[0, classes)`` or not
-    probability distributions. Raised by ``fit`` / ``evaluate`` /
-    ``train_on_batch`` / ``test_on_batch`` with the failed check's message,
-    which names the fix."""
-
-
-# The checks of a batch (Distiller._require). Their messages start with
-# "keras_kd: ", end with the first "." before a quote, bracket or line end,
-# and are ASCII: _step_errors reads them back out of TensorFlow's error text.
-_STEP_MESSAGE = re.compile(r"keras_kd: (.+?\.)(?=\]|\"|'|\n|$)")
-_INPUTS_NOT_FINITE = (
-    "keras_kd: the inputs x (images) of this batch contain NaN or Inf; training on them turns "
-    "every weight into NaN. Fix: clean the data or check the preprocessing (e.g. a division by "
-    "a zero standard deviation, a log of 0, a corrupt file).")
-_TEACHER_NOT_FINITE = (
-    "keras_kd: the teacher's logits for this batch contain NaN or Inf although its inputs are "
-    "finite. Fix: check the teacher (e.g. teacher.predict on a few batches) and its weights, "
-    "or run it in float32 (teacher_dtype='float32': float16 overflows above 65504).")
-_CACHED_NOT_FINITE = (
-    "keras_kd: the cached teacher logits of this batch contain NaN or Inf. Fix: rebuild the "
-    "teacher cache (keras_kd.cache.build; or delete its folder) from a teacher whose "
-    "predictions are finite.")
-#: Messages of the checks recorded under XLA; a check's code is its index + 1.
-_RECORDED = []
-
-
-def _all_finite(values):
-    """A scalar bool: every floating tensor of ``values`` (a structure) is finite
-    (one reduction per tensor)."""
-    flags = [tf.reduce_all(tf.math.is_finite(v)) for v in map(tf.convert_to_tensor,
-                                                               tf.nest.flatten(values))
-             if v.dtype.is_floating]
-    return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
-
-
-@contextlib.contextmanager
-def _step_errors():
-    """A failed batch check surfaces as a DataError with its own message first
-    (TensorFlow puts it at the end of a long graph trace)."""
-    try:
-        yield
-    except tf.errors.InvalidArgumentError as err:
-        found = _STEP_MESSAGE.search(str(err))
-        if found is None:
-            raise
-        message = found.group(1).replace("\\'", "'")
-        raise DataError(f"{message} (A keras_kd check of the batch stopped the step.)") from None
 
 
 def check_settings(*, temperature, alpha, distillation_loss, features=None,
@@ -258,9 +207,8 @@ class Distiller(keras.Model):
         if all(member.built for member in members):
             self.built = True
         # Under XLA (which drops assertions) the first failed batch check is
-        # recorded here and raised after the epoch; not a Keras weight.
-        self._batch_problem = tf.Variable(0, trainable=False, dtype=tf.int32,
-                                          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        # recorded here and raised after the epoch.
+        self._checks = checks.BatchChecks()
 
     features = property(lambda self: self._feature_terms,
                         doc="The feature-distillation terms, a tuple (empty without features).")
@@ -321,9 +269,9 @@ class Distiller(keras.Model):
             if self.jit_compile:
                 callbacks = kw.get("callbacks")
                 if isinstance(callbacks, keras.callbacks.CallbackList):
-                    callbacks.callbacks.append(_RaiseRecorded(self))
+                    callbacks.callbacks.append(self._checks.callback())
                 else:
-                    kw["callbacks"] = [*(callbacks or []), _RaiseRecorded(self)]
+                    kw["callbacks"] = [*(callbacks or []), self._checks.callback()]
             if multi_worker:
                 return distribute.fit_loop(self, x, **kw)
             return super(Distiller, self).fit(x, y, **kw)
@@ -357,25 +305,14 @@ class Distiller(keras.Model):
             return
         with self.distribute_strategy.scope():
             views.refresh_dtype_copies(self._teacher_logits_model)
-            self._batch_problem.assign(0)
+            self._checks.reset()
         self._run_open = True
         try:
-            with _step_errors():
+            with checks.step_errors():
                 yield
         finally:
             self._run_open = False
-        self._raise_recorded("in this run")
-
-    def _raise_recorded(self, where):
-        """The DataError of the first check that failed under XLA, if any."""
-        code = int(self._batch_problem.numpy())
-        if code:
-            self._batch_problem.assign(0)
-            raise DataError(
-                f"{_RECORDED[code - 1][len('keras_kd: '):]} (Found {where}: under "
-                "jit_compile=True XLA drops the per-batch checks, so the run went on past the "
-                "bad batch, and a training step on it may have made the student's weights NaN. "
-                "Compile with jit_compile=False to stop at the batch itself.)")
+        self._checks.raise_recorded("in this run")
 
     def compile_from_config(self, config):
         """Re-compiles after ``keras.saving.load_model`` (optimizer, metrics)."""
@@ -542,33 +479,21 @@ class Distiller(keras.Model):
         """The teacher's ``(logits, features or None)``: ``cached`` logits, or a
         pass; either checked to be finite."""
         if cached is not None:
-            return self._require(cached, [(_all_finite(cached), _CACHED_NOT_FINITE)]), None
+            return self._require(cached, [(checks.all_finite(cached),
+                                           checks.CACHED_NOT_FINITE)]), None
         logits, features = self._plan.teacher_outputs(x)
-        return self._require(logits, [(_all_finite(logits), _TEACHER_NOT_FINITE)]), features
+        return self._require(logits, [(checks.all_finite(logits),
+                                       checks.TEACHER_NOT_FINITE)]), features
 
-    def _require(self, value, checks):
-        """``value`` once every ``(ok, message)`` of ``checks`` holds (``ok`` a
-        scalar bool tensor): an assertion (a DataError out of ``fit``), or,
-        under XLA, which compiles assertions away, a record of the first check
-        that failed, raised after the epoch (:meth:`_raise_recorded`)."""
-        if not self.jit_compile:
-            asserts = [tf.debugging.Assert(ok, [message]) for ok, message in checks]
-            if tf.executing_eagerly():
-                return value
-            with tf.control_dependencies(asserts):
-                return tf.nest.map_structure(tf.identity, value)
-        for ok, message in checks:
-            if message not in _RECORDED:
-                _RECORDED.append(message)
-            first = tf.logical_and(tf.equal(self._batch_problem, 0), tf.logical_not(ok))
-            self._batch_problem.assign(tf.where(first, _RECORDED.index(message) + 1,
-                                                self._batch_problem))
-        return value
+    def _require(self, value, batch_checks):
+        """``value`` once ``batch_checks`` hold: asserted, or recorded under XLA
+        (:meth:`keras_kd.checks.BatchChecks.require`)."""
+        return self._checks.require(value, batch_checks, jit_compile=self.jit_compile)
 
     def _checked_inputs(self, x, y):
         """``x`` once it is finite; under XLA also the labels' checks recorded
         (elsewhere :func:`keras_kd.losses.cross_entropy` asserts them)."""
-        x = self._require(x, [(_all_finite(x), _INPUTS_NOT_FINITE)])
+        x = self._require(x, [(checks.all_finite(x), checks.INPUTS_NOT_FINITE)])
         if self.jit_compile and y is not None and self.num_classes is not None:
             self._require(y, losses_lib.label_checks(y, self.num_classes))
         return x
@@ -649,17 +574,6 @@ class Distiller(keras.Model):
             config["distillation_loss"] = keras.saving.deserialize_keras_object(
                 loss, custom_objects=custom_objects)
         return cls(**config)
-
-
-class _RaiseRecorded(keras.callbacks.Callback):
-    """Under XLA: raises the batch check that failed during the epoch."""
-
-    def __init__(self, distiller):
-        super().__init__()
-        self.distiller = distiller
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.distiller._raise_recorded(f"in epoch {epoch + 1}")
 
 
 def _agreement(teacher_logits, student_logits):

@@ -1,0 +1,160 @@
+"""Nothing silent: the checks of a batch, as assertions, or recorded under XLA.
+
+A check is ``(ok, message)``: ``ok`` a scalar bool tensor, True when the batch
+passes (one reduction over it, e.g. :func:`all_finite`), ``message`` the error
+naming the fix. Messages start with ``"keras_kd: "``, end with the first
+``"."`` that precedes a quote, bracket or line end, and are ASCII, so that
+:func:`step_errors` can read them back out of TensorFlow's error text (the
+label checks of :func:`keras_kd.losses.label_checks` follow the same rule).
+
+:class:`BatchChecks` applies them in a training or test step:
+
+- without XLA, as graph assertions: the first failure stops the step before it
+  changes a weight, and :func:`step_errors` turns TensorFlow's
+  ``InvalidArgumentError`` into a :class:`DataError` whose text starts with the
+  check's message;
+- under ``jit_compile=True``, where XLA compiles assertions away, by recording
+  the first check that failed in a variable, raised as a :class:`DataError`
+  after the epoch (:meth:`BatchChecks.callback`) or the run
+  (:meth:`BatchChecks.raise_recorded`).
+
+Either way a bad batch is never passed over in silence.
+"""
+
+import contextlib
+import re
+
+import keras
+import tensorflow as tf
+
+__all__ = ["DataError", "BatchChecks", "all_finite", "step_errors", "INPUTS_NOT_FINITE",
+           "TEACHER_NOT_FINITE", "CACHED_NOT_FINITE"]
+
+
+class DataError(ValueError):
+    """A batch the Distiller cannot learn from: inputs or teacher logits with
+    NaN or Inf, labels that are not class ids in ``[0, classes)`` or not
+    probability distributions. Raised by ``fit`` / ``evaluate`` /
+    ``train_on_batch`` / ``test_on_batch`` with the failed check's message,
+    which names the fix."""
+
+
+# A check's message read back out of TensorFlow's error text (see the module's docstring).
+_STEP_MESSAGE = re.compile(r"keras_kd: (.+?\.)(?=\]|\"|'|\n|$)")
+#: The message of the check of a batch's inputs (:func:`all_finite` of ``x``).
+INPUTS_NOT_FINITE = (
+    "keras_kd: the inputs x (images) of this batch contain NaN or Inf; training on them turns "
+    "every weight into NaN. Fix: clean the data or check the preprocessing (e.g. a division by "
+    "a zero standard deviation, a log of 0, a corrupt file).")
+#: The message of the check of the teacher's logits for a batch with finite inputs.
+TEACHER_NOT_FINITE = (
+    "keras_kd: the teacher's logits for this batch contain NaN or Inf although its inputs are "
+    "finite. Fix: check the teacher (e.g. teacher.predict on a few batches) and its weights, "
+    "or run it in float32 (teacher_dtype='float32': float16 overflows above 65504).")
+#: The message of the check of cached teacher logits (offline distillation).
+CACHED_NOT_FINITE = (
+    "keras_kd: the cached teacher logits of this batch contain NaN or Inf. Fix: rebuild the "
+    "teacher cache (keras_kd.cache.build; or delete its folder) from a teacher whose "
+    "predictions are finite.")
+# Messages of the checks recorded under XLA; a check's code is its index + 1.
+_RECORDED = []
+
+
+def all_finite(values):
+    """A scalar bool tensor: every floating tensor of ``values`` (a structure of
+    tensors or arrays) is finite, i.e. has no NaN and no Inf; non-floating
+    tensors are not checked, and no floating tensor gives True. One
+    ``IsFinite`` and one reduction per tensor."""
+    flags = [tf.reduce_all(tf.math.is_finite(v)) for v in map(tf.convert_to_tensor,
+                                                               tf.nest.flatten(values))
+             if v.dtype.is_floating]
+    return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
+
+
+@contextlib.contextmanager
+def step_errors():
+    """Around a run of steps: a failed batch check (TensorFlow's
+    ``InvalidArgumentError`` carrying a ``"keras_kd: ..."`` message, which it
+    puts at the end of a long graph trace) is raised as a :class:`DataError`
+    whose text starts with that message. Any other error passes unchanged."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as err:
+        found = _STEP_MESSAGE.search(str(err))
+        if found is None:
+            raise
+        message = found.group(1).replace("\\'", "'")
+        raise DataError(f"{message} (A keras_kd check of the batch stopped the step.)") from None
+
+
+class BatchChecks:
+    """The checks of a model's steps, and under XLA the record of the first
+    one that failed.
+
+    Build it where the model's variables are built (under its distribution
+    strategy's scope): it owns one int32 variable (not a Keras weight; one
+    value for all replicas), 0 while no recorded check has failed, else the
+    failed check's code. ``require`` in the step, ``reset`` before a run,
+    ``raise_recorded`` after it (and ``callback`` for ``fit``'s epochs) under
+    ``jit_compile=True``; :func:`step_errors` around the run otherwise.
+    """
+
+    def __init__(self):
+        self._problem = tf.Variable(0, trainable=False, dtype=tf.int32,
+                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    def require(self, value, checks, *, jit_compile):
+        """``value`` once every ``(ok, message)`` of ``checks`` holds (``ok`` a
+        scalar bool tensor). Without ``jit_compile``: assertions (outside a
+        graph they run at once), so a failure is TensorFlow's
+        ``InvalidArgumentError`` carrying the message (a :class:`DataError` out
+        of :func:`step_errors`), and the graph's ``value`` waits for them.
+        With ``jit_compile`` (XLA compiles assertions away): the first check
+        that fails while nothing is recorded is recorded, and ``value`` is
+        returned as it is (:meth:`raise_recorded` raises it)."""
+        if not jit_compile:
+            asserts = [tf.debugging.Assert(ok, [message]) for ok, message in checks]
+            if tf.executing_eagerly():
+                return value
+            with tf.control_dependencies(asserts):
+                return tf.nest.map_structure(tf.identity, value)
+        for ok, message in checks:
+            if message not in _RECORDED:
+                _RECORDED.append(message)
+            first = tf.logical_and(tf.equal(self._problem, 0), tf.logical_not(ok))
+            self._problem.assign(tf.where(first, _RECORDED.index(message) + 1, self._problem))
+        return value
+
+    def reset(self):
+        """Forgets the recorded check (call it under the strategy's scope)."""
+        self._problem.assign(0)
+
+    def raise_recorded(self, where):
+        """A :class:`DataError` with the message of the check recorded under XLA
+        (``where``, e.g. ``"in epoch 3"``, says when it was found) if there is
+        one, which is then forgotten; else nothing."""
+        code = int(self._problem.numpy())
+        if code:
+            self._problem.assign(0)
+            raise DataError(
+                f"{_RECORDED[code - 1][len('keras_kd: '):]} (Found {where}: under "
+                "jit_compile=True XLA drops the per-batch checks, so the run went on past the "
+                "bad batch, and a training step on it may have made the student's weights NaN. "
+                "Compile with jit_compile=False to stop at the batch itself.)")
+
+    def callback(self):
+        """A ``keras.callbacks.Callback`` for ``fit`` under XLA: at the end of
+        each epoch, :meth:`raise_recorded` ``("in epoch <n>")``, which stops
+        ``fit`` with the first check that failed during that epoch."""
+        return _RaiseRecorded(self)
+
+
+class _RaiseRecorded(keras.callbacks.Callback):
+    """Under XLA: raises the batch check that failed during the epoch."""
+
+    def __init__(self, batch_checks):
+        super().__init__()
+        self.batch_checks = batch_checks
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.batch_checks.raise_recorded(f"in epoch {epoch + 1}")
