@@ -7,9 +7,9 @@
     distiller.student.save("student.keras")
 """
 
-from keras_kd import _backend
+from keras_kd import _backend, _console
 
-_backend.quiet_startup()  # the keras-kd command: before TensorFlow is imported
+_console.quiet_startup()  # the keras-kd command: before TensorFlow is imported
 _backend.ensure_tensorflow_backend()
 
 from keras_kd import features, losses  # noqa: E402

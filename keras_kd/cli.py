@@ -30,7 +30,7 @@ import typing
 
 from absl import app, flags
 
-from keras_kd import _backend, checkpoint, distribute, export, job
+from keras_kd import _console, checkpoint, distribute, export, job
 
 FLAGS = flags.FLAGS
 #: The flags that name the data, shared by ``keras-kd``, ``export`` and ``sweep``.
@@ -165,7 +165,7 @@ def main(argv):
     config = dataclasses.replace(
         config, output_dir=config.output_dir or checkpoint.default_output_dir())
     try:
-        with _backend.tensorflow_logs(config.verbose >= 3):
+        with _console.tensorflow_logs(config.verbose >= 3):
             job.run(config)
     except distribute.WorkerLostError as err:
         return _restart(err, FLAGS.max_restarts)
@@ -227,7 +227,7 @@ def export_main(argv):
                              "(its validation split checks the file, its training images "
                              "calibrate int8, its class names go with it), e.g. "
                              "--dataset=mnist5k.")
-        with _backend.tensorflow_logs(False):
+        with _console.tensorflow_logs(False):
             export.export_saved_model(
                 f.model, **config_values(f, only=DATA_FIELDS), output=f.output,
                 quantization=f.quantization, min_agreement=f.min_agreement,
@@ -315,7 +315,7 @@ def sweep_main(argv):
         # The sweep resumes from its folder: named now, so that Ctrl-C can say which.
         config = dataclasses.replace(
             config, output_dir=config.output_dir or checkpoint.default_output_dir())
-        with _backend.tensorflow_logs(config.verbose >= 3):
+        with _console.tensorflow_logs(config.verbose >= 3):
             sweep.run(config, grid, baseline=f.baseline)
     except distribute.WorkerLostError as err:
         return _restart(err, f.max_restarts)

@@ -55,7 +55,7 @@ it: the next export into that folder on the same host removes every such
 folder whose process is gone (:func:`sweep_stale`).
 
 Console: the converter's and LiteRT's INFO lines are kept off the console
-(:func:`keras_kd._backend.quiet_tensorflow`); their errors still show.
+(:func:`keras_kd._console.quiet_tensorflow`); their errors still show.
 
 Why ``TFLiteConverter.from_keras_model``: converting a Keras 3 model's
 concrete function (``from_concrete_functions``) produced a file whose outputs
@@ -78,7 +78,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_kd import _backend, _io, data, models, teachers, views
+from keras_kd import _console, _io, data, models, teachers, views
 from keras_kd._version import __version__
 
 __all__ = ["QUANTIZATIONS", "AUTO_ORDER", "AUTO_MIN_AGREEMENT", "REPRESENTATIVE_LIMIT",
@@ -289,7 +289,7 @@ def _convert(model, quantization, examples, allow_flex, int8_io):
         # The converter prints its SavedModel and warns about int8 input
         # statistics it does not need (the calibration gives them).
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), \
-                _backend.quiet_tensorflow():
+                _console.quiet_tensorflow():
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
             return _converter(model, quantization, examples, allow_flex, int8_io).convert()
     except Exception as err:
@@ -469,7 +469,7 @@ def _interpreter(model, num_threads):
 
     source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
     try:
-        with _backend.quiet_tensorflow():  # "Created TensorFlow Lite XNNPACK delegate"
+        with _console.quiet_tensorflow():  # "Created TensorFlow Lite XNNPACK delegate"
             interpreter = Interpreter(**source, num_threads=num_threads)
             interpreter.allocate_tensors()
     except (RuntimeError, ValueError) as err:

@@ -533,20 +533,20 @@ def test_the_console_filter_drops_info_lines_and_keeps_errors(capfd):
     kept (also when the call raises); with tensorflow_logs(True) all of it shows."""
     import logging
 
-    from keras_kd import _backend
+    from keras_kd import _console
 
     kept = ("E0000 00:00:1796120550.1   19771 convert.cc:12] a real converter error\n"
             "an unknown line\n")
     logger = logging.getLogger("tensorflow")
     level = logger.level
     with pytest.raises(RuntimeError, match="the call failed"):
-        with _backend.quiet_tensorflow():
+        with _console.quiet_tensorflow():
             assert not logger.isEnabledFor(logging.INFO)
             os.write(2, (NOISE + kept).encode())
             raise RuntimeError("the call failed")
     assert capfd.readouterr().err == kept
     assert logger.level == level
-    with _backend.tensorflow_logs(True), _backend.quiet_tensorflow():
+    with _console.tensorflow_logs(True), _console.quiet_tensorflow():
         os.write(2, NOISE.encode())
     assert capfd.readouterr().err == NOISE
     assert logger.level == level
