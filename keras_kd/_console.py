@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import sys
-import tempfile
+import threading
 
 #: ``python -m`` names that run the ``keras-kd`` command.
 _COMMAND_MODULES = ("keras_kd", "keras_kd.__main__", "keras_kd.cli")
@@ -97,41 +97,52 @@ def tensorflow_logs(show):
         _state["show"] = saved
 
 
+def _forward(pipe_fd, console_fd):
+    """Copies the lines arriving on ``pipe_fd`` to ``console_fd`` as they come,
+    but the :data:`NOISE` ones, until the pipe's write end is closed."""
+    with os.fdopen(pipe_fd, "rb") as pipe:
+        for line in pipe:
+            if not NOISE.match(line.decode("utf-8", "replace")):
+                os.write(console_fd, line)
+
+
 @contextlib.contextmanager
 def quiet_tensorflow():
     """Around a TensorFlow or LiteRT call that talks on the console (the TFLite
     converter, the LiteRT interpreter): their :data:`NOISE` lines are dropped.
 
     What the call writes to file descriptor 2 (C++ code writes there, not to
-    ``sys.stderr``) goes to a temporary file and is copied back to the console
-    afterwards, also when the call raises, without the :data:`NOISE` lines: error
-    lines and anything unknown always reach the console. Python INFO records of
-    TensorFlow and absl are off within. A no-op inside ``tensorflow_logs(True)``.
+    ``sys.stderr``) goes through a pipe to a thread that passes each line on to
+    the console as it arrives, but the :data:`NOISE` lines: error lines and
+    anything unknown reach the console at once, also when the call raises or
+    the process then dies in C++. Python INFO records of TensorFlow and absl are
+    off within. A no-op inside ``tensorflow_logs(True)``.
     """
     if _state["show"]:
         yield
         return
-    with _logger_levels(logging.WARNING), tempfile.TemporaryFile() as capture:
+    with _logger_levels(logging.WARNING):
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
         try:
-            saved = os.dup(2)
+            console = os.dup(2)
         except OSError:  # no file descriptor 2 (e.g. a closed stderr): nothing to filter
-            saved = None
-        if saved is None:
+            console = None
+        if console is None:
             yield
             return
+        pipe_out, pipe_in = os.pipe()
+        forwarder = threading.Thread(target=_forward, args=(pipe_out, console),
+                                     name="keras_kd-console", daemon=True)
+        forwarder.start()
         try:
-            os.dup2(capture.fileno(), 2)
+            os.dup2(pipe_in, 2)
+            os.close(pipe_in)  # fd 2 is now the pipe's one write end
             yield
         finally:
             with contextlib.suppress(Exception):
                 sys.stderr.flush()  # Python writes within, if sys.stderr is fd 2
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            lines = capture.read().decode("utf-8", "replace").splitlines(keepends=True)
-            kept = "".join(line for line in lines if not NOISE.match(line))
-            if kept:
-                os.write(2, kept.encode("utf-8"))
+            os.dup2(console, 2)  # closes the pipe's write end: the forwarder sees its end
+            forwarder.join()
+            os.close(console)

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 
 __all__ = ["ensure_dir", "atomic_path", "atomic_dir", "write_bytes", "write_text",
-           "write_json", "save_model", "sha256_file"]
+           "write_json", "save_model", "sha256_file", "ChecksumError", "check_sha256"]
 
 
 def ensure_dir(folder, what=None):
@@ -140,3 +140,33 @@ def sha256_file(path, chunk_bytes=1 << 20):
         while block := f.read(chunk_bytes):
             h.update(block)
     return h.hexdigest()
+
+
+class ChecksumError(ValueError):
+    """A file does not have the sha256 recorded for it.
+
+    ``reason`` says why, for the caller's own error message: ``"unrecorded"`` (no
+    sha256 was recorded), ``"missing"`` (no file), ``"unreadable"`` (reading it
+    failed: ``__cause__`` is the OSError) or ``"changed"`` (``found`` differs from
+    ``recorded``).
+    """
+
+    def __init__(self, path, reason, recorded=None, found=None):
+        super().__init__(f"{path!r}: sha256 check failed ({reason})")
+        self.path, self.reason, self.recorded, self.found = path, reason, recorded, found
+
+
+def check_sha256(path, recorded):
+    """Returns the sha256 (hex) of the file at ``path`` when it equals ``recorded``;
+    raises :class:`ChecksumError` (with its ``reason``) otherwise."""
+    if not recorded:
+        raise ChecksumError(path, "unrecorded")
+    try:
+        found = sha256_file(path)
+    except FileNotFoundError as err:
+        raise ChecksumError(path, "missing", recorded) from err
+    except OSError as err:
+        raise ChecksumError(path, "unreadable", recorded) from err
+    if found != recorded:
+        raise ChecksumError(path, "changed", recorded, found)
+    return found

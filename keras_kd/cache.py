@@ -447,19 +447,22 @@ def _check_sha256(directory, meta, name):
     files = meta.get("files")
     entry = files.get(name) if isinstance(files, dict) else None
     recorded = entry.get("sha256") if isinstance(entry, dict) else None
-    if not recorded:
-        raise CacheError(f"the teacher cache {directory!r} records no sha256 of {name} in "
-                         f"{META}, so {path!r} cannot be checked. {_REBUILD}")
     try:
-        found = _io.sha256_file(path)
-    except FileNotFoundError as err:
-        raise CacheError(f"the teacher cache {directory!r} is incomplete: {name} is "
-                         f"missing. {_REBUILD}") from err
-    if found != recorded:
-        raise CacheError(
-            f"the teacher cache {directory!r} is corrupt: {name} changed after the cache was "
-            f"built (its sha256 is {_fp_short(found)}, {META} records "
-            f"{_fp_short(recorded)}), so its soft targets are not the teacher's. {_REBUILD}")
+        _io.check_sha256(path, recorded)
+    except _io.ChecksumError as err:
+        if err.reason == "unrecorded":
+            message = (f"the teacher cache {directory!r} records no sha256 of {name} in "
+                       f"{META}, so {path!r} cannot be checked")
+        elif err.reason == "missing":
+            message = f"the teacher cache {directory!r} is incomplete: {name} is missing"
+        elif err.reason == "unreadable":
+            message = (f"the teacher cache {directory!r} is corrupt: {name} cannot be read "
+                       f"({err.__cause__})")
+        else:
+            message = (f"the teacher cache {directory!r} is corrupt: {name} changed after the "
+                       f"cache was built (its sha256 is {_fp_short(err.found)}, {META} records "
+                       f"{_fp_short(recorded)}), so its soft targets are not the teacher's")
+        raise CacheError(f"{message}. {_REBUILD}") from err
 
 
 def _read_arrays(directory, meta, verify=True):

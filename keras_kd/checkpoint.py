@@ -17,8 +17,9 @@ folder:
 The output folder holds one run: a non-empty one is refused unless it is the
 output of the run the checkpoint folder resumes (``checkpoint.json`` in it
 names that checkpoint folder and its ``run.token``; a sweep's output folder is
-its checkpoint folder). Folders a run created are removed again if it fails
-before writing anything in them but this bookkeeping (:meth:`RunFolder.discard`).
+its checkpoint folder). A run that fails before writing anything but this
+bookkeeping removes the bookkeeping it wrote and the folders it created
+(:meth:`RunFolder.discard`): the corrected command then runs as if it were the first.
 
 ::
 
@@ -37,6 +38,7 @@ be read, or whose weights file changed, raises :class:`CorruptCheckpointError`
 instead of silently restarting from zero or from other weights.
 """
 
+import contextlib
 import csv
 import datetime
 import importlib.util
@@ -63,6 +65,10 @@ MARKER = "checkpoint.json"
 #: Beside a finished phase's ``<phase>.keras``: its sha256.
 SHA256 = ".sha256"
 _BOOKKEEPING = {CONFIG, TOKEN, MARKER}
+#: Entries an operating system makes in any folder (a fresh mount point's ``lost+found``,
+#: macOS's and Windows's folder metadata): they make no folder another run's.
+_OS_MADE = {".DS_Store", ".Spotlight-V100", ".Trashes", ".fseventsd", "Thumbs.db",
+            "desktop.ini", "lost+found"}
 _WORKER_FOLDER = re.compile(r"worker-\d+")
 
 
@@ -84,6 +90,12 @@ def _same(a, b):
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def _inside(path, folder):
+    """Whether ``path`` lies inside ``folder`` (and is not ``folder`` itself)."""
+    rel = os.path.relpath(os.path.realpath(path), os.path.realpath(folder))
+    return rel != os.curdir and rel != os.pardir and not rel.startswith(os.pardir + os.sep)
+
+
 def _read_json(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -97,9 +109,11 @@ class RunFolder:
         the chief (it writes the shared files) is decided here, once.
       output_dir: where the run's results go (default
         :func:`default_output_dir`); a non-chief worker writes into
-        ``<output_dir>/worker-<i>`` instead. It must be absent or empty, or be
-        the output folder of the run ``checkpoint_dir`` resumes (ValueError
-        otherwise: a folder holds one run, never a mix of two).
+        ``<output_dir>/worker-<i>`` instead. It must be absent or empty (what an
+        operating system makes, like ``lost+found`` or ``.DS_Store``, does not
+        count), or be the output folder of the run ``checkpoint_dir`` resumes
+        (ValueError otherwise, on every worker: a folder holds one run, never a
+        mix of two).
       checkpoint_dir: the folder that makes the run resumable, or None (then
         nothing is kept and nothing resumes). It may be ``output_dir`` itself,
         or a folder inside it, or outside it.
@@ -128,7 +142,7 @@ class RunFolder:
         out = str(output_dir or default_output_dir())
         if not self.chief:  # the chief writes the run's files; the others keep theirs apart
             out = os.path.join(out, f"worker-{distribute.worker_index(strategy)}")
-        self.out, self._created = out, []
+        self.out, self._created, self._wrote = out, [], []
         self._check_output(out)  # before anything is written
         try:
             if self.path:
@@ -138,7 +152,7 @@ class RunFolder:
             if self.path and not _same(out, self.path):
                 marker = {"checkpoint_dir": os.path.abspath(self.path), "run_token": self.token()}
                 if self._marker(out) != marker:
-                    _io.write_json(os.path.join(out, MARKER), marker)
+                    self._write(os.path.join(out, MARKER), marker)
         except BaseException:
             self.discard()
             raise
@@ -147,6 +161,30 @@ class RunFolder:
         if not os.path.exists(folder):
             self._created.append(folder)
         _io.ensure_dir(folder, what)
+
+    def _write(self, path, content):
+        """Writes a bookkeeping file (JSON, or text), remembered for :meth:`discard`."""
+        if isinstance(content, str):
+            _io.write_text(path, content)
+        else:
+            _io.write_json(path, content)
+        self._wrote.append(path)
+
+    def _start_over(self):
+        """How to start over instead of resuming the checkpoint folder: with an output
+        folder of its own, that too (its ``checkpoint.json`` names the old checkpoint,
+        so a new or emptied checkpoint folder alone is refused there next)."""
+        try:
+            held = os.path.isdir(self.out) and self._own(self.out)
+        except OSError:
+            held = True
+        if self.flag == "--output_dir" or _same(self.out, self.path) or not held:
+            return f"use a new {self.flag}, or delete {self.path!r} to start over"
+        if _inside(self.path, self.out):
+            return (f"use a new {self.flag} and a new --output_dir, or delete {self.out!r} "
+                    "(the checkpoint folder inside it too) to start over")
+        return (f"use a new {self.flag} and a new --output_dir, or delete {self.path!r} "
+                f"and {self.out!r} to start over")
 
     # -- one run per output folder ---------------------------------------------
 
@@ -161,8 +199,7 @@ class RunFolder:
         except (OSError, ValueError) as err:
             raise CorruptCheckpointError(
                 f"{path!r} is unreadable ({err}), so {self.flag}={self.path!r} cannot be "
-                f"matched with its output folder. Fix: delete {self.path!r} to start over, "
-                f"or use a new {self.flag}.") from err
+                f"matched with its output folder. Fix: {self._start_over()}.") from err
 
     @staticmethod
     def _marker(out):
@@ -173,34 +210,63 @@ class RunFolder:
             return None
         return marker if isinstance(marker, dict) else None
 
-    def _held(self, out):
-        """What ``out`` holds of its own: not this run's other workers' folders, nor the
-        checkpoint folder when it lies inside ``out``."""
-        inside = None
-        if self.path:
-            rel = os.path.relpath(os.path.realpath(self.path), os.path.realpath(out))
-            if rel != "." and not rel.startswith(os.pardir):
-                inside = rel.split(os.sep)[0]
+    def _own(self, folder):
+        """What ``folder`` holds of its own: not what an operating system made there,
+        nor this run's other folder inside it (the checkpoint folder inside the output
+        folder, or the reverse), nor, for the chief under multi-worker training, the
+        other workers' ``worker-<i>`` folders."""
+        skip = set(_OS_MADE)
+        for other in (self.path, self.out):
+            if other and _inside(other, folder):
+                rel = os.path.relpath(os.path.realpath(other), os.path.realpath(folder))
+                skip.add(rel.split(os.sep)[0])
         multi = distribute.is_multi_worker(self.strategy)
         return sorted(
-            name for name in os.listdir(out)
-            if name != inside and not (multi and self.chief and _WORKER_FOLDER.fullmatch(name)))
+            name for name in os.listdir(folder)
+            if name not in skip and not (multi and self.chief and _WORKER_FOLDER.fullmatch(name)))
 
     def _check_output(self, out):
         """Raises ValueError unless ``out`` may take this run's files: absent, empty, or
-        the output folder of the run the checkpoint folder resumes."""
+        the output folder of the run the checkpoint folder resumes.
+
+        Under multi-worker training every worker decides, then all learn each
+        other's verdicts (one collective, reached by every worker whatever its own
+        verdict): one worker's refusal stops every worker, none waits for it."""
+        try:
+            refusal = self._refusal(out)
+        except Exception as err:  # e.g. an unreadable run.token: a verdict too
+            refusal = err
+        if distribute.is_multi_worker(self.strategy):
+            seen = distribute.gather_from_workers(
+                self.strategy,
+                [refusal is not None, self.chief, distribute.worker_index(self.strategy)])
+            refused = seen[seen[:, 0] != 0]
+            if refusal is None and len(refused):
+                _, chief, index = (int(v) for v in refused[0])
+                who = "the chief" if chief else f"worker {index}"
+                refusal = ValueError(
+                    f"{who}'s --output_dir is not empty: it holds another run's files (that "
+                    "worker's error names them), so every worker stops before anything is "
+                    "written: a multi-worker run needs them all. Fix: see that worker's "
+                    "error, then rerun every worker with a new --output_dir (or delete the "
+                    "old one).")
+        if refusal is not None:
+            raise refusal
+
+    def _refusal(self, out):
+        """The ValueError refusing ``out`` (see :meth:`_check_output`), or None."""
         if not os.path.isdir(out):
-            return  # absent (created later), or a file (ensure_dir's error)
-        held = self._held(out)
+            return None  # absent (created later), or a file (ensure_dir's error)
+        held = self._own(out)
         if not held:
-            return
+            return None
         marker = self._marker(out)
         if self.path:
             if _same(out, self.path) and os.path.exists(os.path.join(self.path, CONFIG)):
-                return  # the checkpoint folder is the output folder: its own run's
+                return None  # the checkpoint folder is the output folder: its own run's
             token = self.token()
             if token is not None and marker is not None and marker.get("run_token") == token:
-                return  # this run's checkpointed resume
+                return None  # this run's checkpointed resume
         owner = marker.get("checkpoint_dir") if marker else None
         names = ", ".join(held[:4]) + (", …" if len(held) > 4 else "")
         if owner and self.path and _same(owner, self.path):
@@ -216,41 +282,59 @@ class RunFolder:
             why = f"; no {self.kind} checkpointed in {self.flag}={self.path!r} wrote them"
         else:
             why = ""
+        fix = (f"pass a new --output_dir (or none: ./kd_runs/<timestamp>), or delete "
+               f"{out!r}")
         if self.flag == "--output_dir":  # the folder is its own checkpoint (a sweep)
-            resume = f" (a {self.kind} resumes only in a folder it made itself)"
+            fix += f" (a {self.kind} resumes only in a folder it made itself)"
         elif owner:
-            resume = f", or pass --checkpoint_dir={owner!r} to resume the run that wrote it"
-        else:
-            resume = ""
-        raise ValueError(
+            fix += f", or pass --checkpoint_dir={owner!r} to resume the run that wrote it"
+        elif not self.path and distribute.restarts_so_far():
+            why += (" (this worker's earlier attempt, maybe: it was restarted after another "
+                    "worker stopped, and without --checkpoint_dir a restart starts over, so "
+                    "it cannot reuse the folder its first attempt wrote)")
+            fix = ("rerun every worker with a new --output_dir (or delete "
+                   f"{out!r}), and pass --checkpoint_dir so that a restart resumes instead")
+        return ValueError(
             f"--output_dir={out!r} is not empty: it holds another run's files "
             f"({names}){why}. A run folder holds one run: this one would overwrite some "
-            "of those files and leave the others beside its own. Fix: pass a new "
-            f"--output_dir (or none: ./kd_runs/<timestamp>), or delete {out!r}{resume}.")
+            f"of those files and leave the others beside its own. Fix: {fix}.")
 
     # -- cleaning up after a failed run ----------------------------------------
 
     def discard(self):
-        """Removes the folders this run created that hold nothing but its bookkeeping
-        (``config.json``, ``run.token``, ``checkpoint.json``): a run that failed before
-        writing a result leaves no empty folder behind. Anything else (a saved
-        ``teacher.keras``, an epoch backup) keeps its folder, and a folder that existed
-        before the run is never removed. The chief alone cleans the shared checkpoint
-        folder. Returns the folders removed."""
+        """Undoes what a run that failed before writing a result wrote: the bookkeeping
+        files it wrote (``checkpoint.json``, and ``config.json`` / ``run.token`` where it
+        wrote them first), then the folders it created, once empty. A rerun of the
+        corrected command then runs as if it were the first, also in folders that existed
+        before (those are never removed).
+
+        Nothing is removed from a folder holding anything else of value (a saved
+        ``teacher.keras``, an epoch backup): the output folder's ``checkpoint.json`` and
+        the checkpoint it names are then kept together, so the same command resumes.
+        The chief alone cleans the shared checkpoint folder. Returns the folders removed.
+        """
+        out_bare = self._bare(self.out)
+        for path in self._wrote:
+            marker = os.path.basename(path) == MARKER
+            if out_bare and (marker or self._bare(os.path.dirname(path))):
+                with contextlib.suppress(OSError):
+                    os.remove(path)
         removed = []
         mine = [f for f in self._created if self.chief or f != self.path]
         for folder in sorted(mine, key=lambda f: -len(os.path.abspath(f))):  # inner first
             try:
-                names = os.listdir(folder)
-                if not set(names) <= _BOOKKEEPING:
-                    continue
-                for name in names:
-                    os.remove(os.path.join(folder, name))
-                os.rmdir(folder)
+                os.rmdir(folder)  # only an empty one
             except OSError:
                 continue
             removed.append(folder)
         return removed
+
+    def _bare(self, folder):
+        """Whether ``folder`` holds nothing of value: no file but bookkeeping (absent: True)."""
+        try:
+            return set(self._own(folder)) <= _BOOKKEEPING
+        except OSError:
+            return not os.path.exists(folder)
 
     def __enter__(self):
         return self
@@ -265,7 +349,7 @@ class RunFolder:
     def _check_settings(self, settings):
         path = os.path.join(self.path, CONFIG)
         if self.chief and not os.path.exists(os.path.join(self.path, TOKEN)):
-            _io.write_text(os.path.join(self.path, TOKEN), f"{random.getrandbits(62)}\n")
+            self._write(os.path.join(self.path, TOKEN), f"{random.getrandbits(62)}\n")
         self._check_workers_share()
         if os.path.exists(path):
             try:
@@ -276,7 +360,7 @@ class RunFolder:
                 raise CorruptCheckpointError(
                     f"{path!r} is unreadable ({err}): the settings {self.flag}={self.path!r} "
                     f"was made with are unknown, so its finished phases cannot be reused. "
-                    f"Fix: delete {self.path!r} to start over, or use a new {self.flag}."
+                    f"Fix: {self._start_over()}."
                 ) from err
             if saved != settings:
                 changed = sorted(k for k in set(saved) | set(settings)
@@ -284,10 +368,10 @@ class RunFolder:
                 raise ValueError(
                     f"{self.flag}={self.path!r} holds a {self.kind} with other settings "
                     f"({', '.join(changed)} differ), so it cannot be resumed with these "
-                    f"flags. Fix: use a new {self.flag}, or delete it to start over."
+                    f"flags. Fix: {self._start_over()}."
                 )
         elif self.chief:
-            _io.write_json(path, settings)
+            self._write(path, settings)
 
     def _state(self):
         """One integer summing up what the folder holds (compared across workers)."""
@@ -351,7 +435,7 @@ class RunFolder:
         fix = (f"Fix: delete {path!r}"
                + (f" and {self._file(phase, '.json')!r}"
                   if os.path.exists(self._file(phase, ".json")) else "")
-               + f" to redo the {phase} phase, or delete {self.path!r} to start over.")
+               + f" to redo the {phase} phase; or {self._start_over()}.")
         try:
             with open(path + SHA256, encoding="utf-8") as f:
                 recorded = f.read().split()[0]
@@ -360,12 +444,16 @@ class RunFolder:
                 f"{path!r} has no recorded sha256 ({os.path.basename(path)}{SHA256} is missing "
                 "or empty: written by an older keras_kd, or copied in), so it cannot be "
                 f"trusted as this {self.kind}'s finished {phase} phase. {fix}") from err
-        found = _io.sha256_file(path)
-        if found != recorded:
-            raise CorruptCheckpointError(
-                f"{path!r} changed after its {phase} phase finished (its sha256 is "
-                f"{found[:12]}…, {os.path.basename(path)}{SHA256} records {recorded[:12]}…), "
-                f"so it is not the model this {self.kind} trained. {fix}")
+        try:
+            _io.check_sha256(path, recorded)
+        except _io.ChecksumError as err:
+            if err.reason == "changed":
+                why = (f"changed after its {phase} phase finished (its sha256 is "
+                       f"{err.found[:12]}…, {os.path.basename(path)}{SHA256} records "
+                       f"{recorded[:12]}…), so it is not the model this {self.kind} trained")
+            else:  # gone or unreadable since it was seen
+                why = f"cannot be read ({err.__cause__ or err.reason})"
+            raise CorruptCheckpointError(f"{path!r} {why}. {fix}") from err
         return path
 
     def mark_done(self, phase, model):
@@ -374,18 +462,22 @@ class RunFolder:
 
         The checksum is written first, then the model is moved into place: a kill
         in between leaves no finished phase (it is redone), never an unchecked one.
+        A phase redone over an earlier ``<phase>.keras`` removes that file first, so
+        that no kill leaves it beside the new checksum.
         """
         if not self.path:
             return
         if self.chief:
             path = self._file(phase, ".keras")
+            for old in (path, path + SHA256):  # the model first: no moment without its checksum
+                if os.path.lexists(old):
+                    os.remove(old)
             with _io.atomic_path(path) as tmp:
                 model.save(tmp)
                 _io.write_text(path + SHA256,
                                f"{_io.sha256_file(tmp)}  {os.path.basename(path)}\n")
         else:  # saving is a collective under multi-worker: save, then discard
-            with tempfile.TemporaryDirectory() as scratch:
-                _io.save_model(model, os.path.join(scratch, "model.keras"))
+            _scratch_save(model)
         self.drop_backup(phase)  # only now: the phase's result is safe
 
     def save_output(self, model, name):
@@ -398,6 +490,8 @@ class RunFolder:
         path = os.path.join(self.out, f"{name}.keras")
         if (self.path and _same(path, self._file(name, ".keras"))
                 and os.path.exists(path + SHA256) and self.finished(name)):
+            if distribute.is_multi_worker(self.strategy):
+                _scratch_save(model)  # the other workers save (a collective): join them
             return path
         return _io.save_model(model, path)
 
@@ -447,8 +541,9 @@ class RunFolder:
         if hasattr(dataset, "batches"):  # keras_kd.epochs.Epochs: resume at the epoch itself
             dataset, steps = dataset.batches(min(start, epochs - 1), epochs), dataset.steps
         history = distribute.fit(  # --verbose=3: progress bars (and TensorFlow's log lines)
-            model, dataset, epochs=epochs, verbose=1 if verbose >= 3 else verbose, shuffle=False,
-            callbacks=callbacks, validation_data=validation_data, steps_per_epoch=steps,
+            model, dataset, role=f"the {phase} phase's training data", epochs=epochs,
+            verbose=1 if verbose >= 3 else verbose, shuffle=False, callbacks=callbacks,
+            validation_data=validation_data, steps_per_epoch=steps,
         ).history
         if self.path and self.chief:
             history = read_history(history_path)
@@ -458,6 +553,13 @@ class RunFolder:
         """The stored history of a finished phase ({} if none was kept)."""
         path = self.path and self._file(phase, "_history.csv")
         return read_history(path) if path and os.path.exists(path) else {}
+
+
+def _scratch_save(model):
+    """Saves ``model`` into a scratch folder, then deletes it: how a worker joins a save,
+    which is a collective under multi-worker training, without keeping a copy."""
+    with tempfile.TemporaryDirectory() as scratch:
+        _io.save_model(model, os.path.join(scratch, "model.keras"))
 
 
 def read_history(path):
@@ -551,21 +653,20 @@ class AtomicBackupAndRestore(keras.callbacks.Callback):
     def _check_sha256(self, weights, epoch, recorded):
         """CorruptCheckpointError unless ``weights`` has the sha256 ``latest.json`` records."""
         fix = f"Fix: delete {self.backup_dir!r} to restart this phase from scratch."
-        if not recorded:
-            raise CorruptCheckpointError(
-                f"the backup pointer {self._pointer!r} records no sha256 of {weights!r} "
-                f"(epoch {epoch}; written by an older keras_kd?), so the backup cannot be "
-                f"checked. {fix}")
         try:
-            found = _io.sha256_file(weights)
-        except OSError as err:
-            raise CorruptCheckpointError(
-                f"the backup {weights!r} (epoch {epoch}) cannot be read ({err}). {fix}") from err
-        if found != recorded:
-            raise CorruptCheckpointError(
-                f"the backup {weights!r} (epoch {epoch}) changed after it was written (its "
-                f"sha256 is {found[:12]}…, {self._pointer!r} records {recorded[:12]}…), so "
-                f"it is not this run's state. {fix}")
+            _io.check_sha256(weights, recorded)
+        except _io.ChecksumError as err:
+            if err.reason == "unrecorded":
+                why = (f"the backup pointer {self._pointer!r} records no sha256 of {weights!r} "
+                       f"(epoch {epoch}; written by an older keras_kd?), so the backup cannot "
+                       "be checked")
+            elif err.reason == "changed":
+                why = (f"the backup {weights!r} (epoch {epoch}) changed after it was written "
+                       f"(its sha256 is {err.found[:12]}…, {self._pointer!r} records "
+                       f"{recorded[:12]}…), so it is not this run's state")
+            else:
+                why = f"the backup {weights!r} (epoch {epoch}) cannot be read ({err.__cause__})"
+            raise CorruptCheckpointError(f"{why}. {fix}") from err
 
     def _writes(self):
         if self._chief is None:
@@ -625,11 +726,15 @@ def as_user_error(err, strategy, resumes_from=None):
     """A TensorFlow error turned into the error the user should see; ``resumes_from``:
     the flag of the folder the run resumes from (None: it cannot resume)."""
     if distribute.is_multi_worker(strategy) and distribute.is_worker_lost(err):
-        resume = (f"it resumes from the last epoch backup in {resumes_from}" if resumes_from
-                  else "it starts over (pass --checkpoint_dir to resume instead)")
+        if resumes_from:
+            fix = ("restart every stopped worker with its same command; it resumes from the "
+                   f"last epoch backup in {resumes_from}")
+        else:  # the same command would find its --output_dir holding this attempt's files
+            fix = ("restart every worker with a new --output_dir (without --checkpoint_dir "
+                   "the run starts over, and cannot reuse a folder its first attempt wrote "
+                   "in), and pass --checkpoint_dir so that a next restart resumes instead")
         return distribute.WorkerLostError(
-            f"another worker stopped ({errors.short(err)}). Fix: restart every stopped "
-            f"worker with its same command; {resume}.")
+            f"another worker stopped ({errors.short(err)}). Fix: {fix}.")
     if isinstance(err, tf.errors.InvalidArgumentError):
         # e.g. the augmentation's value-range check, or a label out of range
         return ValueError(f"TensorFlow stopped the run: {errors.short(err, 600)}")

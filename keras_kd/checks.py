@@ -19,16 +19,24 @@ label checks of :func:`keras_kd.losses.label_checks` follow the same rule).
   (:meth:`BatchChecks.raise_recorded`).
 
 Either way a bad batch is never passed over in silence.
+
+Two rules of "nothing silent" outside the step live here too, each once: data
+known to be empty (:func:`check_not_empty`, :class:`EmptyDataError`), and
+model outputs that are probabilities rather than logits
+(:func:`are_probabilities`).
 """
 
 import contextlib
 import re
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 __all__ = ["DataError", "BatchChecks", "all_finite", "step_errors", "INPUTS_NOT_FINITE",
-           "TEACHER_NOT_FINITE", "CACHED_NOT_FINITE"]
+           "TEACHER_NOT_FINITE", "CACHED_NOT_FINITE", "EmptyDataError", "EMPTY_FIX",
+           "describe_data", "is_known_empty", "check_not_empty", "PROBABILITY_SUM_TOLERANCE",
+           "are_probabilities"]
 
 
 class DataError(ValueError):
@@ -158,3 +166,77 @@ class _RaiseRecorded(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.batch_checks.raise_recorded(f"in epoch {epoch + 1}")
+
+
+# -- empty data ------------------------------------------------------------------------------
+
+
+class EmptyDataError(ValueError):
+    """Data that holds no batch (or no example): training or scoring it would do
+    nothing. Also ``keras_kd.distribute.EmptyDataError``."""
+
+
+#: The fix every :class:`EmptyDataError` names.
+EMPTY_FIX = ("Fix: check where the data comes from: an empty split or folder, a filter that "
+             "drops every example, take(0), or batch(..., drop_remainder=True) with fewer "
+             "examples than the batch size.")
+
+
+def describe_data(data):
+    """A short description of ``data`` for an error: a ``tf.data.Dataset``'s
+    element spec (cut at 200 characters), or the shape of the first array."""
+    if isinstance(data, tf.data.Dataset):
+        spec = str(data.element_spec)
+        return f"a tf.data.Dataset of element spec {spec if len(spec) < 200 else spec[:199] + '…'}"
+    leaves = [v for v in tf.nest.flatten(data) if hasattr(v, "shape")]
+    return f"arrays of shape {tuple(leaves[0].shape)}" if leaves else type(data).__name__
+
+
+def is_known_empty(data):
+    """True when ``data`` is known to hold nothing before anything runs: a
+    ``tf.data.Dataset`` of cardinality 0, or arrays (a structure of them) whose
+    first has length 0. None, and a dataset of unknown size (e.g. filtered), are
+    not known to be empty."""
+    if data is None:
+        return False
+    if isinstance(data, tf.data.Dataset):
+        return int(data.cardinality()) == 0
+    leaves = [v for v in tf.nest.flatten(data) if getattr(v, "shape", None) is not None]
+    return bool(leaves) and len(leaves[0].shape) > 0 and leaves[0].shape[0] == 0
+
+
+def check_not_empty(data, role="the training data", consequence="fit would train on nothing"):
+    """:class:`EmptyDataError` ``"<role> is empty (<data>): <consequence>. Fix: ..."``
+    when :func:`is_known_empty` (``data``); else nothing. The one rule of known-empty
+    data, for ``fit`` (:func:`keras_kd.distribute.fit_checked`) and
+    :func:`keras_kd.data.finish`."""
+    if is_known_empty(data):
+        raise EmptyDataError(f"{role} is empty ({describe_data(data)}): {consequence}. "
+                             f"{EMPTY_FIX}")
+
+
+# -- outputs that are probabilities, not logits ----------------------------------------------
+
+#: How far from 1 a row of outputs may sum and still be read as a probability
+#: distribution (by :func:`are_probabilities`): for float32/float64 outputs, and for
+#: 16-bit outputs (float16, bfloat16: a softmax computed in 8 mantissa bits).
+PROBABILITY_SUM_TOLERANCE = {"wide": 1e-3, "16-bit": 3e-2}
+
+
+def are_probabilities(outputs, dtype="float32"):
+    """True when every row of ``outputs`` (an array ``[..., classes]`` with at
+    least 2 classes, values of a model computing in ``dtype``) is a probability
+    distribution: all entries ``>= 0`` and each row summing to 1 within
+    :data:`PROBABILITY_SUM_TOLERANCE` (``"16-bit"`` for float16 / bfloat16 outputs,
+    else ``"wide"``), summed in float64. A softmax's outputs are, on any input;
+    logits are not (all >= 0, e.g. after a ReLU, and every row summing to 1 does
+    not happen by chance). False for fewer than 2 classes or no rows.
+
+    The one rule of both :func:`keras_kd.teachers.check_logits` (a probe) and
+    :func:`keras_kd.diagnostics.diagnose` (the validation outputs)."""
+    z = np.asarray(outputs, dtype=np.float64)
+    if z.ndim < 2 or z.shape[-1] < 2 or z.size == 0:
+        return False
+    narrow = tf.as_dtype(dtype) in (tf.float16, tf.bfloat16)
+    tolerance = PROBABILITY_SUM_TOLERANCE["16-bit" if narrow else "wide"]
+    return bool((z >= 0).all() and np.abs(z.sum(axis=-1) - 1.0).max() <= tolerance)

@@ -26,6 +26,8 @@ import dataclasses
 import os
 import signal
 import sys
+import threading
+import time
 import typing
 
 from absl import app, flags
@@ -116,8 +118,36 @@ class Terminated(KeyboardInterrupt):
     runs, so no temporary folder is left) and one line, exit status 143."""
 
 
+#: Seconds a process may take to stop after SIGTERM before it is ended outright
+#: (a call stuck in TensorFlow's C++ never returns to Python to see the signal).
+SIGTERM_GRACE_S = 30.0
+
+
 def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
     raise Terminated()
+
+
+def _watchdog(wakeup_fd):
+    """Ends the process ``SIGTERM_GRACE_S`` after a SIGTERM that Python has not acted on.
+
+    Python runs a signal handler only between bytecodes, so a main thread blocked
+    in C++ (a hung collective, a long op) would not stop on SIGTERM at all. The
+    C-level handler writes the signal number to ``wakeup_fd``
+    (:func:`signal.set_wakeup_fd`), which this thread reads."""
+    while True:
+        try:
+            received = os.read(wakeup_fd, 64)
+        except OSError:
+            received = b""
+        if not received:  # the write end closed: the command ended
+            os.close(wakeup_fd)
+            return
+        if signal.SIGTERM in received:
+            time.sleep(SIGTERM_GRACE_S)
+            os.write(2, f"keras-kd: still running {SIGTERM_GRACE_S:g} s after SIGTERM (a call "
+                        "that does not return to Python); stopped without clean-up.\n".encode())
+            os._exit(143)
 
 
 def _interrupted(name, err, kept):
@@ -160,11 +190,12 @@ def main(argv):
             f"unexpected arguments {argv[1:]}; keras-kd takes only --flags "
             f"(see keras-kd --help).{hint}"
         )
-    config = config_from_flags()
-    # The run's folder is named now, so that an interrupted run can say where it is.
-    config = dataclasses.replace(
-        config, output_dir=config.output_dir or checkpoint.default_output_dir())
+    config = None
     try:
+        config = config_from_flags()  # a flag's text parsed here may be a ValueError
+        # The run's folder is named now, so that an interrupted run can say where it is.
+        config = dataclasses.replace(
+            config, output_dir=config.output_dir or checkpoint.default_output_dir())
         with _console.tensorflow_logs(config.verbose >= 3):
             job.run(config)
     except distribute.WorkerLostError as err:
@@ -172,7 +203,8 @@ def main(argv):
     except (ValueError, OSError, RuntimeError) as err:
         return _fail("", err)
     except KeyboardInterrupt as err:
-        return _interrupted("", err, _job_kept(config))
+        return _interrupted("", err, _job_kept(config) if config is not None
+                            else "no run was under way; nothing to clean up.")
     return 0
 
 
@@ -350,16 +382,25 @@ def run():
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
-    """Within: SIGTERM raises :class:`Terminated` (main thread only; else a no-op)."""
+    """Within: SIGTERM raises :class:`Terminated` (main thread only; else a no-op); a
+    second SIGTERM ends the process at once, and a process still running
+    :data:`SIGTERM_GRACE_S` after the first is ended by :func:`_watchdog`."""
     try:
         saved = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread
-        saved = None
+        yield
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous_fd = signal.set_wakeup_fd(write_end)
+    threading.Thread(target=_watchdog, args=(read_end,), name="keras-kd-sigterm",
+                     daemon=True).start()
     try:
         yield
     finally:
-        if saved is not None:
-            signal.signal(signal.SIGTERM, saved)
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGTERM, saved)
+        os.close(write_end)  # the watchdog sees the end of its pipe
 
 
 def _run():

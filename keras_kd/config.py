@@ -198,6 +198,10 @@ class JobConfig:
             raise ValueError(f"--budget must be at least 1 step, got {self.budget}.")
         if self.repeats < 1:
             raise ValueError(f"--repeats must be at least 1, got {self.repeats}.")
+        if self.verbose not in (0, 1, 2, 3):
+            raise ValueError(f"--verbose must be 0, 1, 2 or 3, got {self.verbose}: 0 silent, 1 "
+                             "progress bars, 2 a line per epoch, 3 progress bars and "
+                             "TensorFlow's own log lines.")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be at least 1, got {self.batch_size}.")
         if not self.learning_rate > 0:

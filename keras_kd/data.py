@@ -49,7 +49,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from keras_kd import errors
+from keras_kd import checks, errors
 
 __all__ = [
     "DatasetInfo", "EMBEDDED", "SPLIT_SEED", "VALID_FORMS", "batched", "finish", "shuffle_size", "load", "load_arrays",
@@ -185,15 +185,13 @@ def finish(train_ds, val_ds=None, info=None, *, batch_size=64, seed=0,
     cached teacher logits) into ``train_ds`` beforehand keeps the order.
 
     Returns ``(train_ds, val_ds)``, batched (``val_ds`` None if None was given).
-    ValueError for a split known to be empty (e.g. built from empty arrays).
+    :class:`keras_kd.checks.EmptyDataError` (a ValueError) for a split known to be
+    empty (e.g. built from empty arrays): :func:`keras_kd.checks.check_not_empty`.
     """
     _check_args(batch_size, 0.5, shuffle_buffer)
     for what, ds in (("train_ds", train_ds), ("val_ds", val_ds)):
-        if ds is not None and int(ds.cardinality()) == 0:
-            raise ValueError(
-                f"{what} holds no examples{f' ({info.name!r})' if info else ''}, so there is "
-                "nothing to train on or to score. Fix: check the arrays or files it is built "
-                "from (e.g. a filter that dropped everything, or an empty slice).")
+        checks.check_not_empty(ds, f"{what}{f' of {info.name!r}' if info else ''}",
+                               "there is nothing to train on or to score")
     if info is not None:
         num, shape = info.num_train, info.input_shape
     else:

@@ -13,7 +13,7 @@ import math
 import keras
 import numpy as np
 
-from keras_kd import losses, views
+from keras_kd import checks, losses, views
 from keras_kd import preprocessing as prep
 
 __all__ = ["diagnose", "describe", "evaluate", "predictions", "check", "check_bar", "TeacherError", "ONE_HOT_TOP1", "FLAT_LOGIT_STD"]
@@ -26,8 +26,9 @@ def _log_softmax(z):
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def _figures(logits, labels, temperature, calibration_temperature=1.0):
-    """The figures of :func:`diagnose` from float32 logits (n, N) and labels (n,)."""
+def _figures(logits, labels, temperature, calibration_temperature=1.0, dtype="float32"):
+    """The figures of :func:`diagnose` from float32 logits (n, N) and labels (n,);
+    ``dtype``: the dtype the model computed them in."""
     z = np.asarray(logits, np.float32).astype(np.float64)
     n, classes = z.shape
     if not np.isfinite(z).all():
@@ -62,22 +63,24 @@ def _figures(logits, labels, temperature, calibration_temperature=1.0):
         "logit_std": float(z.std(axis=1).mean()),
         "temperature": float(temperature),
         # rows that are distributions: a softmax keras_kd could not cut
-        "outputs_probabilities": bool((z >= 0).all() and np.abs(z.sum(axis=1) - 1).max() < 1e-3),
+        "outputs_probabilities": checks.are_probabilities(z, dtype),
     }
 
 
 def _outputs(model, dataset, spec=None):
-    """``model``'s float32 logits [n, N] and the labels, over ``(images, labels)`` batches
-    (images given :func:`keras_kd.preprocessing.preprocess` with ``spec`` if one is set)."""
-    logits, labels = [], []
+    """``model``'s float32 logits [n, N], the labels and the dtype ``model`` output
+    them in, over ``(images, labels)`` batches (images given
+    :func:`keras_kd.preprocessing.preprocess` with ``spec`` if one is set)."""
+    logits, labels, dtype = [], [], "float32"
     for batch in dataset:
         images = batch[0] if spec is None else prep.preprocess(batch[0], spec)
         z = model(images, training=False)
+        dtype = keras.backend.standardize_dtype(z.dtype)
         logits.append(keras.ops.convert_to_numpy(z).astype(np.float32))
         labels.append(keras.ops.convert_to_numpy(batch[1]))
     if not logits:
         raise ValueError("the dataset to score the model on is empty.")
-    return np.concatenate(logits), np.concatenate(labels)
+    return np.concatenate(logits), np.concatenate(labels), dtype
 
 
 def evaluate(model, dataset, teacher_pred=None):
@@ -87,7 +90,7 @@ def evaluate(model, dataset, teacher_pred=None):
     cross-entropy, in float64), plus ``"agreement"``, the fraction of examples
     whose top-1 class is ``teacher_pred``'s, when that is given.
     """
-    logits, labels = _outputs(model, dataset)
+    logits, labels, _ = _outputs(model, dataset)
     labels = labels.reshape(-1).astype(np.int64)
     pred = logits.argmax(-1)
     z = logits.astype(np.float64)
@@ -120,7 +123,10 @@ def diagnose(teacher, dataset, temperature=4.0, preprocessing=None, calibration_
     - top1_probability: mean of max softmax(z/T); entropy: mean of
       −Σ p log p of softmax(z/T) in nats, of at most max_entropy = log N;
     - logit_std: mean over examples of the (population) std of z across classes;
-    - temperature: T.
+    - temperature: T;
+    - outputs_probabilities: every row of z is a probability distribution
+      (:func:`keras_kd.checks.are_probabilities`, the rule of the teacher's
+      probe too): a softmax keras_kd could not cut, refused by :func:`check`.
 
     ValueError for a bad temperature, an empty dataset, non-finite logits, or
     labels outside the teacher's classes.
@@ -128,8 +134,8 @@ def diagnose(teacher, dataset, temperature=4.0, preprocessing=None, calibration_
     temperature = losses.check_temperature(temperature)
     spec = prep.parse_preprocessing(preprocessing)
     view, _ = views.logits_model(teacher, "teacher")
-    logits, labels = _outputs(view, dataset, spec)
-    return _figures(logits, labels, temperature, calibration_temperature)
+    logits, labels, dtype = _outputs(view, dataset, spec)
+    return _figures(logits, labels, temperature, calibration_temperature, dtype)
 
 
 def describe(d, name="teacher"):

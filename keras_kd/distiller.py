@@ -128,6 +128,10 @@ class Distiller(keras.Model):
     the labels). ``distiller(x)`` / ``predict`` return the student's logits.
     """
 
+    #: :func:`keras_kd.distribute.fit` calls this class's own ``fit`` under
+    #: multi-worker training too (it runs ``fit_loop`` inside its checked run).
+    fits_multi_worker = True
+
     def __init__(
         self,
         teacher,
@@ -232,15 +236,21 @@ class Distiller(keras.Model):
         labels that are class ids or distributions) and stops at the first bad
         one; XLA compiles such assertions away, so under ``jit_compile=True``
         the step records the first failed check and ``fit`` raises it at the
-        end of that epoch (``evaluate`` at its end) instead.
+        end of that epoch (``evaluate`` at its end) instead, before the epoch's
+        other callbacks (a backup, a CSV row) see that epoch. Under a strategy
+        with several replicas ``jit_compile=True`` is turned off with a warning
+        (:func:`keras_kd.distribute.resolve_jit_compile`).
         """
-        if jit_compile == "auto":
-            jit_compile = False
         if loss is not None:
             raise ValueError(
                 "Distiller.compile() takes no loss: the loss is alpha * distillation_loss + (1 - "
                 "alpha) * cross-entropy of the student's logits on the labels. Choose the "
                 "distillation loss with Distiller(distillation_loss=...), and drop loss=.")
+        jit_compile, note = distribute.resolve_jit_compile(
+            jit_compile != "auto" and jit_compile, self.distribute_strategy,
+            "compile(jit_compile=True)")
+        if note:
+            warnings.warn(note, stacklevel=2)
         super().compile(optimizer=optimizer, metrics=metrics, jit_compile=jit_compile, **kwargs)
 
     def fit(self, x=None, y=None, **kwargs):
@@ -266,12 +276,12 @@ class Distiller(keras.Model):
                 "batches, not separate x and y.")
 
         def run(**kw):
-            if self.jit_compile:
+            if self.jit_compile:  # first: it stops fit before a backup saves the bad epoch
                 callbacks = kw.get("callbacks")
                 if isinstance(callbacks, keras.callbacks.CallbackList):
-                    callbacks.callbacks.append(self._checks.callback())
+                    callbacks.callbacks.insert(0, self._checks.callback())
                 else:
-                    kw["callbacks"] = [*(callbacks or []), self._checks.callback()]
+                    kw["callbacks"] = [self._checks.callback(), *(callbacks or [])]
             if multi_worker:
                 return distribute.fit_loop(self, x, **kw)
             return super(Distiller, self).fit(x, y, **kw)

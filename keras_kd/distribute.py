@@ -30,7 +30,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_kd import views
+from keras_kd import checks, views
+from keras_kd.checks import EmptyDataError, check_not_empty  # (re-exported: README names them)
 
 __all__ = [
     "STRATEGIES",
@@ -223,19 +224,25 @@ def check_global_batch(batch_size, replicas):
         )
 
 
-def resolve_jit_compile(requested, strategy):
+def resolve_jit_compile(requested, strategy, name="--jit_compile"):
     """``(jit_compile, note)``: XLA only where it works.
 
     XLA compiles the train step on one replica. Under a multi-replica
-    strategy Keras's ``"auto"`` already turns it off, and an explicit
+    strategy Keras's ``"auto"`` already turns it off, an explicit
     ``jit_compile=True`` under ``MirroredStrategy`` fails on cross-device
-    resources, so keras_kd turns it off there and says so in ``note``.
+    resources, and the Distiller's record of a failed batch check (which
+    replaces the assertions XLA drops) would keep only the first replica's.
+    So keras_kd turns it off there and says so in ``note`` (naming the setting
+    ``name``: the job's flag, or ``compile(jit_compile=True)``). The one rule
+    of the job and of ``Distiller.compile``.
     """
     if not requested:
         return False, None
     if strategy.num_replicas_in_sync > 1:
-        return False, (f"--jit_compile ignored: XLA does not compile the step under "
-                       f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replicas.")
+        return False, (f"{name} ignored: XLA does not compile the step under "
+                       f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} "
+                       "replicas, and under it the per-batch data checks would see only the "
+                       "first replica's share of each batch; the step runs without XLA.")
     return True, None
 
 
@@ -375,38 +382,9 @@ def restart_process(max_restarts, log=None):
     return True  # not reached
 
 
-class EmptyDataError(ValueError):
-    """The data given to ``fit`` holds no batch: training would do nothing."""
-
-
-_EMPTY_FIX = ("Fix: check where the data comes from: an empty split or folder, a filter that "
-              "drops every example, take(0), or batch(..., drop_remainder=True) with fewer "
-              "examples than the batch size.")
-
-
-def _describe(data):
-    if isinstance(data, tf.data.Dataset):
-        spec = str(data.element_spec)
-        return f"a tf.data.Dataset of element spec {spec if len(spec) < 200 else spec[:199] + '…'}"
-    leaves = [v for v in tf.nest.flatten(data) if hasattr(v, "shape")]
-    return f"arrays of shape {tuple(leaves[0].shape)}" if leaves else type(data).__name__
-
-
-def check_not_empty(data, role="the training data"):
-    """EmptyDataError (naming ``role``, the data and the fix) when ``data`` is
-    known to hold no batch before anything runs: a ``tf.data.Dataset`` of
-    cardinality 0, or arrays of length 0. Data of unknown size passes (a
-    filtered dataset): :func:`fit_checked` finds it empty after the fact."""
-    if data is None:
-        return
-    if isinstance(data, tf.data.Dataset):
-        empty = int(data.cardinality()) == 0
-    else:
-        leaves = [v for v in tf.nest.flatten(data) if getattr(v, "shape", None) is not None]
-        empty = bool(leaves) and len(leaves[0].shape) > 0 and leaves[0].shape[0] == 0
-    if empty:
-        raise EmptyDataError(f"{role} is empty ({_describe(data)}): fit would train on "
-                             f"nothing. {_EMPTY_FIX}")
+# EmptyDataError and check_not_empty (the one rule of data known to be empty, also
+# data.finish's) live in keras_kd.checks and are re-exported here: data of unknown
+# size (a filtered dataset) passes it, and fit_checked finds it empty after the fact.
 
 
 class _Progress(keras.callbacks.Callback):
@@ -428,8 +406,8 @@ class _Progress(keras.callbacks.Callback):
 def fit_checked(run, data, kwargs, role="the training data"):
     """``run(**kwargs)`` (a ``fit`` of ``data``), never silently empty.
 
-    :func:`check_not_empty` first; afterwards an EmptyDataError when an epoch
-    began but no training batch ran (data of unknown size that turned out
+    :func:`keras_kd.checks.check_not_empty` first; afterwards an EmptyDataError
+    when an epoch began but no training batch ran (data of unknown size that turned out
     empty, where Keras only warns and returns an empty history). A run resumed
     past its last epoch begins none and passes.
     """
@@ -442,16 +420,22 @@ def fit_checked(run, data, kwargs, role="the training data"):
         kwargs = {**kwargs, "callbacks": [*(callbacks or []), progress]}
     history = run(**kwargs)
     if progress.epochs and not progress.batches:
-        raise EmptyDataError(f"{role} yielded no batch ({_describe(data)}): fit trained on "
-                             f"nothing. {_EMPTY_FIX}")
+        raise EmptyDataError(f"{role} yielded no batch ({checks.describe_data(data)}): fit "
+                             f"trained on nothing. {checks.EMPTY_FIX}")
     return history
 
 
 def fit(model, dataset, role="the training data", **kwargs):
     """``model.fit(dataset, **kwargs)``, or :func:`fit_loop` under multi-worker;
     an EmptyDataError naming ``role`` when ``dataset`` holds no batch
-    (:func:`fit_checked`)."""
-    if is_multi_worker(model.distribute_strategy):
+    (:func:`fit_checked`).
+
+    A model whose class sets ``fits_multi_worker = True`` (the Distiller) runs
+    its own ``fit`` under multi-worker too: that ``fit`` calls :func:`fit_loop`
+    itself, inside what it adds around every run (its batch checks' errors, its
+    teacher refresh), which calling :func:`fit_loop` from here would skip."""
+    if is_multi_worker(model.distribute_strategy) and not getattr(
+            model, "fits_multi_worker", False):
         return fit_checked(lambda **kw: fit_loop(model, dataset, **kw), dataset, kwargs, role)
     return fit_checked(lambda **kw: model.fit(dataset, **kw), dataset, kwargs, role)
 
@@ -488,8 +472,9 @@ def fit_loop(model, dataset, *, epochs=1, callbacks=None, verbose=1,
     try:
         first = next(iter(dataset))
     except StopIteration:
-        raise EmptyDataError(f"the training data yielded no batch ({_describe(dataset)}): "
-                             f"fit would train on nothing. {_EMPTY_FIX}") from None
+        raise EmptyDataError(f"the training data yielded no batch "
+                             f"({checks.describe_data(dataset)}): fit would train on nothing. "
+                             f"{checks.EMPTY_FIX}") from None
     with strategy.scope():
         views.build_for_fit(model, first)
     distributed = strategy.experimental_distribute_dataset(dataset)

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_kd import errors, losses, views
+from keras_kd import checks, errors, losses, views
 from keras_kd import preprocessing as prep
 
 __all__ = ["load", "load_model", "check_path", "check_fits", "logits_view", "check_logits",
@@ -132,7 +132,8 @@ def _unreadable(path, flag, err):
     if _stored(flag):
         return ValueError(
             f"{who} is not a readable Keras model file ({reason}). Fix: delete that file so "
-            f"the run redoes its phase, or pass a new {flag} (or delete it) to start over.")
+            f"the run redoes its phase, or pass a new {flag} and a new --output_dir (or delete "
+            "both: the output folder is tied to its checkpoint) to start over.")
     return ValueError(f"{who} is not a Keras model file ({reason}). Fix: {_MODEL_FILES} "
                       "(a truncated or damaged file: save or copy it again in full).")
 
@@ -363,9 +364,10 @@ def check_logits(view, role="teacher", input_shape=None):
     images uniform in [0, 255] of its input shape (open height / width taken
     from ``input_shape``). A softmax output is a distribution on *any* input,
     so the probe needs no data: if every output is ≥ 0 and every row sums to 1
-    (within 1e-4; 3e-2 for 16-bit outputs), the view outputs probabilities.
-    Logits pass: both conditions on every row of random inputs do not happen by
-    chance (logits that are all ≥ 0, e.g. after a ReLU, do not sum to 1).
+    (:func:`keras_kd.checks.are_probabilities`: within 1e-3; 3e-2 for 16-bit
+    outputs), the view outputs probabilities. Logits pass: both conditions on
+    every row of random inputs do not happen by chance (logits that are all ≥ 0,
+    e.g. after a ReLU, do not sum to 1).
 
     Not probed (returns): a view whose input shape stays unknown (a subclassed
     model, unless ``input_shape`` is given), a call inside a ``tf.function``,
@@ -383,11 +385,7 @@ def check_logits(view, role="teacher", input_shape=None):
         return
     if isinstance(z, (list, tuple, dict)):
         return
-    wide = z.dtype in (tf.float32, tf.float64)
-    z = keras.ops.convert_to_numpy(tf.cast(z, tf.float64))
-    if z.ndim < 2 or z.shape[-1] < 2:
-        return
-    if (z >= 0).all() and np.abs(z.sum(axis=-1) - 1).max() <= (1e-4 if wide else 3e-2):
+    if checks.are_probabilities(keras.ops.convert_to_numpy(tf.cast(z, tf.float64)), z.dtype):
         raise ValueError(
             f"the {role} outputs probabilities, not logits: on {shape[0]} "
             "probe images its outputs are all >= 0 and every row sums to 1, so it ends in a "

@@ -312,6 +312,12 @@ def test_a_changed_cache_file_is_refused_naming_it(xy, tmp_path):
     (tmp_path / "c" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(cache.CacheError, match="records no sha256 of logits.npy"):
         cache.attach(_ds(x, y), tmp_path / "c", check=False)
+    os.remove(tmp_path / "c" / "logits.npy")
+    os.mkdir(tmp_path / "c" / "logits.npy")  # unreadable as a file: a CacheError too
+    meta["files"]["logits.npy"]["sha256"] = "0" * 64
+    (tmp_path / "c" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(cache.CacheError, match=r"corrupt: logits.npy cannot be read .*Fix: "):
+        cache.attach(_ds(x, y), tmp_path / "c", check=False)
 
 
 def test_augmentation_is_refused():

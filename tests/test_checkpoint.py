@@ -275,6 +275,68 @@ def test_run_folder_phases_results_and_history(tmp_path, rng):
     assert os.listdir(tmp_path / "plain") == []
 
 
+def test_run_folder_fit_names_the_phase_whose_data_is_empty(tmp_path):
+    import tensorflow as tf
+
+    from keras_kd import distribute
+    from keras_kd.checkpoint import RunFolder
+
+    folder = RunFolder(tf.distribute.get_strategy(), tmp_path / "out")
+    empty = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))).batch(8)
+    with pytest.raises(distribute.EmptyDataError, match=r"^the baseline phase's training data "
+                                                        r"is empty"):
+        folder.fit(_model(), empty, "baseline", epochs=1, verbose=0)
+
+
+def test_a_kill_while_a_phase_is_redone_leaves_it_to_redo(tmp_path, monkeypatch):
+    """A phase redone over its earlier <phase>.keras: a kill before the new file is moved
+    into place must not leave the old model beside the new checksum (a corrupt checkpoint
+    on resume); the phase is simply redone."""
+    import tensorflow as tf
+
+    from keras_kd.checkpoint import RunFolder
+
+    folder = RunFolder(tf.distribute.get_strategy(), tmp_path / "out", tmp_path / "ckpt",
+                       {"epochs": 2})
+    folder.mark_done("teacher", _model())
+    other = _model()
+    other.set_weights([w + 1.0 for w in other.get_weights()])
+    replace = os.replace
+
+    def killed(src, dst):
+        if str(dst).endswith(".keras"):
+            raise RuntimeError("killed before the move")
+        return replace(src, dst)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            folder.mark_done("teacher", other)
+    assert folder.finished("teacher") is None  # redone, not CorruptCheckpointError
+    folder.mark_done("teacher", other)
+    saved = keras.saving.load_model(folder.finished("teacher"))
+    for a, b in zip(saved.get_weights(), other.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_check_sha256_against_hashlib(tmp_path):
+    from keras_kd import _io
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"keras_kd" * 1000)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert _io.check_sha256(path, digest) == digest
+    for recorded, file, reason in ((None, path, "unrecorded"), ("", path, "unrecorded"),
+                                   (digest, tmp_path / "gone", "missing"),
+                                   (digest, tmp_path, "unreadable"),
+                                   ("0" * 64, path, "changed")):
+        with pytest.raises(_io.ChecksumError) as caught:
+            _io.check_sha256(file, recorded)
+        assert caught.value.reason == reason
+    assert caught.value.found == digest and caught.value.recorded == "0" * 64
+
+
 def test_run_folder_refuses_other_settings_naming_them(tmp_path):
     import tensorflow as tf
 
@@ -347,7 +409,9 @@ def test_corrupt_checkpoint_config_names_the_file_and_the_fix(tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "config.json").write_text('{"epochs": 2,')  # cut short
-    with pytest.raises(CorruptCheckpointError, match=r"config.json' is unreadable .*Fix: delete "):
+    with pytest.raises(CorruptCheckpointError, match=r"config.json' is unreadable .*Fix: use a new "
+                                                     r"--checkpoint_dir, or delete .*ckpt' to "
+                                                     r"start over\.$"):
         RunFolder(tf.distribute.get_strategy(), tmp_path / "out", ckpt, {"epochs": 2})
     assert not (tmp_path / "out").exists()
     assert run_cli(TINY + [f"--checkpoint_dir={ckpt}", f"--output_dir={tmp_path / 'out'}"]) == 2

@@ -124,6 +124,8 @@ def test_flagfile(tmp_path):
          "lists 3 specs for 2 teacher(s)"),
         (["--teacher_arch=cnn,mlp", "--teacher_weights=1"], "lists 1 weight(s) for 2"),
         (["--teacher_arch=cnn,mlp", "--features=hint:a=b"], "with an ensemble of 2 teachers"),
+        (["--image_size=abc"], "Cannot parse image_size"),  # parsed from the flag's text
+        (["--verbose=7"], "--verbose must be 0, 1, 2 or 3"),
     ],
 )
 def test_bad_flags_exit_2_with_a_clear_message(argv, message, tmp_path, capsys):
@@ -568,3 +570,32 @@ def test_sigterm_takes_the_ctrl_c_path(tmp_path):
     last = err.strip().splitlines()[-1]
     assert last.startswith("keras-kd: stopped (SIGTERM); the finished phases and the last "
                            f"epoch backup are kept in --checkpoint_dir={ckpt}"), last
+
+
+def test_sigterm_ends_a_process_stuck_outside_python(tmp_path):
+    """A main thread blocked in C code never runs Python's SIGTERM handler; the
+    watchdog ends the process after the grace period (exit 143, one line)."""
+    import signal
+    import time
+
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        "import sqlite3, sys\n"
+        "from keras_kd import cli\n"
+        "cli.SIGTERM_GRACE_S = 1.0\n"
+        "with cli._sigterm_as_interrupt():\n"
+        "    print('ready', flush=True)\n"
+        "    sqlite3.connect(':memory:').execute(  # minutes in C, no return to Python\n"
+        "        'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c '\n"
+        "        'WHERE x < 10000000000) SELECT count(*) FROM c').fetchall()\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert "still running 1 s after SIGTERM" in err

@@ -161,6 +161,57 @@ def test_jit_compile_is_dropped_under_several_replicas():
     assert distribute.resolve_jit_compile(False, Fake()) == (False, None)
 
 
+_XLA_REPLICAS_SCRIPT = r"""
+import json, warnings
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import numpy as np, keras, keras_kd
+from keras_kd.distiller import DataError
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(16, 4)).astype("float32")
+y = rng.integers(0, 3, size=16).astype("int32")
+x[13, 1] = np.nan  # in the second replica's half of the second batch of 8
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def mlp(seed):
+    keras.utils.set_random_seed(seed)
+    i = keras.Input((4,))
+    return keras.Model(i, keras.layers.Dense(3)(i))
+with strategy.scope():
+    d = keras_kd.Distiller(mlp(1), mlp(2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        d.compile(optimizer="sgd", jit_compile=True)
+out = {"jit": d.jit_compile, "warnings": [str(w.message) for w in caught]}
+try:
+    d.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=1, verbose=0)
+    out["error"] = None
+except Exception as err:
+    out["error"] = [type(err).__name__, str(err)[:300]]
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_distiller_compile_drops_xla_under_two_replicas(tmp_path):
+    """compile(jit_compile=True) under 2 replicas: XLA off with one warning naming why
+    (resolve_jit_compile, the job's rule), so the NaN in the second replica's share of
+    a batch stops fit with the DataError (under XLA the step failed on cross-device
+    resources, and its record of a failed check kept the first replica's only)."""
+    script = tmp_path / "xla_replicas.py"
+    script.write_text(_XLA_REPLICAS_SCRIPT)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = _result(run.stdout)
+    assert res["jit"] is False
+    (note,) = res["warnings"]
+    assert note.startswith("compile(jit_compile=True) ignored: XLA does not compile the step "
+                           "under MirroredStrategy with 2 replicas") and "first replica" in note
+    name, text = res["error"]
+    assert name == "DataError" and text.startswith("the inputs x (images) of this batch"), text
+
+
 def test_cli_jit_compile_on_one_device(tmp_path):
     from test_cli import TINY, run_cli
 

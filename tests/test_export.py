@@ -550,3 +550,21 @@ def test_the_console_filter_drops_info_lines_and_keeps_errors(capfd):
         os.write(2, NOISE.encode())
     assert capfd.readouterr().err == NOISE
     assert logger.level == level
+
+
+def test_the_console_filter_passes_lines_on_as_they_come(capfd):
+    """A line the call writes reaches the console while the call still runs, so a
+    converter that then dies in C++ (no ``finally``) does not take its last words
+    with it."""
+    import time
+
+    from keras_kd import _console
+
+    seen = ""
+    with _console.quiet_tensorflow():
+        os.write(2, b"F0000 00:00:1796120550.1   19771 convert.cc:12] Check failed: x\n")
+        deadline = time.monotonic() + 10
+        while "Check failed" not in seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+            seen += capfd.readouterr().err
+    assert "Check failed: x" in seen

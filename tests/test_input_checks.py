@@ -2,6 +2,7 @@
 the problem and the fix (augmentation on NaN, a softmax keras_kd cannot cut, broken
 image files, unreadable model paths, Lambda layers, empty data)."""
 
+import types
 import zipfile
 
 import keras
@@ -10,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_kd import augment, data, teachers
+from keras_kd import augment, checks, data, distribute, teachers
 
 # -- 1. NaN / Inf reaching the augmentation ------------------------------------------------
 
@@ -174,11 +175,18 @@ def test_empty_arrays_are_refused_by_finish():
                                                 np.zeros((0,), np.int32)))
     full = tf.data.Dataset.from_tensor_slices((np.zeros((3, 4, 4, 1), np.float32),
                                                np.zeros((3,), np.int32)))
-    with pytest.raises(ValueError, match="train_ds holds no examples, so there is nothing to "
-                       "train on or to score. Fix: check the arrays"):
+    # one rule and one error for data known to be empty (checks.check_not_empty): fit's too
+    with pytest.raises(checks.EmptyDataError, match=r"^train_ds is empty \(a tf.data.Dataset "
+                       r"of element spec .*\): there is nothing to train on or to score\. Fix: "
+                       "check where the data comes from"):
         data.finish(empty, full, batch_size=2)
-    with pytest.raises(ValueError, match="val_ds holds no examples"):
+    with pytest.raises(distribute.EmptyDataError, match="^val_ds is empty"):
         data.finish(full, empty, batch_size=2)
+    info = types.SimpleNamespace(name="tiny", num_train=0, input_shape=(4, 4, 1))
+    with pytest.raises(ValueError, match="^train_ds of 'tiny' is empty"):
+        data.finish(empty, full, info, batch_size=2)
+    assert distribute.EmptyDataError is checks.EmptyDataError
+    assert issubclass(checks.EmptyDataError, ValueError)
     train, val = data.finish(full, full, batch_size=2)
     assert sum(int(x.shape[0]) for x, _ in train) == 3 == sum(int(x.shape[0]) for x, _ in val)
 

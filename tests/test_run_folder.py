@@ -1,15 +1,18 @@
 """A run folder holds one run: reuse is refused, a checkpointed run resumes into its own
 output folder, and a failed run removes the empty folders it created."""
 
+import dataclasses
 import json
 import os
 import shutil
 import sys
 
+import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_kd import distribute, job
+from keras_kd import _io, checkpoint, distribute, job
 from keras_kd.checkpoint import RunFolder
 
 TINY = dict(teacher_arch="mlp:hidden=16", student_arch="mlp:hidden=8", epochs=1,
@@ -83,14 +86,29 @@ def test_checkpoint_folder_inside_or_equal_to_the_output_folder(tmp_path):
         _folder(plain, plain, **SWEEP)
 
 
+def _workers(monkeypatch, chief=True, index=0, others=()):
+    """This process as one worker of a multi-worker run (no cluster): ``others`` are the
+    rows ``[refused, chief, index]`` the other workers contribute to the verdict gather."""
+    gathered = []
+
+    def gather(strategy, values):
+        gathered.append(list(values))
+        return np.array([[int(v) for v in values], *others], dtype=np.int64)
+
+    monkeypatch.setattr(distribute, "is_multi_worker", lambda strategy: True)
+    monkeypatch.setattr(distribute, "is_chief", lambda strategy: chief)
+    monkeypatch.setattr(distribute, "worker_index", lambda strategy: index)
+    monkeypatch.setattr(distribute, "gather_from_workers", gather)
+    return gathered
+
+
 def test_each_worker_checks_its_own_folder(tmp_path, monkeypatch):
     out = tmp_path / "out"
     (out / "worker-1").mkdir(parents=True)
     (out / "worker-1" / "metrics.json").write_text("{}")
     with pytest.raises(ValueError, match=r"is not empty: it holds another run's files \(worker-1"):
         _folder(out)  # one process: worker-1 is an earlier run's
-    monkeypatch.setattr(distribute, "is_multi_worker", lambda strategy: True)
-    monkeypatch.setattr(distribute, "is_chief", lambda strategy: True)
+    _workers(monkeypatch)
     assert _folder(out).out == str(out)  # the chief: the workers' folders are theirs
     monkeypatch.setattr(distribute, "is_chief", lambda strategy: False)
     monkeypatch.setattr(distribute, "worker_index", lambda strategy: 1)
@@ -139,6 +157,144 @@ def test_a_failed_run_removes_only_the_empty_folders_it_created(tmp_path, monkey
     job.run(config, log=lines.append)  # every phase's file still matches its checksum
     text = "\n".join(lines)
     assert "baseline: loaded" in text and "distill: loaded" in text
+
+
+def test_a_failed_run_undoes_its_bookkeeping_in_folders_that_existed(tmp_path):
+    """A run failing before any result leaves folders that existed before it as they
+    were, so the corrected command (other settings) runs; where something of value was
+    written, the marker and the checkpoint it names stay together (the same command
+    resumes)."""
+    strategy = tf.distribute.get_strategy()
+    junk = tmp_path / "junk.keras"
+    junk.write_text("not a model")
+    out = tmp_path / "out"
+    out.mkdir()  # made before the run, checkpoint folder inside it
+    bad = job.JobConfig(**TINY, teacher=str(junk), output_dir=str(out),
+                        checkpoint_dir=str(out / "ckpt"))
+    with pytest.raises(ValueError, match="is not a Keras model file"):
+        job.run(bad, log=_quiet)
+    assert os.listdir(out) == []
+    fixed = dataclasses.replace(bad, teacher=None)  # the corrected command is not refused
+    RunFolder(strategy, out, out / "ckpt", fixed.resume_settings())
+    ckpt, fresh = tmp_path / "ckpt", tmp_path / "fresh"
+    ckpt.mkdir()  # an empty checkpoint folder made before the run
+    with pytest.raises(RuntimeError, match="bad --teacher"), \
+            RunFolder(strategy, fresh, ckpt, {"teacher": "bad.keras"}):
+        raise RuntimeError("bad --teacher")
+    assert os.listdir(ckpt) == [] and not fresh.exists()
+    RunFolder(strategy, fresh, ckpt, {"teacher": "good.keras"})  # other settings: not refused
+    kept, c = tmp_path / "kept", tmp_path / "c"
+    kept.mkdir()
+    with pytest.raises(RuntimeError, match="crash"), _folder(kept, c):
+        (kept / "teacher.keras").write_text("a result")  # e.g. a --teacher file's copy
+        raise RuntimeError("crash")
+    assert sorted(os.listdir(kept)) == ["checkpoint.json", "teacher.keras"]
+    assert sorted(os.listdir(c)) == ["config.json", "run.token"]
+    _folder(kept, c)  # the same command resumes into its folder
+
+
+def test_folders_an_operating_system_made_are_empty(tmp_path):
+    mount = tmp_path / "mnt"
+    (mount / "lost+found").mkdir(parents=True)  # a fresh file system's mount point
+    for name in (".DS_Store", "Thumbs.db"):
+        (mount / name).write_text("")
+    assert _folder(mount).out == str(mount)
+    with pytest.raises(RuntimeError), _folder(mount, mount / "ckpt"):
+        raise RuntimeError("failed")
+    assert sorted(os.listdir(mount)) == [".DS_Store", "Thumbs.db", "lost+found"]
+    (mount / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"holds another run's files \(metrics.json\)\."):
+        _folder(mount)
+
+
+def test_one_workers_refusal_stops_every_worker(tmp_path, monkeypatch):
+    """The output-folder verdicts are gathered (a collective every worker reaches), so a
+    refusal on one worker is an error on all, never a hang in the next collective."""
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    gathered = _workers(monkeypatch, others=[[1, 0, 1]])  # worker 1 refuses its folder
+    for checkpoint_dir in (None, ckpt):
+        with pytest.raises(ValueError, match=r"^worker 1's --output_dir is not empty.*Fix: see "
+                                             "that worker's error, then rerun every worker"):
+            _folder(out, checkpoint_dir)
+    assert gathered == [[0, 1, 0]] * 2 and not out.exists() and not ckpt.exists()
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    gathered.clear()
+    with pytest.raises(ValueError, match=rf"^--output_dir='{out}' is not empty"):
+        _folder(out)  # its own refusal: still at the collective first
+    assert gathered == [[1, 1, 0]]
+    _workers(monkeypatch, chief=False, index=2, others=[[1, 1, 0]])
+    with pytest.raises(ValueError, match=r"^the chief's --output_dir is not empty"):
+        _folder(tmp_path / "other")
+
+
+def test_a_restart_without_checkpoint_says_how_to_go_on(tmp_path, monkeypatch):
+    """A restarted worker (same command) without --checkpoint_dir starts over: a folder its
+    first attempt wrote is refused, with what to do instead."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "teacher.keras").write_text("the first attempt's")
+    _workers(monkeypatch)
+    monkeypatch.setenv(distribute.RESTARTS_ENV, "1")
+    with pytest.raises(ValueError, match=r"restarted after another worker stopped.*Fix: rerun "
+                                         r"every worker with a new --output_dir .*pass "
+                                         "--checkpoint_dir so that a restart resumes"):
+        _folder(out)
+    lost = tf.errors.UnavailableError(None, None, "Socket closed")
+    strategy = tf.distribute.get_strategy()
+    message = str(checkpoint.as_user_error(lost, strategy, None))
+    assert "Fix: restart every worker with a new --output_dir" in message
+    assert "pass --checkpoint_dir so that a next restart resumes" in message
+    message = str(checkpoint.as_user_error(lost, strategy, "--checkpoint_dir"))
+    assert "with its same command; it resumes from the last epoch backup" in message
+
+
+def test_a_chief_keeping_its_finished_phase_still_joins_the_save(tmp_path, monkeypatch):
+    """A sweep's output folder is its checkpoint: the chief keeps <name>.keras as it is, but
+    under multi-worker training the others save (a collective), so it saves to scratch."""
+    s = tmp_path / "sweep"
+    folder = _folder(s, s, **SWEEP)
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    folder.mark_done("teacher", model)
+    before = (s / "teacher.keras").read_bytes()
+    saves, save = [], _io.save_model
+    monkeypatch.setattr(_io, "save_model", lambda m, path: save(m, saves.append(path) or path))
+    assert folder.save_output(model, "teacher") == str(s / "teacher.keras") and saves == []
+    monkeypatch.setattr(distribute, "is_multi_worker", lambda strategy: True)
+    assert folder.save_output(model, "teacher") == str(s / "teacher.keras")
+    assert len(saves) == 1 and not os.path.exists(saves[0])  # saved to scratch, then removed
+    assert (s / "teacher.keras").read_bytes() == before and folder.finished("teacher")
+
+
+def test_start_over_fixes_name_the_output_folder_too(tmp_path):
+    """Following a refused checkpoint's fix does not lead to a second refusal: with an output
+    folder of its own, the fix names it too (its checkpoint.json names the old checkpoint)."""
+    out, ckpt, new = tmp_path / "out", tmp_path / "ckpt", tmp_path / "new"
+    _folder(out, ckpt)
+    (out / "student.keras").write_text("a result")
+    strategy = tf.distribute.get_strategy()
+    with pytest.raises(ValueError, match=rf"other settings.*Fix: use a new --checkpoint_dir and "
+                                         rf"a new --output_dir, or delete '{ckpt}' and '{out}' "
+                                         "to start over"):
+        RunFolder(strategy, out, ckpt, {"epochs": 2})
+    with pytest.raises(ValueError, match=rf"--output_dir='{out}' is not empty"):
+        RunFolder(strategy, out, new, {"epochs": 2})  # why the output folder must change too
+    RunFolder(strategy, tmp_path / "out2", new, {"epochs": 2})
+    (ckpt / "run.token").write_text("garbled")
+    with pytest.raises(checkpoint.CorruptCheckpointError, match=rf"Fix: use a new --checkpoint_dir "
+                                                                rf"and a new --output_dir, or "
+                                                                rf"delete '{ckpt}' and '{out}'"):
+        _folder(out, ckpt)
+    x = tmp_path / "x"
+    _folder(x, x / "ckpt")
+    with pytest.raises(ValueError, match=rf"or delete '{x}' \(the checkpoint folder inside it "
+                                         r"too\) to start over"):
+        RunFolder(strategy, x, x / "ckpt", {"epochs": 2})
+    _folder(tmp_path / "s", tmp_path / "s", **SWEEP)
+    with pytest.raises(ValueError, match=r"Fix: use a new --output_dir, or delete '.*s' to start "
+                                         r"over\.$"):  # a sweep: one folder
+        RunFolder(strategy, tmp_path / "s", tmp_path / "s", {"epochs": 2}, **SWEEP)
 
 
 def test_the_payoff_benchmark_can_be_rerun_into_its_out_folder(tmp_path, monkeypatch):

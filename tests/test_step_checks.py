@@ -135,6 +135,57 @@ def test_under_xla_the_failed_check_is_raised_after_the_epoch(data, problem):
         clean.evaluate(*data, batch_size=8, verbose=0)
 
 
+def test_under_xla_the_bad_epoch_is_never_backed_up(data, tmp_path):
+    """The check's callback runs first at the epoch's end: the bad epoch (weights
+    possibly NaN) stops fit before a backup or a CSV row records it, so a rerun
+    does not resume past it."""
+    from keras_kd import checkpoint
+
+    x, y = data
+    x = x.copy()
+    x[3, 0] = np.nan
+    backup = checkpoint.AtomicBackupAndRestore(tmp_path / "backup", delete_on_end=False)
+    log = keras.callbacks.CSVLogger(str(tmp_path / "history.csv"))
+    d = distiller(jit_compile=True)
+    with pytest.raises(DataError, match=r"^the inputs x .images.*Found in epoch 1"):
+        d.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[log, backup])
+    assert backup.latest_epoch() == 0 and not (tmp_path / "backup").exists()
+    rows = (tmp_path / "history.csv").read_text().splitlines()
+    assert len(rows) <= 1, rows  # (a header at most: no epoch row)
+    # the reference: a clean run backs up its epochs through the same callbacks
+    clean = distiller(jit_compile=True)
+    clean.fit(*data, batch_size=8, epochs=2, verbose=0, callbacks=[log, backup])
+    assert backup.latest_epoch() == 2
+
+
+def test_the_job_fit_of_a_distiller_under_multi_worker_has_its_checks(data, monkeypatch):
+    """distribute.fit (the job's path) under multi-worker runs the Distiller's own fit,
+    so a bad batch is a DataError naming the fix (not TensorFlow's long error), and a
+    reduced-precision teacher copy is refreshed first. (Multi-worker faked on the
+    default strategy, where fit_loop runs too.)"""
+    x, y = data
+    monkeypatch.setattr(distribute, "is_multi_worker", lambda strategy: True)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    d = distiller()
+    logs = distribute.fit(d, ds, epochs=1, verbose=0).history
+    assert np.isfinite(logs["loss"]).all()
+    bad = x.copy()
+    bad[13, 2] = np.nan
+    before = weights(d.student)
+    with pytest.raises(DataError, match=r"^the inputs x .images. of this batch contain NaN or "
+                       r"Inf.*Fix: clean the data"):
+        distribute.fit(d, tf.data.Dataset.from_tensor_slices((bad, y)).batch(16), verbose=0)
+    assert_unchanged(before, d.student)
+    # the teacher copy follows the teacher's weights (the Distiller's checked run)
+    teacher = dense("teacher", 1, hidden=8)
+    half = keras_kd.Distiller(teacher, dense("student", 2), teacher_dtype="float16")
+    half.compile(optimizer=keras.optimizers.SGD(0.0))
+    teacher.set_weights(dense("other", 5, hidden=8).get_weights())
+    distribute.fit(half, ds, verbose=0)
+    np.testing.assert_allclose(half._plan.teacher_outputs(x)[0].numpy(),
+                               np_forward(teacher.get_weights(), x), atol=2e-2)
+
+
 def test_the_checks_cost_one_reduction_per_tensor(data):
     """The finiteness checks are one IsFinite + reduction per tensor (inputs, teacher
     logits), whatever the batch; the label checks one reduction each."""

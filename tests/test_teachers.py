@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from keras.applications import imagenet_utils
 
-from keras_kd import data, diagnostics, preprocessing, teachers, views
+from keras_kd import checks, data, diagnostics, preprocessing, teachers, views
 
 VALID = "valid: none (raw 0-255), unit (x/255), tf (x/127.5 - 1)"
 
@@ -332,6 +332,51 @@ def test_describe_diagnosis():
 
 
 # -- the checks on a diagnosis ---------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="test_teachers")
+class _ScaledSoftmax(keras.layers.Layer):
+    """A last layer keras_kd cannot cut: ``scale · softmax(z)`` (rows summing to ``scale``)."""
+
+    def __init__(self, scale, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def call(self, z):
+        return keras.ops.softmax(z) * keras.ops.cast(self.scale, z.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+@pytest.mark.parametrize("dtype, scale", [("float32", 1.0005), ("bfloat16", 1.01)])
+def test_one_probability_rule_for_the_probe_and_the_diagnosis(dtype, scale, rng):
+    """Outputs >= 0 whose rows sum to 1 within checks.PROBABILITY_SUM_TOLERANCE (1e-3;
+    3e-2 for 16-bit outputs) are probabilities for the teacher's probe
+    (teachers.check_logits) and for diagnose alike: one rule."""
+    policy = "float32" if dtype == "float32" else f"mixed_{dtype}"
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    z = keras.layers.Dense(3, dtype=policy)(inputs)
+    teacher = keras.Model(inputs, _ScaledSoftmax(scale, dtype=policy)(z), name="t")
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    out = teacher(x)
+    assert keras.backend.standardize_dtype(out.dtype) == dtype
+    sums = keras.ops.convert_to_numpy(keras.ops.cast(out, "float32")).astype(np.float64).sum(-1)
+    # the reference: rows off 1 by more than the old probe's 1e-4 (float32) or the old
+    # diagnosis's 1e-3 (bfloat16), within the rule's tolerance of a softmax in that dtype
+    assert np.abs(sums - 1).min() > (1e-4 if dtype == "float32" else 1e-3)
+    assert np.abs(sums - 1).max() <= checks.PROBABILITY_SUM_TOLERANCE[
+        "wide" if dtype == "float32" else "16-bit"]
+    ds = tf.data.Dataset.from_tensor_slices((x, rng.integers(0, 3, size=32))).batch(16)
+    assert diagnostics.diagnose(teacher, ds, 2.0)["outputs_probabilities"]
+    with pytest.raises(ValueError, match=r"the teacher \('t'\) outputs probabilities, not logits"):
+        teachers.logits_view(teacher, dtype)
+    assert checks.are_probabilities(np.array([[0.3, 0.7], [1.0, 0.0]]))
+    assert not checks.are_probabilities(np.array([[0.3, 0.7], [1.0, 0.1]]))  # a row of 1.1
+    assert not checks.are_probabilities(np.array([[1.3, -0.3]]))  # sums to 1, not >= 0
+    assert checks.are_probabilities(np.array([[0.51, 0.5]]), "float16")
+    assert not checks.are_probabilities(np.array([[0.51, 0.5]]), "float32")
 
 
 def test_check_stops_a_near_chance_teacher_and_warns_on_one_hot_targets(elsewhere):
