@@ -328,44 +328,10 @@ HELP = {
 
 
 def _cli():
-    from absl import app, flags
+    from _flags import run  # examples/_flags.py, beside this script
 
-    prog = os.path.basename(__file__)
-
-    def fail(message, code=2):  # one line, as keras-kd's errors
-        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
-        return code
-
-    # Defined here, not at import: the test suite imports this module next to
-    # keras_kd.cli, whose flags have the same names.
-    for name, value in DEFAULTS.items():
-        if isinstance(value, bool) or value is None or isinstance(value, str):
-            flags.DEFINE_string(name, value, HELP[name])
-        elif isinstance(value, int):
-            flags.DEFINE_integer(name, value, HELP[name])
-        else:
-            flags.DEFINE_float(name, value, HELP[name])
-
-    def parse(argv):  # a bad flag: one line, not absl's two
-        try:
-            return flags.FLAGS(argv)
-        except flags.Error as err:
-            sys.exit(fail(f"{err} (see --help)"))
-
-    def run(argv):
-        if len(argv) > 1:
-            return fail(f"unexpected arguments {argv[1:]}; this script takes only --flags "
-                        "(see --help).")
-        try:
-            main(**{name: flags.FLAGS[name].value for name in DEFAULTS})
-        except (ValueError, OSError, RuntimeError, tf.errors.OpError) as err:
-            return fail(" ".join(str(err).split()))
-        except KeyboardInterrupt:
-            return fail("interrupted (Ctrl-C); nothing was written (the table is written "
-                        "at the end).", 130)
-        return 0
-
-    app.run(run, flags_parser=parse)
+    run(__file__, main, DEFAULTS, HELP,
+        interrupted="nothing was written (the table is written at the end).")
 
 
 if __name__ == "__main__":
