@@ -54,7 +54,7 @@ training data, never places them inside a model. README.md shows
 import tensorflow as tf
 
 __all__ = ["POLICIES", "LABEL_MIXING", "Augmentation", "build", "apply", "parse",
-           "mixes_labels"]
+           "mixes_labels", "without_label_mixing"]
 
 # name -> {option: (default, minimum, maximum, integer)}
 POLICIES = {
@@ -140,6 +140,17 @@ def _number(name, key, text, rule):
         raise ValueError(
             f"augmentation option {name}:{key}={text!r} must be {kind} {bounds}.")
     return int(number) if integer else number
+
+
+def without_label_mixing(spec):
+    """``spec`` without its ``mixup`` and ``cutmix`` parts (``"none"`` if nothing is left),
+    e.g. ``"jitter:pixels=3+mixup"`` → ``"jitter:pixels=3"``: the job's default policy for
+    training a teacher. ``function_matching`` (crops *and* MixUp in one) is kept whole.
+    """
+    parse(spec)  # a bad spec is named here, not later
+    kept = [part.strip() for part in spec.split("+")
+            if part.strip() and part.partition(":")[0].strip().lower() not in ("mixup", "cutmix")]
+    return "+".join(kept) or "none"
 
 
 def mixes_labels(spec):

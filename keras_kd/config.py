@@ -34,7 +34,7 @@ SCHEDULES = ("cosine", "constant")
 #: ``--patient`` trains the students this many times longer.
 PATIENCE = 4
 #: What ``--tune`` can choose, and the values it tries.
-TUNE_GRID = {"temperature": (2.0, 4.0, 8.0), "alpha": (0.5, 0.9)}
+TUNE_GRID = {"temperature": (1.0, 2.0, 4.0), "alpha": (0.7, 1.0)}
 #: The cosine schedule's linear warm-up: this fraction of the steps (at least one).
 WARMUP_FRACTION = 0.05
 
@@ -78,13 +78,15 @@ class JobConfig:
         None, "Stop before any student trains when the teacher's validation accuracy is "
         "below this fraction (default: twice chance, 2 / classes).")
     student_arch: str = _field(
-        "mlp:hidden=400x400",
-        "Student architecture spec, e.g. cnn:width=0.25, mlp:hidden=800x800.")
+        "mlp:hidden=100x100",
+        "Student architecture spec, e.g. cnn:width=0.25, mlp:hidden=800x800 (the default has "
+        "fewer parameters and multiply-adds than the default teacher).")
     temperature: float = _field(
-        3.0, f"Softmax temperature T of the soft targets, in [{losses.MIN_TEMPERATURE:g}, "
+        1.0, f"Softmax temperature T of the soft targets, in [{losses.MIN_TEMPERATURE:g}, "
         f"{losses.MAX_TEMPERATURE:g}] (where the float32 math is exact).")
     alpha: float = _field(
-        0.7, "Weight of the distillation loss; 1 - alpha weighs the label loss.")
+        1.0, "Weight of the distillation loss; 1 - alpha weighs the label loss (the default "
+        "1 is pure function matching: the student learns the teacher's outputs only).")
     tune: str | None = _field(
         None, "Choose these settings for your data before the students train: temperature, "
         "alpha, or both (comma-separated), among T in "
@@ -102,7 +104,7 @@ class JobConfig:
         "cosine", "Learning-rate schedule of every model: cosine (linear warm-up over the first "
         "5% of the steps, then cosine decay to 0 at the last step) or constant.",
         choices=SCHEDULES)
-    epochs: int = _field(12, "Epochs for the baseline and the distilled student.")
+    epochs: int = _field(48, "Epochs for the baseline and the distilled student.")
     budget: int | None = _field(
         None, "Optimizer steps for each student instead of --epochs (rounded up to whole "
         "epochs of the training split): the same length for any dataset size.")
@@ -113,10 +115,11 @@ class JobConfig:
     teacher_epochs: int = _field(12, "Epochs for training the teacher.")
     batch_size: int = _field(64, "Batch size (the global batch under a strategy).")
     augment: str = _field(
-        "jitter", "Augmentation policy for the students (keras_kd.augment.POLICIES, chained "
+        "jitter+mixup", "Augmentation policy for the students (keras_kd.augment.POLICIES, chained "
         "with +, options like jitter:pixels=2); one view per batch for teacher and student.")
     teacher_augment: str | None = _field(
-        None, "Augmentation for teacher training (default: --augment).")
+        None, "Augmentation for teacher training (default: --augment without its mixup and "
+        "cutmix parts, e.g. jitter for jitter+mixup).")
     teacher_cache: str | None = _field(
         None, "Offline distillation: compute the teacher's logits on the training split "
         "once, store them in DIR, and train the student from them; needs --augment=none. A "
@@ -288,8 +291,7 @@ class JobConfig:
             mixup = "mixup" in {name for name, _ in augment.parse(self.augment)}
             augment_spec = self.augment if mixup else (
                 "mixup" if self.augment == "none" else f"{self.augment}+mixup")
-            config = dataclasses.replace(config, alpha=1.0, augment=augment_spec,
-                                         teacher_augment=self.teacher_augment or self.augment)
+            config = dataclasses.replace(config, alpha=1.0, augment=augment_spec)
             epochs *= PATIENCE
         return dataclasses.replace(config, epochs=epochs)
 

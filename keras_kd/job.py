@@ -100,8 +100,11 @@ def stream(run, config=None, augment=None, examples=None):
 
 
 def teacher_augment(config):
-    """The teacher's augmentation policy: ``teacher_augment``, or the students' when None."""
-    return config.augment if config.teacher_augment is None else config.teacher_augment
+    """The teacher's augmentation policy: ``teacher_augment``, or when None the students'
+    without label mixing (:func:`keras_kd.augment.without_label_mixing`): the teacher learns
+    the labels, and gives soft targets on the students' mixed views."""
+    return (augment.without_label_mixing(config.augment) if config.teacher_augment is None
+            else config.teacher_augment)
 
 
 def start(config, log, strategy, folder):

@@ -96,8 +96,9 @@ def verdict(rows):
         return f"Distillation removed {base - kd} of the baseline's {base} errors."
     return (f"The distilled student is worse than its baseline: {kd - base} more validation "
             f"errors ({kd} vs {base}). The teacher did not help with these settings; try "
-            "`--tune=temperature,alpha`, `keras-kd sweep` (temperature, alpha, loss), a "
-            "larger student or a longer schedule, and `--repeats=3` to see the spread.")
+            "`--patient` (a longer schedule of pure function matching on mixed views), "
+            "`--tune=temperature,alpha`, `keras-kd sweep` (temperature, alpha, loss) or a "
+            "larger student, and `--repeats=3` to see the spread.")
 
 
 def repeats(first_seed, scores):

@@ -22,6 +22,18 @@ def test_parse_policies_and_options():
     assert augment.mixes_labels("jitter+cutmix") and not augment.mixes_labels("flip_crop")
 
 
+def test_without_label_mixing_keeps_the_image_policies():
+    assert augment.without_label_mixing("jitter:pixels=3+mixup") == "jitter:pixels=3"
+    assert augment.without_label_mixing(" MixUp:alpha=1 + flip_crop + cutmix") == "flip_crop"
+    assert augment.without_label_mixing("mixup") == "none"
+    assert augment.without_label_mixing("none") == "none"
+    assert augment.without_label_mixing("function_matching") == "function_matching"
+    for spec in ("jitter+mixup", "randaugment:ops=3+cutmix+jitter"):
+        assert not augment.mixes_labels(augment.without_label_mixing(spec))
+    with pytest.raises(ValueError, match="unknown augmentation policy 'mixop'"):
+        augment.without_label_mixing("jitter+mixop")
+
+
 @pytest.mark.parametrize(
     "spec, match",
     [

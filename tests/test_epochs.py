@@ -93,7 +93,9 @@ def test_baseline_and_distilled_student_see_the_same_batches(tmp_path, monkeypat
     seen, real_fit = [], distribute.fit
 
     def recording_fit(model, dataset, **kwargs):
-        seen.append((model.name, _digests(dataset), kwargs["steps_per_epoch"]))
+        first = next(iter(dataset))
+        seen.append((model.name, _digests(dataset), kwargs["steps_per_epoch"],
+                     tuple(first[1].shape)))
         return real_fit(model, dataset, **kwargs)
 
     monkeypatch.setattr(distribute, "fit", recording_fit)
@@ -101,12 +103,17 @@ def test_baseline_and_distilled_student_see_the_same_batches(tmp_path, monkeypat
                           epochs=2, teacher_epochs=2, batch_size=500, augment="jitter+mixup",
                           export=False, verbose=0, output_dir=str(tmp_path / "out")),
             log=lambda *_: None)
-    by_model = {name: (digests, steps) for name, digests, steps in seen}
+    by_model = {name: (digests, steps) for name, digests, steps, _ in seen}
+    labels = {name: shape for name, *_, shape in seen}
     assert set(by_model) == {"teacher", "baseline", "distiller"}
     baseline, distilled = by_model["baseline"], by_model["distiller"]
     assert baseline == distilled and len(baseline[0]) == 2 * baseline[1] == 16
-    assert by_model["teacher"] == baseline  # teacher_augment defaults to --augment
     assert len(set(baseline[0])) == 16  # and every batch differs from the others
+    # The teacher learns the labels on the students' policy without its mixup (the
+    # default --teacher_augment): class ids, where the students get mixed label rows.
+    assert labels["baseline"] == labels["distiller"] == (500, 10) and labels["teacher"] == (500,)
+    assert by_model["teacher"][1] == baseline[1] and not set(by_model["teacher"][0]) & set(
+        baseline[0])
 
 
 def test_cosine_schedule_matches_its_formula():
