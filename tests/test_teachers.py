@@ -423,7 +423,7 @@ def test_job_with_a_teacher_from_elsewhere(elsewhere, tmp_path, capsys):
     code, out = _job(tmp_path, "raw", f"--teacher={keras_file}")
     assert code == 0
     printed = capsys.readouterr().out
-    assert "warning: the teacher's soft targets at T=3 are nearly one-hot" in printed
+    assert "warning: the teacher's soft targets are nearly one-hot even at T=4" in printed
     for teacher in (keras_file, str(elsewhere.folder / "t.h5")):
         code, out = _job(tmp_path, f"unit{teacher[-2:]}", f"--teacher={teacher}",
                          "--teacher_preprocessing=unit")
@@ -487,6 +487,24 @@ def test_job_with_an_ensemble_and_a_teacher_at_its_own_size(tmp_path):
     sidecar = json.loads((out / "student.json").read_text())
     assert sidecar["input"]["shape"] == [1, 28, 28, 1]  # the student keeps its own size
     assert metrics["tflite"]["agreement"] >= 0.99
+
+
+def test_one_hot_is_judged_at_a_raised_temperature_not_the_runs_low_one():
+    """T = 1 (the job's default) makes any good teacher's clean-image targets peaked; the
+    warning is for targets that stay one-hot when raised to T = 4 (a teacher fed the wrong
+    scale), checked on the logits of a sharp but sane teacher and a 255x one."""
+    sane = np.array([[6.0, 1.0, 0.0, -1.0]] * 8)  # top-1 0.99 at T=1, 0.60 at T=4
+    for t in (1.0, 4.0):
+        d = diagnostics._figures(sane, np.zeros(8), t)
+        assert d["reference_temperature"] == 4.0
+        want = np.exp(sane[0] / 4 - np.log(np.exp(sane[0] / 4).sum())).max()
+        assert d["top1_probability_at_reference"] == pytest.approx(want)
+        assert diagnostics.check({**d, "accuracy": 1.0}) == []
+    assert diagnostics._figures(sane, np.zeros(8), 1.0)["top1_probability"] > 0.98
+    scaled = diagnostics._figures(255 * sane, np.zeros(8), 1.0)
+    (note,) = diagnostics.check({**scaled, "accuracy": 1.0})
+    assert "nearly one-hot even at T=4" in note
+    assert diagnostics._figures(sane, np.zeros(8), 8.0)["reference_temperature"] == 8.0
 
 
 def test_the_default_bar_is_twice_chance_but_reachable():
