@@ -51,6 +51,9 @@ training data, never places them inside a model. README.md shows
 :func:`apply` in use.
 """
 
+import contextlib
+
+import keras
 import tensorflow as tf
 
 __all__ = ["POLICIES", "LABEL_MIXING", "Augmentation", "build", "apply", "parse",
@@ -245,6 +248,19 @@ def _randaugment(options, input_shape, seed, value_range):
     return [layer]
 
 
+@contextlib.contextmanager
+def _float32_layers():
+    """Layers built inside compute in float32 whatever the global dtype policy: under
+    ``mixed_float16`` keras-cv's layers would return float16 images (which MixUp's float32
+    ratios cannot multiply) and RandAugment would fail outright; 0-255 pixels need float32."""
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
 class Augmentation:
     """A parsed policy, applied to one batch: ``(images, labels) → (images, labels)``.
 
@@ -265,6 +281,11 @@ class Augmentation:
             raise ValueError(f"value_range must be (low, high) with low < high, got {value_range}.")
         # Stages: ("images", keras-cv layer) or ("mix", _MixUp / _CutMix).
         self.stages = []
+        with _float32_layers():
+            self._build_stages(spec, seed)
+        self.mixes_labels = any(kind != "images" for kind, _ in self.stages)
+
+    def _build_stages(self, spec, seed):
         for i, (name, options) in enumerate(parse(spec)):
             s = _seed(seed, 10 * i)
             if name == "jitter":
@@ -278,7 +299,6 @@ class Augmentation:
                 self.stages.append(("mix", _MixUp(options["alpha"], seed=_seed(s, 5))))
             elif name == "cutmix":
                 self.stages.append(("mix", _CutMix(options["alpha"], seed=_seed(s, 5))))
-        self.mixes_labels = any(kind != "images" for kind, _ in self.stages)
 
     def __bool__(self):
         return bool(self.stages)

@@ -329,3 +329,26 @@ def test_every_epoch_gets_fresh_views(spec, rng):
     first = np.concatenate([b[0].numpy() for b in ds])
     second = np.concatenate([b[0].numpy() for b in ds])
     assert not np.array_equal(first, second)
+
+
+@pytest.mark.parametrize("spec", ["jitter+mixup", "randaugment+cutmix", "flip_crop"])
+def test_augmentation_stays_float32_under_a_mixed_precision_policy(spec):
+    """Under mixed_float16, keras-cv's layers returned float16 images, which MixUp's
+    float32 ratios could not multiply (the job failed with mixed precision and mixup);
+    RandAugment failed outright. The global policy is left as it was."""
+    x = np.random.default_rng(0).uniform(0, 255, (4, 12, 12, 1)).astype("float32")
+    y = np.array([0, 1, 2, 1])
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        aug = augment.build(spec, (12, 12, 1), seed=3, num_classes=3)
+        assert keras.config.dtype_policy().name == "mixed_float16"
+        images, labels = aug(tf.constant(x), tf.constant(y))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert images.dtype == tf.float32 and np.isfinite(images.numpy()).all()
+    assert images.shape == x.shape
+    if augment.mixes_labels(spec):
+        assert labels.dtype == tf.float32
+        np.testing.assert_allclose(labels.numpy().sum(axis=1), 1.0, rtol=1e-6)
+    else:
+        np.testing.assert_array_equal(labels.numpy(), y)
