@@ -256,6 +256,9 @@ def reference(z, y, temperature):
         "accuracy": (pred == y).mean(), "errors": int((pred != y).sum()), "examples": n,
         "num_classes": k, "chance": 1 / k, "ece": ece,
         "top1_probability": pt.max(axis=1).mean(),
+        # the one-hot check's figure: the same mean at max(T, 4) (README's teacher table)
+        "top1_probability_at_reference": softmax(z / max(temperature, 4.0)).max(axis=1).mean(),
+        "reference_temperature": max(temperature, 4.0),
         "entropy": -(pt * np.log(pt)).sum(axis=1).mean(), "max_entropy": np.log(k),
         "logit_std": np.mean([np.sqrt(np.mean((row - row.mean()) ** 2)) for row in z]),
         "temperature": temperature,
