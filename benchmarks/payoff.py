@@ -30,6 +30,13 @@ def _key(row):
         "lr_schedule", "augment", "distillation_loss", "temperature", "alpha"))
 
 
+def _baseline_key(row):
+    """What a baseline depends on: the data, the seed and the student's settings, not the
+    teacher (deterministic mode makes it the same run, bit for bit, under any teacher)."""
+    return tuple(row[k] for k in ("dataset", "seed", "student_arch", "epochs", "lr_schedule",
+                                  "augment"))
+
+
 def _done(path):
     if not os.path.exists(path):
         return {}
@@ -76,9 +83,7 @@ def _measure(args, dataset, seed, out, done):
                     continue
                 config = dataclasses.replace(base, **settings)
                 keras.utils.set_random_seed(seed)
-                same = (0, 1, 4, 5, 6, 7)  # dataset, seed, the student's settings: not the teacher
-                known = [r for k, r in done.items()
-                         if [k[i] for i in same] == [_key(fixed)[i] for i in same]]
+                known = [r for r in done.values() if _baseline_key(r) == _baseline_key(fixed)]
                 if known:  # deterministic: that row's baseline, bit for bit; only its start
                     initial = job.new_student(config, run.info, "baseline").get_weights()
                     b, baseline_s = {"errors": known[0]["baseline"]}, known[0]["baseline_s"]
