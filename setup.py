@@ -37,8 +37,10 @@ setup(
     ],
     extras_require={
         # nbclient + ipykernel execute examples/distill.ipynb in the tests;
-        # import-linter checks the layers of .importlinter (tests/test_layout.py).
-        "test": ["pytest>=8", "nbclient", "nbformat", "ipykernel", "import-linter>=2.1"],
+        # import-linter checks the layers of .importlinter (tests/test_layout.py);
+        # pytest-xdist runs the suite on every core (`pytest -n auto`).
+        "test": ["pytest>=8", "pytest-xdist>=3", "nbclient", "nbformat", "ipykernel",
+                 "import-linter>=2.1"],
     },
     entry_points={"console_scripts": ["keras-kd=keras_kd.cli:run"]},
 )

@@ -1,4 +1,8 @@
-"""Shared test set-up: TensorFlow backend, quiet logs, small thread pools."""
+"""Shared test set-up: TensorFlow backend, quiet logs, a fixed seed and a clean graph per test.
+
+The suite runs under pytest-xdist (``pytest -n auto tests``, README): every test
+writes under its own ``tmp_path`` and multi-process tests pick free ports, so
+tests share nothing across workers."""
 
 import os
 

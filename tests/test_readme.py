@@ -34,6 +34,6 @@ def test_readme_opens_with_the_two_commands():
         text = f.read()
     blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
     assert "pip install . && .venv/bin/keras-kd" in blocks[0]
-    assert 'pip install ".[test]" && .venv/bin/python -m pytest tests' in blocks[1]
+    assert 'pip install ".[test]" && .venv/bin/python -m pytest -n auto tests' in blocks[1]
     with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
         assert blocks[1].strip() in f.read()  # CI runs the README's test command
