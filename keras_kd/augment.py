@@ -18,8 +18,11 @@ Policies are named by a spec string; ``+`` chains them, applied left to
 right::
 
     none                        no augmentation
-    jitter                      translation by up to 2 pixels (digits, documents)
-    jitter:pixels=2,rotation=10,zoom=0.1   plus ±10° rotation, ±10 % zoom
+    jitter                      translation by up to 1/14 of the image's side
+                                (2 pixels at 28×28; digits, documents)
+    jitter:fraction=0.1         by up to 10 % of the side
+    jitter:pixels=2,rotation=10,zoom=0.1   by up to 2 pixels at any size, plus ±10°
+                                rotation, ±10 % zoom
     flip_crop                   horizontal flip + random crop (≥ 25 % of the
                                 area, aspect 3/4–4/3) resized back (natural images)
     flip_crop:flip=0,area=0.08  no flip; Inception-style crops down to 8 %
@@ -56,14 +59,21 @@ import contextlib
 import keras
 import tensorflow as tf
 
-__all__ = ["POLICIES", "LABEL_MIXING", "Augmentation", "build", "apply", "parse",
+__all__ = ["POLICIES", "LABEL_MIXING", "JITTER_FRACTION", "Augmentation", "build", "apply", "parse",
            "mixes_labels", "without_label_mixing"]
 
-# name -> {option: (default, minimum, maximum, integer)}
+#: ``jitter``'s default largest shift, as a fraction of the image's height and width:
+#: Hinton et al.'s 2 pixels on 28×28 digits. A shift in pixels would not transfer: 2
+#: pixels are a quarter of an 8×8 image (the teacher and the students then learn from
+#: images shifted half off their frame) and nothing on a 224×224 one.
+JITTER_FRACTION = 2 / 28
+
+# name -> {option: (default, minimum, maximum, integer)}; a default of None is "unset"
 POLICIES = {
     "none": {},
     "jitter": {
-        "pixels": (2.0, 0.0, None, False),
+        "fraction": (JITTER_FRACTION, 0.0, 0.49, False),
+        "pixels": (None, 0.0, None, False),  # unset: fraction × the side; set: overrides it
         "rotation": (0.0, 0.0, 180.0, False),
         "zoom": (0.0, 0.0, 0.9, False),
     },
@@ -89,7 +99,8 @@ LABEL_MIXING = ("mixup", "cutmix", "function_matching")
 
 def _options_help(name):
     opts = POLICIES[name]
-    return ", ".join(f"{k} (default {d:g})" for k, (d, *_rest) in opts.items()) or "none"
+    return ", ".join(f"{k} (default {'unset' if d is None else format(d, 'g')})"
+                     for k, (d, *_rest) in opts.items()) or "none"
 
 
 def parse(spec):
@@ -180,15 +191,17 @@ def _jitter(options, input_shape, seed):
 
     height, width = input_shape[0], input_shape[1]
     layers = []
-    if options["pixels"] > 0:
-        if options["pixels"] >= min(height, width) / 2:
-            raise ValueError(
-                f"jitter pixels={options['pixels']:g} is too large for "
-                f"{height}x{width} images; use less than half the image size.")
+    pixels = options["pixels"]
+    if pixels is not None and pixels >= min(height, width) / 2:
+        raise ValueError(
+            f"jitter pixels={pixels:g} is too large for {height}x{width} images; use less "
+            "than half the image size, or jitter:fraction=F (a share of the side).")
+    factors = ((options["fraction"],) * 2 if pixels is None else
+               (pixels / height, pixels / width))
+    if factors[0] > 0:
         layers.append(keras_cv.layers.RandomTranslation(
-            height_factor=options["pixels"] / height,
-            width_factor=options["pixels"] / width,
-            fill_mode="constant", seed=seed,
+            height_factor=factors[0], width_factor=factors[1], fill_mode="constant",
+            seed=seed,
         ))
     if options["rotation"] > 0:
         layers.append(keras_cv.layers.RandomRotation(

@@ -472,7 +472,8 @@ def _phases(run):
     rows += [{"model": role, "params": models.count_params(model), **score}
              for role, model, score in (("baseline", baseline, scores[0][0]),
                                         ("distilled", student, scores[0][1]))]
-    repeats = report.repeats(config.seed, scores) if len(pairs) > 1 else None
+    repeats = (report.repeats(config.seed, scores, report.teacher_errors(rows))
+               if len(pairs) > 1 else None)
     paths = {n: p for n in teacher_names(config)
              if os.path.exists(p := os.path.join(run.folder.out, f"{n}.keras"))}
     for name, model in (("baseline", baseline), ("student", student)):

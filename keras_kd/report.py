@@ -88,26 +88,52 @@ def _tflite_section(tfl, ds):
     return lines
 
 
+_TRY = ("try `--patient` (a longer schedule of pure function matching on mixed views), "
+        "`--tune=temperature,alpha`, `keras-kd sweep` (temperature, alpha, loss) or a larger "
+        "student")
+
+
+def teacher_errors(rows):
+    """Validation errors of the teacher the students learned from (the ensemble's row when
+    there is one: it comes last of the teachers), or None without a teacher row."""
+    teachers = [r for r in rows if r["model"] not in ("baseline", "distilled")]
+    return teachers[-1]["errors"] if teachers else None
+
+
+def _weak_teacher(teacher, baseline):
+    """A sentence when the teacher is no more accurate than the student without it ("")."""
+    if teacher is None or teacher < baseline:
+        return ""
+    shown = f"{baseline:g}" if float(baseline).is_integer() else f"{baseline:.1f}"
+    return (f" The teacher ({teacher} errors) is no more accurate than the baseline student "
+            f"({shown}): the distilled student learns the teacher's function, mistakes "
+            "included, so it cannot gain here. Fix: a stronger teacher (more "
+            "`--teacher_epochs`, a larger `--teacher_arch`, or one trained elsewhere with "
+            "`--teacher`).")
+
+
 def verdict(rows):
-    """One sentence on distilled vs baseline errors; says plainly when distillation hurt."""
+    """One sentence on distilled vs baseline errors; says plainly when distillation hurt,
+    and why when the teacher is no better than the baseline."""
     by_name = {r["model"]: r for r in rows}
     base, kd = by_name["baseline"]["errors"], by_name["distilled"]["errors"]
     if kd <= base:
         return f"Distillation removed {base - kd} of the baseline's {base} errors."
     return (f"The distilled student is worse than its baseline: {kd - base} more validation "
-            f"errors ({kd} vs {base}). The teacher did not help with these settings; try "
-            "`--patient` (a longer schedule of pure function matching on mixed views), "
-            "`--tune=temperature,alpha`, `keras-kd sweep` (temperature, alpha, loss) or a "
-            "larger student, and `--repeats=3` to see the spread.")
+            f"errors ({kd} vs {base})." + (_weak_teacher(teacher_errors(rows), base) or
+            f" The teacher did not help with these settings; {_TRY}, and `--repeats=3` to "
+            "see the spread."))
 
 
-def repeats(first_seed, scores):
+def repeats(first_seed, scores, teacher=None):
     """The pairs of a ``--repeats`` run: per-seed errors, mean ± spread, and a verdict.
 
     ``scores``: ``[(baseline scores, distilled scores)]`` per pair (``diagnostics.evaluate``'s
-    dicts), pair ``i`` seeded ``first_seed + i``. The spread is the sample standard
-    deviation over the pairs; the gain (baseline errors − distilled errors, per pair)
-    *exceeds its spread* when its mean is larger than its standard deviation.
+    dicts), pair ``i`` seeded ``first_seed + i``; ``teacher``: the teacher's validation
+    errors, if known. The spread is the sample standard deviation over the pairs; the gain
+    (baseline errors − distilled errors, per pair) *exceeds its spread* when its mean is
+    larger than its standard deviation, and the teacher *hurts* when the mean loss is
+    (``outcome``: ``"gain"``, ``"loss"`` or ``"noise"``).
     """
     import statistics
 
@@ -125,13 +151,21 @@ def repeats(first_seed, scores):
     summary = (f"Over {n} pairs (seeds {first_seed}-{first_seed + n - 1}): baseline {ms('baseline')}"
                f", distilled {ms('distilled')} validation errors; gain {ms('gain')} errors, "
                f"{wins} of {n} pairs won. ")
-    summary += ("The gain exceeds its spread." if clear else
-                "The gain does not exceed its spread: with these settings the teacher's "
-                "effect is within the run-to-run noise; try `keras-kd sweep` or a longer "
-                "schedule.")
+    hurts = -stats["gain"]["mean"] > stats["gain"]["sd"]
+    if clear:
+        summary += "The gain exceeds its spread."
+    elif hurts:
+        summary += ("The teacher made the student worse, by more than the spread."
+                    + (_weak_teacher(teacher, stats["baseline"]["mean"])
+                       or f" With these settings it hurts; {_TRY}."))
+    else:
+        summary += ("The gain does not exceed its spread: with these settings the teacher's "
+                    "effect is within the run-to-run noise; try `keras-kd sweep` or a longer "
+                    "schedule.")
     return {"seeds": list(range(first_seed, first_seed + n)), "baseline_errors": base,
             "distilled_errors": kd, "gain": gain, **{f"{k}_stats": v for k, v in stats.items()},
-            "wins": wins, "gain_exceeds_spread": clear, "summary": summary}
+            "wins": wins, "gain_exceeds_spread": clear,
+            "outcome": "gain" if clear else "loss" if hurts else "noise", "summary": summary}
 
 
 def _repeats_section(rep):

@@ -11,9 +11,11 @@ from keras_kd import augment, data
 
 def test_parse_policies_and_options():
     assert augment.parse("none") == []
-    assert augment.parse("jitter") == [("jitter", {"pixels": 2.0, "rotation": 0.0, "zoom": 0.0})]
+    assert augment.parse("jitter") == [
+        ("jitter", {"fraction": 2 / 28, "pixels": None, "rotation": 0.0, "zoom": 0.0})]
     assert augment.parse("jitter:pixels=3,zoom=0.1")[0][1] == {
-        "pixels": 3.0, "rotation": 0.0, "zoom": 0.1}
+        "fraction": 2 / 28, "pixels": 3.0, "rotation": 0.0, "zoom": 0.1}
+    assert augment.parse("jitter:fraction=0.1")[0][1]["fraction"] == 0.1
     assert len(augment.parse("jitter+jitter:pixels=1")) == 2
     assert augment.parse("randaugment:ops=3")[0][1]["ops"] == 3
     assert isinstance(augment.parse("randaugment:ops=3")[0][1]["ops"], int)
@@ -39,7 +41,9 @@ def test_without_label_mixing_keeps_the_image_policies():
     [
         ("randaug", "Valid policies: cutmix, flip_crop, function_matching, jitter, "
                     "mixup, none, randaugment"),
-        ("jitter:px=2", "valid options: pixels .default 2., rotation .default 0., zoom"),
+        ("jitter:px=2", "valid options: fraction .default 0.0714286., pixels .default unset., "
+                        "rotation .default 0., zoom"),
+        ("jitter:fraction=0.5", "must be a number in \\[0, 0.49\\]"),
         ("jitter:pixels=-1", "must be a number ≥ 0"),
         ("jitter:pixels=abc", "must be a number ≥ 0"),
         ("randaugment:ops=1.5", "must be an integer in \\[1, 10\\]"),
@@ -56,6 +60,32 @@ def test_parse_errors(spec, match):
 def test_jitter_too_large_for_the_image():
     with pytest.raises(ValueError, match="too large"):
         augment.build("jitter:pixels=5", (8, 8, 1))
+
+
+def _largest_shift(spec, size, seed=3):
+    """The largest integer shift (rows or columns) that turns a single bright pixel at the
+    centre of ``size``×``size`` images into each jittered copy's brightest pixel."""
+    images = np.zeros((64, size, size, 1), np.float32)
+    images[:, size // 2, size // 2, 0] = 255.0
+    layer = augment.build(spec, (size, size, 1), seed=seed)  # None: nothing to do
+    out = (images if layer is None else layer(images).numpy())[..., 0]
+    peaks = [np.unravel_index(np.argmax(o), o.shape) for o in out]
+    return max(max(abs(r - size // 2), abs(c - size // 2)) for r, c in peaks)
+
+
+def test_jitter_default_shift_is_a_share_of_the_side():
+    """By default jitter shifts by up to 1/14 of the side: 2 pixels at 28x28 (as before),
+    about 9 at 128x128 and at most 1 at 8x8, where 2 pixels would be a quarter of the
+    image; pixels= keeps a fixed shift at any size."""
+    assert _largest_shift("jitter", 28) == 2
+    assert _largest_shift("jitter", 8) <= 1
+    assert 6 <= _largest_shift("jitter", 128) <= 10  # 128 / 14 = 9.1
+    assert _largest_shift("jitter:pixels=2", 128) == 2
+    assert _largest_shift("jitter:fraction=0", 28) == 0
+    # the 28x28 layer is the one "jitter:pixels=2" builds, bit for bit
+    images = np.random.default_rng(0).uniform(0, 255, (8, 28, 28, 1)).astype(np.float32)
+    np.testing.assert_array_equal(augment.build("jitter", (28, 28, 1), seed=5)(images),
+                                  augment.build("jitter:pixels=2", (28, 28, 1), seed=5)(images))
 
 
 def _shift_distance(a, b, max_shift=3):
