@@ -52,14 +52,26 @@ def _measure(args, dataset, seed, out, done):
 
     teachers = os.path.join(args.out, "teachers")
     os.makedirs(teachers, exist_ok=True)
-    teacher_file = os.path.join(
-        teachers, f"{dataset}_{args.teacher_arch.replace(':', '_')}_"
-                  f"e{args.teacher_epochs}_s{seed}.keras")
+    def teacher_file(s):
+        return os.path.join(teachers, f"{dataset}_{args.teacher_arch.replace(':', '_')}_"
+                                      f"e{args.teacher_epochs}_s{s}.keras")
+
+    if args.teacher_members > 1:  # an ensemble of the stored teachers of seeds 0..K-1
+        files = [teacher_file(s) for s in range(args.teacher_members)]
+        missing = [f for f in files if not os.path.exists(f)]
+        if missing:
+            raise SystemExit(f"--teacher_members={args.teacher_members}: no stored teacher "
+                             f"{missing}; train them first with --teacher_members=1 "
+                             f"--seeds=0,...,{args.teacher_members - 1}")
+        teacher, label = ",".join(files), f"{args.teacher_members}x{args.teacher_arch}"
+    else:
+        teacher = teacher_file(seed) if os.path.exists(teacher_file(seed)) else None
+        label = args.teacher_arch
     base = job.JobConfig(dataset=dataset, seed=seed, teacher_arch=args.teacher_arch,
                          teacher_epochs=args.teacher_epochs, export=False, verbose=0,
                          output_dir=checkpoint.default_output_dir(  # fresh per invocation
                              os.path.join(args.out, "runs", f"{dataset}_s{seed}")),
-                         teacher=teacher_file if os.path.exists(teacher_file) else None)
+                         teacher=teacher)
     strategy, folder = checkpoint.open_folder(base, None, base.resume_settings())
     with distribute.deterministic(seed, True):
         run = job.start(base, lambda *_: None, strategy, folder)
@@ -68,13 +80,16 @@ def _measure(args, dataset, seed, out, done):
             members = job.train_teachers(run)
             teacher_s = time.perf_counter() - t0
             if not base.teacher:
-                members[0].save(teacher_file)
-            teacher = diagnostics.evaluate(members[0], run.val)
+                members[0].save(teacher_file(seed))
+            # an ensemble is judged by its mean probabilities (T = 1)
+            teacher = diagnostics.evaluate(
+                job.teacher_view(run, members, dataclasses.replace(base, temperature=1.0)),
+                run.val)
             for student, epochs, schedule, augment in itertools.product(
                     args.students, args.epochs, args.schedules, args.augment):
                 settings = dict(student_arch=student, epochs=epochs, lr_schedule=schedule,
                                 augment=augment)
-                fixed = {"dataset": dataset, "seed": seed, "teacher_arch": args.teacher_arch,
+                fixed = {"dataset": dataset, "seed": seed, "teacher_arch": label,
                          "teacher_epochs": args.teacher_epochs, **settings}
                 todo = [(loss, t, a) for loss in args.losses for t, a in args.configs
                         if _key({**fixed, "distillation_loss": loss, "temperature": t,
@@ -100,7 +115,7 @@ def _measure(args, dataset, seed, out, done):
                     student_model, _ = job.distil(run, members, job.stream(run, trial), trial,
                                                   initial_weights=initial)
                     d = diagnostics.evaluate(student_model, run.val)
-                    row = {"dataset": dataset, "seed": seed, "teacher_arch": args.teacher_arch,
+                    row = {"dataset": dataset, "seed": seed, "teacher_arch": label,
                            "teacher_epochs": args.teacher_epochs, **settings,
                            "distillation_loss": loss, "temperature": temperature, "alpha": alpha,
                            "teacher_errors": teacher["errors"], "baseline": b["errors"],
@@ -118,9 +133,9 @@ def summary(path):
     rows = list(_done(path).values())
     groups = {}
     for r in rows:
-        k = tuple(r.get(c, "kl") for c in ("dataset", "teacher_arch", "student_arch", "epochs",
-                                           "lr_schedule", "augment", "distillation_loss",
-                                           "temperature", "alpha"))
+        k = tuple(r.get(c, "kl") for c in ("dataset", "teacher_arch", "teacher_epochs",
+                                           "student_arch", "epochs", "lr_schedule", "augment",
+                                           "distillation_loss", "temperature", "alpha"))
         groups.setdefault(k, []).append(r)
     lines = ["| dataset | teacher | student | epochs | schedule | augment | loss | T | alpha "
              "| seeds | teacher errors | baseline | distilled | wins | gap closed |",
@@ -136,7 +151,8 @@ def summary(path):
             return " / ".join(str(r[c]) for r in rs)
 
         lines.append(
-            f"| {k[0]} | `{k[1]}` | `{k[2]}` | {k[3]} | {k[4]} | {k[5]} | {k[6]} | {k[7]:g} | {k[8]:g} | "
+            f"| {k[0]} | `{k[1]}` {k[2]} ep | `{k[3]}` | {k[4]} | {k[5]} | {k[6]} | {k[7]} | "
+            f"{k[8]:g} | {k[9]:g} | "
             f"{len(rs)} | {mean['teacher_errors']:.1f} | {per('baseline')} = "
             f"{mean['baseline']:.1f} | {per('distilled')} = {mean['distilled']:.1f} | "
             f"{sum(r['distilled'] < r['baseline'] for r in rs)}/{len(rs)} | "
@@ -150,6 +166,9 @@ def main():
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--teacher_arch", default="cnn")
     parser.add_argument("--teacher_epochs", type=int, default=12)
+    parser.add_argument("--teacher_members", type=int, default=1,
+                        help="K > 1: every seed's teacher is the ensemble of the stored "
+                             "teachers of seeds 0..K-1 (row teacher 'Kx<arch>')")
     parser.add_argument("--students", default="mlp:hidden=100x100", help="';'-separated")
     parser.add_argument("--epochs", default="12")
     parser.add_argument("--schedules", default="cosine")
