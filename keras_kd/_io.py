@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash or a failed save never leaves half a file.
+"""Atomic file writes: a crash or a failed save never leaves half a file, nor a
+temporary folder behind.
 
 Everything is first written to a temporary file in the destination's folder
 and then moved over the destination with ``os.replace`` (atomic on POSIX and
@@ -10,11 +11,17 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 
 __all__ = ["ensure_dir", "atomic_path", "atomic_dir", "write_bytes", "write_text",
-           "write_json", "save_model", "sha256_file", "ChecksumError", "check_sha256"]
+           "write_json", "save_model", "sha256_file", "ChecksumError", "check_sha256",
+           "TEMP_PREFIX", "host_name", "sweep_stale", "temp_folder", "scratch_tempdir"]
+
+#: The start of the hidden temporary folders an export makes beside its output.
+TEMP_PREFIX = ".keras_kd-tmp-"
 
 
 def ensure_dir(folder, what=None):
@@ -170,3 +177,64 @@ def check_sha256(path, recorded):
     if found != recorded:
         raise ChecksumError(path, "changed", recorded, found)
     return found
+
+
+def host_name():
+    """This machine's name, in the characters a folder name keeps everywhere."""
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname() or "host")
+
+
+def _alive(pid):
+    """Whether process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, run by someone else
+        return True
+    return True
+
+
+def sweep_stale(folder):
+    """Removes the temporary folders (:data:`TEMP_PREFIX`) in ``folder`` left by
+    writers on this host whose process is gone (killed before its ``finally``).
+
+    Folders of running processes and of other hosts (a shared file system) are
+    kept. Returns the paths removed.
+    """
+    pattern = re.compile(re.escape(f"{TEMP_PREFIX}{host_name()}-") + r"(\d+)-")
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        found = pattern.match(name)
+        path = os.path.join(folder, name)
+        if found and int(found[1]) != os.getpid() and not _alive(int(found[1])) \
+                and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def temp_folder(folder):
+    """A new hidden temporary folder in ``folder``, named for this host and process
+    (after removing those of killed exports); the caller removes it."""
+    sweep_stale(folder)
+    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{host_name()}-{os.getpid()}-", dir=folder)
+
+
+@contextlib.contextmanager
+def scratch_tempdir(folder):
+    """A temporary folder in ``folder`` that is also Python's default temporary
+    folder within (``tempfile.tempdir``, where the converter writes its SavedModel
+    and calibration files); removed afterwards, also on an error or Ctrl-C."""
+    scratch = temp_folder(folder)
+    saved = tempfile.tempdir
+    tempfile.tempdir = scratch
+    try:
+        yield scratch
+    finally:
+        tempfile.tempdir = saved
+        shutil.rmtree(scratch, ignore_errors=True)

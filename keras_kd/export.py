@@ -69,8 +69,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import tempfile
 import time
 import warnings
 
@@ -79,6 +77,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_kd import _console, _io, data, models, teachers, views
+from keras_kd._io import TEMP_PREFIX, sweep_stale
 from keras_kd._version import __version__
 
 __all__ = ["QUANTIZATIONS", "AUTO_ORDER", "AUTO_MIN_AGREEMENT", "REPRESENTATIVE_LIMIT",
@@ -93,8 +92,6 @@ AUTO_MIN_AGREEMENT = 0.99
 REPRESENTATIVE_LIMIT = 300
 METADATA_NAME = "keras_kd"
 FORMAT = "keras_kd.tflite/1"
-#: The start of the hidden temporary folders an export makes beside its output.
-TEMP_PREFIX = ".keras_kd-tmp-"
 
 
 class AgreementError(ValueError):
@@ -161,67 +158,6 @@ def check_settings(quantization, min_agreement=None, int8_io=False, flag="--quan
     if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
         raise ValueError(
             f"{dashes}min_agreement must be a fraction in [0, 1] (e.g. 0.99), got {min_agreement}.")
-
-
-def _host():
-    """This machine's name, in the characters a folder name keeps everywhere."""
-    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname() or "host")
-
-
-def _alive(pid):
-    """Whether process ``pid`` exists on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. PermissionError: it exists, run by someone else
-        return True
-    return True
-
-
-def sweep_stale(folder):
-    """Removes the temporary folders (:data:`TEMP_PREFIX`) in ``folder`` left by
-    exports on this host whose process is gone (killed before its ``finally``).
-
-    Folders of running processes and of other hosts (a shared file system) are
-    kept. Returns the paths removed.
-    """
-    pattern = re.compile(re.escape(f"{TEMP_PREFIX}{_host()}-") + r"(\d+)-")
-    removed = []
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return removed
-    for name in names:
-        found = pattern.match(name)
-        path = os.path.join(folder, name)
-        if found and int(found[1]) != os.getpid() and not _alive(int(found[1])) \
-                and os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
-
-
-def _temp_folder(folder):
-    """A new hidden temporary folder in ``folder``, named for this host and process
-    (after removing those of killed exports); the caller removes it."""
-    sweep_stale(folder)
-    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{_host()}-{os.getpid()}-", dir=folder)
-
-
-@contextlib.contextmanager
-def _scratch(folder):
-    """A temporary folder in ``folder`` that is also Python's default temporary
-    folder within (``tempfile.tempdir``, where the converter writes its SavedModel
-    and calibration files); removed afterwards, also on an error or Ctrl-C."""
-    scratch = _temp_folder(folder)
-    saved = tempfile.tempdir
-    tempfile.tempdir = scratch
-    try:
-        yield scratch
-    finally:
-        tempfile.tempdir = saved
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _representative_examples(data, input_shape, limit=REPRESENTATIVE_LIMIT):
@@ -433,7 +369,7 @@ def to_tflite(model, path, quantization="none", representative_data=None,
         model = keras.Model(views.model_inputs(logits), outputs, name=f"{model.name}_probs")
     elif ends_in_softmax:
         model = logits  # the app gets logits unless it asks for probabilities
-    with _scratch(folder):
+    with _io.scratch_tempdir(folder):
         flatbuffer = _convert(model, quantization, examples, allow_flex, int8_io)
 
     def describe(inp, out, flex_ops):
@@ -630,7 +566,7 @@ def export_verified(model, path, validation_data, *, quantization="auto",
     _check_model(model)
     folder = _check_path(path)
     base = os.path.basename(path)
-    staging = _temp_folder(folder)
+    staging = _io.temp_folder(folder)
     try:
         tried, chosen = [], None
         for mode in modes:

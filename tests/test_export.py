@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_kd import data, export, models
+from keras_kd import _io, data, export, models
 
 
 @pytest.fixture(scope="module")
@@ -494,7 +494,7 @@ def test_temporary_folders_of_killed_exports_are_swept(trained, tmp_path):
     import sys
 
     model, _, _ = trained
-    host = export._host()
+    host = _io.host_name()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     dead_pid = int(dead.stdout)
