@@ -52,7 +52,7 @@ calibration files the converter writes) goes into a hidden folder beside the
 output, ``.keras_kd-tmp-<host>-<pid>-<random>``, removed when the export ends,
 also by an error or Ctrl-C. A process killed outright (SIGKILL) cannot remove
 it: the next export into that folder on the same host removes every such
-folder whose process is gone (:func:`sweep_stale`).
+folder whose process is gone (:func:`keras_kd._io.sweep_stale`).
 
 Console: the converter's and LiteRT's INFO lines are kept off the console
 (:func:`keras_kd._console.quiet_tensorflow`); their errors still show.
@@ -77,13 +77,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_kd import _console, _io, data, models, teachers, views
-from keras_kd._io import TEMP_PREFIX, sweep_stale
 from keras_kd._version import __version__
 
 __all__ = ["QUANTIZATIONS", "AUTO_ORDER", "AUTO_MIN_AGREEMENT", "REPRESENTATIVE_LIMIT",
            "AgreementError", "RuntimeCheckError", "check_settings", "to_tflite", "verify",
            "export_verified", "read_metadata", "labels_path", "metadata_path", "summary",
-           "export_saved_model", "TEMP_PREFIX", "sweep_stale"]
+           "export_saved_model"]
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 # quantization="auto" tries these in order, smallest and fastest first (export_verified).

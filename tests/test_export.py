@@ -479,7 +479,7 @@ def test_an_export_interrupted_inside_the_converter_leaves_no_temporary_folder(
     with pytest.raises(KeyboardInterrupt):
         export.to_tflite(model, str(tmp_path / "s.tflite"), "int8", representative)
     assert os.path.dirname(seen["tempdir"]) == str(tmp_path)
-    assert os.path.basename(seen["tempdir"]).startswith(export.TEMP_PREFIX)
+    assert os.path.basename(seen["tempdir"]).startswith(_io.TEMP_PREFIX)
     assert seen["inside"]  # the converter really wrote its files there
     assert not os.path.exists(seen["tempdir"])
     assert os.listdir(tmp_path) == []
@@ -498,9 +498,9 @@ def test_temporary_folders_of_killed_exports_are_swept(trained, tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     dead_pid = int(dead.stdout)
-    stale = tmp_path / f"{export.TEMP_PREFIX}{host}-{dead_pid}-abc123"
-    live = tmp_path / f"{export.TEMP_PREFIX}{host}-{os.getppid()}-def456"
-    other_host = tmp_path / f"{export.TEMP_PREFIX}not{host}-{dead_pid}-ghi789"
+    stale = tmp_path / f"{_io.TEMP_PREFIX}{host}-{dead_pid}-abc123"
+    live = tmp_path / f"{_io.TEMP_PREFIX}{host}-{os.getppid()}-def456"
+    other_host = tmp_path / f"{_io.TEMP_PREFIX}not{host}-{dead_pid}-ghi789"
     for folder in (stale, live, other_host):
         (folder / "tmpsaved" / "assets").mkdir(parents=True)
     assert socket.gethostname()  # the names are this host's
