@@ -13,6 +13,10 @@ already there are skipped, so a stopped run resumes.
         --students=mlp:hidden=100x100 --epochs=12,40 --schedules=constant,cosine \\
         --configs="3,0.7;8,0.5" --out=/tmp/kd_payoff
     python -m benchmarks.payoff --out=/tmp/kd_payoff --summary    # the table
+
+``--teacher_file=PATH`` uses one stored teacher for every seed, e.g. a teacher
+assistant: a student that ``keras-kd --teacher=BIG --student_arch=cnn`` wrote as
+``student.keras``.
 """
 
 import argparse
@@ -56,7 +60,10 @@ def _measure(args, dataset, seed, out, done):
         return os.path.join(teachers, f"{dataset}_{args.teacher_arch.replace(':', '_')}_"
                                       f"e{args.teacher_epochs}_s{s}.keras")
 
-    if args.teacher_members > 1:  # an ensemble of the stored teachers of seeds 0..K-1
+    if args.teacher_file:  # a teacher made elsewhere (e.g. a teacher assistant), every seed
+        teacher = args.teacher_file
+        label = args.teacher_label or os.path.basename(args.teacher_file.split(",")[0])
+    elif args.teacher_members > 1:  # an ensemble of the stored teachers of seeds 0..K-1
         files = [teacher_file(s) for s in range(args.teacher_members)]
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
@@ -169,6 +176,11 @@ def main():
     parser.add_argument("--teacher_members", type=int, default=1,
                         help="K > 1: every seed's teacher is the ensemble of the stored "
                              "teachers of seeds 0..K-1 (row teacher 'Kx<arch>')")
+    parser.add_argument("--teacher_file", default="",
+                        help="a stored teacher (comma-separated: an ensemble) for every seed, "
+                             "e.g. a teacher assistant written by keras-kd as student.keras")
+    parser.add_argument("--teacher_label", default="",
+                        help="the rows' teacher name with --teacher_file (default its file name)")
     parser.add_argument("--students", default="mlp:hidden=100x100", help="';'-separated")
     parser.add_argument("--epochs", default="12")
     parser.add_argument("--schedules", default="cosine")

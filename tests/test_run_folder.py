@@ -308,3 +308,23 @@ def test_the_payoff_benchmark_can_be_rerun_into_its_out_folder(tmp_path, monkeyp
     payoff.main()  # resumes: the row is there, the teacher is reused
     assert len((tmp_path / "payoff.jsonl").read_text().splitlines()) == 1
     assert len(os.listdir(tmp_path / "runs" / "mnist5k_s0")) == 2  # a fresh folder each
+
+
+def test_the_payoff_benchmark_takes_a_stored_teacher_for_every_seed(tmp_path, monkeypatch):
+    """``--teacher_file`` (e.g. a teacher assistant): that model teaches, under its label."""
+    from benchmarks import payoff
+
+    common = ["--datasets=mnist5k", "--teacher_arch=mlp:hidden=16", "--teacher_epochs=1",
+              "--students=mlp:hidden=8", "--epochs=1", "--schedules=constant",
+              "--augment=none", "--configs=3,0.7", f"--out={tmp_path}"]
+    monkeypatch.setattr(sys, "argv", ["payoff", "--seeds=0", *common])
+    payoff.main()  # trains and stores seed 0's teacher
+    stored = tmp_path / "teachers" / "mnist5k_mlp_hidden=16_e1_s0.keras"
+    assert stored.exists()
+    monkeypatch.setattr(sys, "argv", ["payoff", "--seeds=1", f"--teacher_file={stored}",
+                                      "--teacher_label=assistant", *common])
+    payoff.main()
+    rows = [json.loads(line) for line in (tmp_path / "payoff.jsonl").read_text().splitlines()]
+    assert [r["teacher_arch"] for r in rows] == ["mlp:hidden=16", "assistant"]
+    assert rows[1]["seed"] == 1 and rows[1]["teacher_errors"] == rows[0]["teacher_errors"]
+    assert not (tmp_path / "teachers" / "mnist5k_mlp_hidden=16_e1_s1.keras").exists()
