@@ -55,9 +55,11 @@ def _measure(args, dataset, seed, out, done):
     from keras_kd import checkpoint, diagnostics, distribute, job, models
 
     teachers = os.path.join(args.out, "teachers")
+    # a teacher trained on its own policy is another teacher: its own files and rows
+    arch_label = args.teacher_arch + (f"@{args.teacher_augment}" if args.teacher_augment else "")
     os.makedirs(teachers, exist_ok=True)
     def teacher_file(s):
-        return os.path.join(teachers, f"{dataset}_{args.teacher_arch.replace(':', '_')}_"
+        return os.path.join(teachers, f"{dataset}_{arch_label.replace(':', '_')}_"
                                       f"e{args.teacher_epochs}_s{s}.keras")
 
     if args.teacher_file:  # a teacher made elsewhere (e.g. a teacher assistant), every seed
@@ -70,12 +72,13 @@ def _measure(args, dataset, seed, out, done):
             raise SystemExit(f"--teacher_members={args.teacher_members}: no stored teacher "
                              f"{missing}; train them first with --teacher_members=1 "
                              f"--seeds=0,...,{args.teacher_members - 1}")
-        teacher, label = ",".join(files), f"{args.teacher_members}x{args.teacher_arch}"
+        teacher, label = ",".join(files), f"{args.teacher_members}x{arch_label}"
     else:
         teacher = teacher_file(seed) if os.path.exists(teacher_file(seed)) else None
-        label = args.teacher_arch
+        label = arch_label
     base = job.JobConfig(dataset=dataset, seed=seed, teacher_arch=args.teacher_arch,
                          teacher_epochs=args.teacher_epochs, export=False, verbose=0,
+                         teacher_augment=args.teacher_augment or None,
                          output_dir=checkpoint.default_output_dir(  # fresh per invocation
                              os.path.join(args.out, "runs", f"{dataset}_s{seed}")),
                          teacher=teacher)
@@ -173,6 +176,9 @@ def main():
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--teacher_arch", default="cnn")
     parser.add_argument("--teacher_epochs", type=int, default=12)
+    parser.add_argument("--teacher_augment", default="",
+                        help="the teacher's policy (default: the job's rule, --augment without "
+                             "mixup); rows and stored teachers are labelled '<arch>@<policy>'")
     parser.add_argument("--teacher_members", type=int, default=1,
                         help="K > 1: every seed's teacher is the ensemble of the stored "
                              "teachers of seeds 0..K-1 (row teacher 'Kx<arch>')")

@@ -50,6 +50,14 @@ def _check_dir(path):
     return ensure_dir(os.path.dirname(os.path.abspath(path)))
 
 
+def _usual_mode(path, mode):
+    """Gives ``path`` the permissions a plain ``open``/``mkdir`` would: ``mode`` less the umask
+    (read by setting it and putting it back: the only portable way to read it)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path with ``path``'s suffix; on success moves it to ``path``."""
@@ -62,10 +70,7 @@ def atomic_path(path):
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        # mkstemp creates 0600 files; give the result the usual umask mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        _usual_mode(tmp, 0o666)  # mkstemp creates 0600 files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -94,9 +99,7 @@ def atomic_dir(path):
             if os.path.isfile(file):
                 with open(file, "rb") as f:
                     os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 folders
+        _usual_mode(tmp, 0o777)  # mkdtemp makes 0700 folders
         if os.path.isdir(path) and not os.listdir(path):
             os.rmdir(path)
         try:

@@ -337,6 +337,25 @@ def test_check_sha256_against_hashlib(tmp_path):
     assert caught.value.found == digest and caught.value.recorded == "0" * 64
 
 
+def test_atomic_writes_get_what_open_and_mkdir_would_give(tmp_path):
+    """mkstemp/mkdtemp make 0600/0700 temporaries; the moved result has the usual mode,
+    the same as a plain ``open`` / ``os.mkdir`` under a non-default umask."""
+    from keras_kd import _io
+
+    old = os.umask(0o027)
+    try:
+        _io.write_text(tmp_path / "a.txt", "x")
+        with _io.atomic_dir(tmp_path / "d") as tmp:
+            (tmp_path / "d_inner").mkdir()  # a folder made the plain way, for reference
+            open(os.path.join(tmp, "f"), "w").close()
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "a.txt") == mode(tmp_path / "plain.txt") == 0o640
+    assert mode(tmp_path / "d") == mode(tmp_path / "d_inner") == 0o750
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "d", "d_inner", "plain.txt"]  # no leftovers
+
 def test_run_folder_refuses_other_settings_naming_them(tmp_path):
     import tensorflow as tf
 

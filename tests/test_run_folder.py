@@ -328,3 +328,9 @@ def test_the_payoff_benchmark_takes_a_stored_teacher_for_every_seed(tmp_path, mo
     assert [r["teacher_arch"] for r in rows] == ["mlp:hidden=16", "assistant"]
     assert rows[1]["seed"] == 1 and rows[1]["teacher_errors"] == rows[0]["teacher_errors"]
     assert not (tmp_path / "teachers" / "mnist5k_mlp_hidden=16_e1_s1.keras").exists()
+    # a teacher trained on its own policy is another teacher: its own file and rows
+    monkeypatch.setattr(sys, "argv", ["payoff", "--seeds=0", "--teacher_augment=jitter", *common])
+    payoff.main()
+    rows = [json.loads(line) for line in (tmp_path / "payoff.jsonl").read_text().splitlines()]
+    assert rows[-1]["teacher_arch"] == "mlp:hidden=16@jitter" and len(rows) == 3
+    assert (tmp_path / "teachers" / "mnist5k_mlp_hidden=16@jitter_e1_s0.keras").exists()
