@@ -60,11 +60,16 @@ def _usual_mode(path, mode):
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yields a temporary path with ``path``'s suffix; on success moves it to ``path``."""
+    """Yields a temporary path with ``path``'s suffix; on success moves it to ``path``.
+
+    The temporary file is the hidden sibling ``.<name>.<host>-<pid>-*``: one a killed
+    process leaves behind is removed by the next write of ``path`` (:func:`sweep_stale`).
+    """
     folder = _check_dir(path)
     base = os.path.basename(path)
     suffix = "".join(os.path.splitext(base)[1:]) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=suffix, dir=folder)
+    sweep_stale(folder, base)
+    fd, tmp = tempfile.mkstemp(prefix=_sibling_prefix(base), suffix=suffix, dir=folder)
     os.close(fd)
     try:
         yield tmp
@@ -85,13 +90,15 @@ def atomic_dir(path):
     if the body raises, the temporary folder is removed and ``path`` is left
     as it was. ``path`` must not exist or be an empty folder (which is
     replaced); a non-empty folder is never overwritten: ``FileExistsError``.
-    (A process killed mid-write can leave the hidden ``.<name>.*`` sibling
-    behind, never a half-written ``path``.)
+    (A process killed mid-write can leave its hidden ``.<name>.<host>-<pid>-*``
+    sibling behind, never a half-written ``path``; the next write of ``path`` on
+    this host removes it: :func:`sweep_stale`.)
     """
     path = os.path.abspath(path)
     folder = _check_dir(path)
     base = os.path.basename(path)
-    tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+    sweep_stale(folder, base)
+    tmp = tempfile.mkdtemp(prefix=_sibling_prefix(base), suffix=".tmp", dir=folder)
     try:
         yield tmp
         for name in os.listdir(tmp):
@@ -198,14 +205,23 @@ def _alive(pid):
     return True
 
 
-def sweep_stale(folder):
-    """Removes the temporary folders (:data:`TEMP_PREFIX`) in ``folder`` left by
-    writers on this host whose process is gone (killed before its ``finally``).
+def _sibling_prefix(base):
+    """The start of the hidden temporary sibling of ``base`` that this process writes."""
+    return f".{base}.{host_name()}-{os.getpid()}-"
 
-    Folders of running processes and of other hosts (a shared file system) are
+
+def sweep_stale(folder, base=None):
+    """Removes the temporaries in ``folder`` left by writers on this host whose
+    process is gone (killed before its ``finally``): the export's scratch folders
+    (:data:`TEMP_PREFIX`), and with ``base`` the hidden siblings
+    (``.<base>.<host>-<pid>-*``) of :func:`atomic_path` / :func:`atomic_dir`.
+
+    Temporaries of running processes and of other hosts (a shared file system) are
     kept. Returns the paths removed.
     """
-    pattern = re.compile(re.escape(f"{TEMP_PREFIX}{host_name()}-") + r"(\d+)-")
+    starts = [TEMP_PREFIX] + ([f".{base}."] if base else [])
+    pattern = re.compile("(?:" + "|".join(re.escape(f"{s}{host_name()}-") for s in starts)
+                         + r")(\d+)-")
     removed = []
     try:
         names = os.listdir(folder)
@@ -213,11 +229,17 @@ def sweep_stale(folder):
         return removed
     for name in names:
         found = pattern.match(name)
+        if not found or int(found[1]) == os.getpid() or _alive(int(found[1])):
+            continue
         path = os.path.join(folder, name)
-        if found and int(found[1]) != os.getpid() and not _alive(int(found[1])) \
-                and os.path.isdir(path):
+        if os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+        elif name.startswith(TEMP_PREFIX):
+            continue  # the export's scratch entries are folders only
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        removed.append(path)
     return removed
 
 

@@ -356,6 +356,44 @@ def test_atomic_writes_get_what_open_and_mkdir_would_give(tmp_path):
     assert mode(tmp_path / "d") == mode(tmp_path / "d_inner") == 0o750
     assert sorted(os.listdir(tmp_path)) == ["a.txt", "d", "d_inner", "plain.txt"]  # no leftovers
 
+_KILLED_MID_WRITE = """
+import importlib.util, os, signal, sys
+spec = importlib.util.spec_from_file_location("_io", sys.argv[1])
+io = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(io)  # the module alone: no TensorFlow to import
+with io.atomic_path(sys.argv[2]) as tmp:
+    open(tmp, "w").write("half")
+    with io.atomic_dir(sys.argv[3]) as folder:
+        open(os.path.join(folder, "f"), "w").write("half")
+        os.kill(os.getpid(), signal.SIGKILL)  # before either finally runs
+"""
+
+
+def test_a_killed_writers_hidden_siblings_are_removed_by_the_next_write(tmp_path):
+    """SIGKILL inside atomic_path / atomic_dir leaves hidden siblings; the next write
+    of the same path on this host removes them, and keeps those of live writers
+    and of other hosts (a shared file system)."""
+    from keras_kd import _io
+
+    target, folder = tmp_path / "m.keras", tmp_path / "export"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, _io.__file__,
+                             str(target), str(folder)], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = sorted(os.listdir(tmp_path))
+    assert len(left) == 2 and all(n.startswith((".m.keras.", ".export.")) for n in left)
+    assert not target.exists() and not folder.exists()  # nothing half-written in place
+    host = _io.host_name()
+    live = tmp_path / f".m.keras.{host}-{os.getppid()}-abc.keras"  # a running writer's
+    other = tmp_path / ".m.keras.elsewhere-1-abc.keras"  # another machine's
+    live.write_text("x")
+    other.write_text("x")
+    _io.write_text(target, "whole")
+    with _io.atomic_dir(folder) as tmp:
+        _io.write_text(os.path.join(tmp, "f"), "whole")
+    assert target.read_text() == "whole" and (folder / "f").read_text() == "whole"
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["export", "m.keras", live.name, other.name])
+
 def test_run_folder_refuses_other_settings_naming_them(tmp_path):
     import tensorflow as tf
 
