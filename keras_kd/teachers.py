@@ -210,10 +210,8 @@ def check_fits(model, info, role, resize_ok=False):
     width where the model fixes them; the output, ``info.num_classes`` classes.
     """
     in_shape, want = tuple(model.inputs[0].shape[1:]), tuple(info.input_shape)
-    resizable = resize_ok and len(want) == 3
-    clash = [i for i, (a, b) in enumerate(zip(in_shape, want)) if a is not None and a != b]
-    hw_only = len(in_shape) == len(want) == 3 and all(i < 2 for i in clash)
-    if len(in_shape) != len(want) or (clash and not (resizable and hw_only)):
+    hw_only = views.resizable(in_shape, want)
+    if not views.shapes_compatible([in_shape], [want]) and not (resize_ok and hw_only):
         if hw_only:
             fix = f"use the dataset the {role} was trained on, or --image_size to resize the images."
         else:

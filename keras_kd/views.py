@@ -30,6 +30,7 @@ __all__ = [
     "single_output",
     "static_io",
     "shapes_compatible",
+    "resizable",
     "check_same_io",
     "COMPUTE_DTYPES",
     "check_compute_dtype",
@@ -102,11 +103,14 @@ def shapes_compatible(a, b):
     )
 
 
-def _resizable(a, b):
-    """True when two models' lists of input shapes differ only in height / width:
-    one image input ``(H, W, C)`` each, with the same channels (where known)."""
-    return (len(a) == len(b) == 1 and len(a[0]) == len(b[0]) == 3
-            and shapes_compatible([a[0][2:]], [b[0][2:]]))
+def resizable(a, b):
+    """The rule "image models may differ in height and width, never in channels", in
+    one place: True when two input shapes without the batch axis are both images
+    ``(H, W, C)`` with the same channels (where known), so resizing the batch to each
+    model's own size (:func:`at_own_size`) serves both. Used for a teacher against a
+    student (:func:`check_same_io`) and for a model against the data
+    (:func:`keras_kd.teachers.check_fits`)."""
+    return len(a) == len(b) == 3 and shapes_compatible([a[2:]], [b[2:]])
 
 
 def _show(shapes):
@@ -126,7 +130,7 @@ def check_same_io(teacher, student, roles=("teacher", "student")):
     t_in, t_classes = static_io(teacher)
     s_in, s_classes = static_io(student)
     if (t_in is not None and s_in is not None and not shapes_compatible(t_in, s_in)
-            and not _resizable(t_in, s_in)):
+            and not (len(t_in) == len(s_in) == 1 and resizable(t_in[0], s_in[0]))):
         if len(t_in) == len(s_in) == 1 and len(t_in[0]) == len(s_in[0]) == 3:
             raise ValueError(
                 f"{a} and {b} take images with different channels: {a} {t_in[0]}, {b} "

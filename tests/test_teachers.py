@@ -233,6 +233,41 @@ def test_models_that_do_not_fit_the_data(elsewhere, tmp_path):
     teachers.check_fits(keras.Model(inputs, keras.layers.Dense(10)(pooled)), info, "teacher")
 
 
+@pytest.mark.parametrize("shape, fits", [
+    ((28, 28, 1), True), ((32, 32, 1), True), ((None, None, 1), True), ((14, 40, 1), True),
+    ((28, 28, 3), False), ((784,), False), ((28, 28), False), ((28, 28, 1, 1), False)])
+def test_one_rule_for_model_against_data_and_teacher_against_student(shape, fits):
+    """"Image models may differ in height and width, never in channels": a model fits
+    28x28x1 data with resizing exactly when it may teach a 28x28x1 student."""
+    import dataclasses
+
+    from keras_kd import views
+
+    @dataclasses.dataclass
+    class Info:
+        input_shape: tuple = (28, 28, 1)
+        num_classes: int = 10
+        name: str = "digits"
+
+    if None in shape:  # any height and width: pooled, not flattened
+        inputs = keras.Input(shape)
+        model = keras.Model(inputs, keras.layers.Dense(10)(
+            keras.layers.GlobalAveragePooling2D()(inputs)))
+    else:
+        model = _model(shape, 10)
+    student = _model((28, 28, 1), 10)
+    outcomes = []
+    for check in (lambda: teachers.check_fits(model, Info(), "teacher", resize_ok=True),
+                  lambda: views.check_same_io(model, student)):
+        try:
+            check()
+            outcomes.append(True)
+        except ValueError:
+            outcomes.append(False)
+    assert outcomes == [fits, fits]
+    assert views.resizable(shape, (28, 28, 1)) == (len(shape) == 3 and fits)
+
+
 # -- diagnosis -----------------------------------------------------------------------------
 
 
