@@ -63,8 +63,11 @@ def _measure(args, dataset, seed, out, done):
                                       f"e{args.teacher_epochs}_s{s}.keras")
 
     if args.teacher_file:  # a teacher made elsewhere (e.g. a teacher assistant), every seed
+        if args.teacher_members > 1 or args.teacher_augment:
+            raise SystemExit("--teacher_file is a trained teacher: --teacher_members and "
+                             "--teacher_augment do not apply; drop them")
         teacher = args.teacher_file
-        label = args.teacher_label or os.path.basename(args.teacher_file.split(",")[0])
+        label = args.teacher_label or args.teacher_file  # rows of two files never merge
     elif args.teacher_members > 1:  # an ensemble of the stored teachers of seeds 0..K-1
         files = [teacher_file(s) for s in range(args.teacher_members)]
         missing = [f for f in files if not os.path.exists(f)]
@@ -186,7 +189,7 @@ def main():
                         help="a stored teacher (comma-separated: an ensemble) for every seed, "
                              "e.g. a teacher assistant written by keras-kd as student.keras")
     parser.add_argument("--teacher_label", default="",
-                        help="the rows' teacher name with --teacher_file (default its file name)")
+                        help="the rows' teacher name with --teacher_file (default its path)")
     parser.add_argument("--students", default="mlp:hidden=100x100", help="';'-separated")
     parser.add_argument("--epochs", default="12")
     parser.add_argument("--schedules", default="cosine")

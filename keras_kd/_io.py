@@ -190,17 +190,27 @@ def check_sha256(path, recorded):
 
 
 def host_name():
-    """This machine's name, in the characters a folder name keeps everywhere."""
-    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname() or "host")
+    """Who may judge whether a temporary's writer is alive: this machine's name (in the
+    characters a folder name keeps everywhere) and a short hash of its exact name and
+    of this process's PID namespace (Linux), so two hosts whose names clean to the same
+    string, or two containers sharing a host name but not their PIDs, never sweep each
+    other's temporaries."""
+    raw = socket.gethostname() or "host"
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    tag = hashlib.sha256(f"{raw}\0{namespace}".encode()).hexdigest()[:8]
+    return re.sub(r"[^A-Za-z0-9]", "_", raw) + "_" + tag
 
 
 def _alive(pid):
-    """Whether process ``pid`` exists on this machine."""
+    """Whether process ``pid`` exists on this machine (unsure counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # e.g. PermissionError: it exists, run by someone else
+    except (OSError, OverflowError, ValueError):  # e.g. someone else's process; a bad pid
         return True
     return True
 
@@ -237,9 +247,10 @@ def sweep_stale(folder, base=None):
         elif name.startswith(TEMP_PREFIX):
             continue  # the export's scratch entries are folders only
         else:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # cleaning up never fails the write
                 os.remove(path)
-        removed.append(path)
+        if not os.path.lexists(path):
+            removed.append(path)
     return removed
 
 

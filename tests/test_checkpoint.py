@@ -376,23 +376,26 @@ def test_a_killed_writers_hidden_siblings_are_removed_by_the_next_write(tmp_path
     from keras_kd import _io
 
     target, folder = tmp_path / "m.keras", tmp_path / "export"
-    killed = subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, _io.__file__,
-                             str(target), str(folder)], capture_output=True, text=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    killed = subprocess.Popen([sys.executable, "-c", _KILLED_MID_WRITE, _io.__file__,
+                               str(target), str(folder)], stderr=subprocess.PIPE, text=True)
+    assert killed.wait() == -signal.SIGKILL, killed.stderr.read()
+    killed.stderr.close()
+    dead, host = killed.pid, _io.host_name()
     left = sorted(os.listdir(tmp_path))
-    assert len(left) == 2 and all(n.startswith((".m.keras.", ".export.")) for n in left)
+    assert [n.startswith((f".export.{host}-{dead}-", f".m.keras.{host}-{dead}-"))
+            for n in left] == [True, True]  # the killed writer's, named for it
     assert not target.exists() and not folder.exists()  # nothing half-written in place
-    host = _io.host_name()
-    live = tmp_path / f".m.keras.{host}-{os.getppid()}-abc.keras"  # a running writer's
-    other = tmp_path / ".m.keras.elsewhere-1-abc.keras"  # another machine's
-    live.write_text("x")
-    other.write_text("x")
+    kept = [f".m.keras.{host}-{os.getppid()}-a.keras",  # a running writer's
+            f".m.keras.other_host_0000-{dead}-a.keras",  # another machine's, its writer dead
+            f".n.keras.{host}-{dead}-a.keras",  # another file's: its own write sweeps it
+            f".m.keras.{host}-{'9' * 30}-a.keras"]  # not a pid: left alone, the write goes on
+    for name in kept:
+        (tmp_path / name).write_text("x")
     _io.write_text(target, "whole")
     with _io.atomic_dir(folder) as tmp:
         _io.write_text(os.path.join(tmp, "f"), "whole")
     assert target.read_text() == "whole" and (folder / "f").read_text() == "whole"
-    assert sorted(os.listdir(tmp_path)) == sorted(
-        ["export", "m.keras", live.name, other.name])
+    assert sorted(os.listdir(tmp_path)) == sorted(["export", "m.keras", *kept])
 
 def test_run_folder_refuses_other_settings_naming_them(tmp_path):
     import tensorflow as tf
