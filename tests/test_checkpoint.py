@@ -337,6 +337,23 @@ def test_check_sha256_against_hashlib(tmp_path):
     assert caught.value.found == digest and caught.value.recorded == "0" * 64
 
 
+def test_the_umask_is_read_without_changing_it(monkeypatch):
+    """From /proc on Linux; where that is missing, by setting it and putting it back."""
+    from keras_kd import _io
+
+    def no_proc(path, *args, **kwargs):
+        raise FileNotFoundError(path)
+
+    old = os.umask(0o027)
+    try:
+        assert _io._umask() == 0o027
+        monkeypatch.setattr(_io, "open", no_proc, raising=False)
+        assert _io._umask() == 0o027
+        assert os.umask(0o027) == 0o027  # still what was set
+    finally:
+        os.umask(old)
+
+
 def test_atomic_writes_get_what_open_and_mkdir_would_give(tmp_path):
     """mkstemp/mkdtemp make 0600/0700 temporaries; the moved result has the usual mode,
     the same as a plain ``open`` / ``os.mkdir`` under a non-default umask."""
