@@ -8,6 +8,7 @@ leaves any existing destination untouched.
 """
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -202,6 +203,7 @@ def check_sha256(path, recorded):
     return found
 
 
+@functools.cache  # read once per process: every atomic write's sweep and name use it
 def host_name():
     """Who may judge whether a temporary's writer is alive: this machine's name (in the
     characters a folder name keeps everywhere) and a short hash of its exact name and
