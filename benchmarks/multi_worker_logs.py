@@ -1,7 +1,7 @@
 """Multi-worker epoch time against how often ``fit_loop`` reads the metrics.
 
 Under ``MultiWorkerMirroredStrategy`` reading the metrics is an all-reduce
-across the workers that waits for the step. ``keras_kd.distribute.fit_loop``
+across the workers that waits for the step. ``keras_kd.fitting.fit_loop``
 reads them every ``LOG_EVERY`` steps; this script runs two workers on
 localhost (a small MLP teacher and student, ``--steps`` batches of 64) with
 ``LOG_EVERY`` = 1 (every step) and the default, alternating ``--rounds``
@@ -27,8 +27,8 @@ index, ports, every, steps = int(sys.argv[1]), sys.argv[2].split(","), int(sys.a
 os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},
                                       "task": {"type": "worker", "index": index}})
 import numpy as np, tensorflow as tf, keras, keras_kd
-from keras_kd import distribute
-distribute.LOG_EVERY = every
+from keras_kd import distribute, fitting
+fitting.LOG_EVERY = every
 strategy = distribute.get_strategy("multi_worker")
 keras.utils.set_random_seed(7)
 def mlp(h):
@@ -80,7 +80,7 @@ def _run(script, every, steps):
 
 
 def main():
-    from keras_kd import distribute
+    from keras_kd import fitting
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
@@ -90,7 +90,7 @@ def main():
         f.write(_WORKER)
         script = f.name
     try:
-        times = {1: [], distribute.LOG_EVERY: []}
+        times = {1: [], fitting.LOG_EVERY: []}
         for _ in range(args.rounds):
             for every in times:
                 times[every].append(_run(script, every, args.steps))
@@ -100,8 +100,8 @@ def main():
     for every, values in times.items():
         print(f"LOG_EVERY={every:<3} epoch s: {' '.join(f'{v:.2f}' for v in values)}"
               f"  median {statistics.median(values):.2f}")
-    ratio = statistics.median(times[1]) / statistics.median(times[distribute.LOG_EVERY])
-    print(f"every step ÷ every {distribute.LOG_EVERY}: {ratio:.2f}")
+    ratio = statistics.median(times[1]) / statistics.median(times[fitting.LOG_EVERY])
+    print(f"every step ÷ every {fitting.LOG_EVERY}: {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -52,11 +52,12 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from keras_kd import _io, teachers, views
+from keras_kd import _io, teachers
 from keras_kd import augment as augment_lib
 from keras_kd import features as features_lib
 from keras_kd._version import __version__
 from keras_kd.distiller import LABELS, TEACHER_LOGITS
+from keras_kd.shapes import static_io
 
 __all__ = ["FORMAT_VERSION", "CacheError", "CacheMismatchError", "build", "attach",
            "get_or_build", "read_meta", "teacher_fingerprint", "dataset_fingerprint",
@@ -234,7 +235,7 @@ def _is_empty(directory):
 def _logits_view(teacher):
     """``(float32 logits view, N)``; N None when not known statically."""
     view, _ = teachers.logits_view(teacher, dtype="float32")
-    return view, views.static_io(view)[1]
+    return view, static_io(view)[1]
 
 
 def _check_top_k(top_k, num_classes=None, name="top_k"):

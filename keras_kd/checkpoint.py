@@ -48,7 +48,7 @@ import zlib
 import keras
 import tensorflow as tf
 
-from keras_kd import _io, distribute, errors
+from keras_kd import _io, distribute, errors, fitting
 from keras_kd.backups import AtomicBackupAndRestore, CorruptCheckpointError
 
 __all__ = ["RunFolder", "AtomicBackupAndRestore", "CorruptCheckpointError", "default_output_dir",
@@ -532,7 +532,7 @@ class RunFolder:
         steps = None
         if hasattr(dataset, "batches"):  # keras_kd.epochs.Epochs: resume at the epoch itself
             dataset, steps = dataset.batches(min(start, epochs - 1), epochs), dataset.steps
-        history = distribute.fit(  # --verbose=3: progress bars (and TensorFlow's log lines)
+        history = fitting.fit(  # --verbose=3: progress bars (and TensorFlow's log lines)
             model, dataset, role=f"the {phase} phase's training data", epochs=epochs,
             verbose=1 if verbose >= 3 else verbose, shuffle=False, callbacks=callbacks,
             validation_data=validation_data, steps_per_epoch=steps,

@@ -5,7 +5,7 @@ passes (one reduction over it, e.g. :func:`all_finite`), ``message`` the error
 naming the fix. Messages start with ``"keras_kd: "``, end with the first
 ``"."`` that precedes a quote, bracket or line end, and are ASCII, so that
 :func:`step_errors` can read them back out of TensorFlow's error text (the
-label checks of :func:`keras_kd.losses.label_checks` follow the same rule).
+label checks of :func:`label_checks` follow the same rule).
 
 :class:`BatchChecks` applies them in a training or test step:
 
@@ -36,7 +36,8 @@ import tensorflow as tf
 __all__ = ["DataError", "BatchChecks", "all_finite", "step_errors", "INPUTS_NOT_FINITE",
            "TEACHER_NOT_FINITE", "CACHED_NOT_FINITE", "EmptyDataError", "EMPTY_FIX",
            "describe_data", "is_known_empty", "check_not_empty", "PROBABILITY_SUM_TOLERANCE",
-           "are_probabilities"]
+           "are_probabilities", "asserted", "label_checks", "labels_kind",
+           "LABEL_SUM_TOLERANCE"]
 
 
 class DataError(ValueError):
@@ -95,6 +96,85 @@ def step_errors():
         raise DataError(f"{message} (A keras_kd check of the batch stopped the step.)") from None
 
 
+# -- labels ------------------------------------------------------------------------------------
+
+
+def labels_kind(labels, num_classes):
+    """'sparse' or 'dense' from the static shape of the labels."""
+    rank = labels.shape.rank
+    if rank == 1 or (rank == 2 and labels.shape[-1] == 1):
+        return "sparse"
+    if rank == 2 and labels.shape[-1] == num_classes:
+        return "dense"
+    raise ValueError(f"labels of shape {labels.shape} do not fit {num_classes} classes: pass "
+                     "integer class ids of shape [batch] or one-hot / soft label vectors of "
+                     f"shape [batch, {num_classes}].")
+
+
+#: How far from 1 a row of one-hot / soft labels may sum (:func:`label_checks`);
+#: 16-bit labels get their own rounding (bfloat16: 2^-7) when it is larger.
+LABEL_SUM_TOLERANCE = 1e-3
+_ROUNDING = {tf.bfloat16: 2.0 ** -7, tf.float16: 2.0 ** -10}
+
+
+def label_checks(labels, num_classes):
+    """The checks of a batch's labels, a list of ``(ok, message)``: ``ok`` a scalar
+    bool tensor (True when they pass), ``message`` the error naming the fix.
+
+    - sparse class ids (``[B]`` or ``[B, 1]``): whole numbers (float labels),
+      in ``[0, num_classes)``;
+    - one-hot / soft labels ``[B, N]``: each row a probability distribution,
+      entries ``>= 0`` summing to 1 within :data:`LABEL_SUM_TOLERANCE`.
+
+    Each check is one reduction over the batch. :func:`keras_kd.losses.cross_entropy` asserts
+    them (:func:`asserted`); the Distiller records them under XLA, which drops assertions. The
+    messages start with ``"keras_kd: "``, end with the first ``"."`` that
+    precedes a quote, bracket or line end, and are ASCII (so the Distiller can
+    read them back out of TensorFlow's error). ValueError for labels of another
+    static shape.
+    """
+    labels = tf.convert_to_tensor(labels)
+    if labels_kind(labels, num_classes) == "dense":
+        rows = tf.cast(labels, tf.float32)
+        tolerance = max(LABEL_SUM_TOLERANCE, _ROUNDING.get(labels.dtype, 0.0))
+        sums_ok = tf.reduce_all(tf.abs(tf.reduce_sum(rows, axis=-1) - 1.0) <= tolerance)
+        fix = ("Fix: one-hot encode class ids (tf.one_hot), normalise soft labels (each row "
+               "divided by its sum), or pass integer class ids of shape (batch,).")
+        return [
+            (tf.reduce_all(rows >= 0.0), "keras_kd: one-hot / soft labels must be probability "
+             "distributions, but a row of this batch has a negative or NaN entry. " + fix),
+            (sums_ok, "keras_kd: one-hot / soft labels must be probability distributions whose "
+             f"rows sum to 1 (within {tolerance:g}), but a row of this batch sums to another "
+             "value. " + fix),
+        ]
+    labels = tf.reshape(labels, [-1])
+    found = []
+    if labels.dtype.is_floating:
+        found.append((tf.reduce_all(tf.equal(labels, tf.round(labels))), (
+            "keras_kd: sparse labels must be whole numbers (class ids); got a fractional value. "
+            f"Fix: pass integer ids, or soft labels of shape (batch, {num_classes}).")))
+        labels = tf.where(tf.math.is_finite(labels), labels, -1.0)  # (NaN: out of range too)
+    ids = tf.cast(labels, tf.int64)
+    found.append((tf.reduce_all((ids >= 0) & (ids < num_classes)), (
+        f"keras_kd: labels must be integer class ids in [0, {num_classes}) (the models output "
+        f"{num_classes} logits). Fix: check the dataset's labels, or build the models with the "
+        "right number of classes.")))
+    return found
+
+
+def asserted(value, checks):
+    """``value`` (a tensor or a structure of them) once every ``(ok, message)`` of
+    ``checks`` holds: graph assertions, so a failure is TensorFlow's
+    ``InvalidArgumentError`` carrying the message (outside a graph they run at
+    once), and the graph's ``value`` waits for them. XLA compiles them away
+    (:class:`BatchChecks` records the checks there instead)."""
+    asserts = [tf.debugging.Assert(ok, [message]) for ok, message in checks]
+    if tf.executing_eagerly():
+        return value  # (Assert raised already)
+    with tf.control_dependencies(asserts):
+        return tf.nest.map_structure(tf.identity, value)
+
+
 class BatchChecks:
     """The checks of a model's steps, and under XLA the record of the first
     one that failed.
@@ -121,11 +201,7 @@ class BatchChecks:
         that fails while nothing is recorded is recorded, and ``value`` is
         returned as it is (:meth:`raise_recorded` raises it)."""
         if not jit_compile:
-            asserts = [tf.debugging.Assert(ok, [message]) for ok, message in checks]
-            if tf.executing_eagerly():
-                return value
-            with tf.control_dependencies(asserts):
-                return tf.nest.map_structure(tf.identity, value)
+            return asserted(value, checks)
         for ok, message in checks:
             if message not in _RECORDED:
                 _RECORDED.append(message)
@@ -173,7 +249,7 @@ class _RaiseRecorded(keras.callbacks.Callback):
 
 class EmptyDataError(ValueError):
     """Data that holds no batch (or no example): training or scoring it would do
-    nothing. Also ``keras_kd.distribute.EmptyDataError``."""
+    nothing."""
 
 
 #: The fix every :class:`EmptyDataError` names.
@@ -208,7 +284,7 @@ def is_known_empty(data):
 def check_not_empty(data, role="the training data", consequence="fit would train on nothing"):
     """:class:`EmptyDataError` ``"<role> is empty (<data>): <consequence>. Fix: ..."``
     when :func:`is_known_empty` (``data``); else nothing. The one rule of known-empty
-    data, for ``fit`` (:func:`keras_kd.distribute.fit_checked`) and
+    data, for ``fit`` (:func:`keras_kd.fitting.fit_checked`) and
     :func:`keras_kd.data.finish`."""
     if is_known_empty(data):
         raise EmptyDataError(f"{role} is empty ({describe_data(data)}): {consequence}. "

@@ -14,6 +14,7 @@ import math
 import keras
 
 from keras_kd import (
+    archs,
     augment,
     cache,
     data,
@@ -22,8 +23,7 @@ from keras_kd import (
     distribute,
     export,
     losses,
-    models,
-    teachers,
+    modelfiles,
 )
 from keras_kd.export import QUANTIZATIONS
 
@@ -221,10 +221,10 @@ class JobConfig:
         export.check_settings(self.export_quantization, self.min_agreement,
                               flag="--export_quantization")
         for spec in self.teacher_archs():
-            models.parse_spec(spec)
-        models.parse_spec(self.student_arch)
+            archs.parse_spec(spec)
+        archs.parse_spec(self.student_arch)
         for path in self.teacher_paths():
-            teachers.check_path(path, "--teacher")
+            modelfiles.check_path(path, "--teacher")
         diagnostics.check_bar(self.min_teacher_accuracy, "--min_teacher_accuracy")
         if not self.teacher and set(self.teacher_preprocessings()) != {"none"}:
             raise ValueError(
@@ -253,6 +253,11 @@ class JobConfig:
 
     def num_teachers(self):
         return len(self.teacher_paths() or self.teacher_archs())
+
+    def teacher_names(self):
+        """The teachers' names (and files, phases): ``teacher``, or ``teacher_1``, ..."""
+        n = self.num_teachers()
+        return ["teacher"] if n == 1 else [f"teacher_{i + 1}" for i in range(n)]
 
     def teacher_settings(self):
         """The Distiller's settings, checked by its own rules with flag names

@@ -24,7 +24,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from keras_kd import checks, distribute, models, teachers, views
+from keras_kd import checks, distribute, fitting, models, shapes, teachers, views
 from keras_kd import features as features_lib
 from keras_kd import losses as losses_lib
 from keras_kd import preprocessing as prep
@@ -111,11 +111,11 @@ class Distiller(keras.Model):
     Nothing silent: every batch is checked (one reduction per tensor): finite
     inputs and teacher logits (cached ones too), labels that are class ids in
     ``[0, classes)`` or rows of a probability distribution
-    (:func:`keras_kd.losses.label_checks`), sample weights of shape ``(batch,)``.
+    (:func:`keras_kd.checks.label_checks`), sample weights of shape ``(batch,)``.
     The first failure stops ``fit`` / ``evaluate`` with a :class:`DataError`
     naming the fix, before that batch changes a weight (under
     ``jit_compile=True``: after its epoch, see ``compile``); empty data is a
-    :class:`keras_kd.distribute.EmptyDataError`.
+    :class:`keras_kd.checks.EmptyDataError`.
 
     The settings are checked by :func:`check_settings`. When a batch's targets
     are a dict ``{"teacher_logits": t, "labels": y}`` (offline distillation,
@@ -128,7 +128,7 @@ class Distiller(keras.Model):
     the labels). ``distiller(x)`` / ``predict`` return the student's logits.
     """
 
-    #: :func:`keras_kd.distribute.fit` calls this class's own ``fit`` under
+    #: :func:`keras_kd.fitting.fit` calls this class's own ``fit`` under
     #: multi-worker training too (it runs ``fit_loop`` inside its checked run).
     fits_multi_worker = True
 
@@ -188,7 +188,7 @@ class Distiller(keras.Model):
             teacher, teacher_dtype, **{k: v for k, v in options.items() if v not in (None, "none")})
         self._student_logits_model, self.student_softmax_recovered = views.logits_model(
             student, "student")
-        self.num_classes = views.check_same_io(self._teacher_logits_model,
+        self.num_classes = shapes.check_same_io(self._teacher_logits_model,
                                                self._student_logits_model)
         self._feature_terms = settings["features"]
         self._student_logits_model = prep.at_sizes_of(  # (the student itself unchanged)
@@ -256,9 +256,9 @@ class Distiller(keras.Model):
     def fit(self, x=None, y=None, **kwargs):
         """``keras.Model.fit``; under ``MultiWorkerMirroredStrategy`` (where
         Keras 3.15's own ``fit`` fails) a loop over ``strategy.run`` with the
-        same callbacks (:func:`keras_kd.distribute.fit_loop`).
+        same callbacks (:func:`keras_kd.fitting.fit_loop`).
 
-        Never silent: empty data is a :class:`keras_kd.distribute.EmptyDataError`,
+        Never silent: empty data is a :class:`keras_kd.checks.EmptyDataError`,
         a batch that fails the step's checks a :class:`DataError` naming the fix
         (under ``jit_compile=True`` at the end of its epoch: see ``compile``). A
         reduced-precision teacher copy (``teacher_dtype``) first takes the
@@ -283,11 +283,11 @@ class Distiller(keras.Model):
                 else:
                     kw["callbacks"] = [self._checks.callback(), *(callbacks or [])]
             if multi_worker:
-                return distribute.fit_loop(self, x, **kw)
+                return fitting.fit_loop(self, x, **kw)
             return super(Distiller, self).fit(x, y, **kw)
 
         with self._checked_run():
-            return distribute.fit_checked(run, x, kwargs)
+            return fitting.fit_checked(run, x, kwargs)
 
     def evaluate(self, *args, **kwargs):
         """``keras.Model.evaluate``, with the checks and teacher refresh of ``fit``."""
@@ -505,7 +505,7 @@ class Distiller(keras.Model):
         (elsewhere :func:`keras_kd.losses.cross_entropy` asserts them)."""
         x = self._require(x, [(checks.all_finite(x), checks.INPUTS_NOT_FINITE)])
         if self.jit_compile and y is not None and self.num_classes is not None:
-            self._require(y, losses_lib.label_checks(y, self.num_classes))
+            self._require(y, checks.label_checks(y, self.num_classes))
         return x
 
     def _objective(self, teacher, student, y, sample_weight):

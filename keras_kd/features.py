@@ -32,7 +32,7 @@ import re
 import keras
 import tensorflow as tf
 
-from keras_kd import views
+from keras_kd import shapes, views
 
 __all__ = ["FeatureTerm", "Hint", "AttentionTransfer", "hint_loss", "attention_map",
            "attention_loss", "parse", "to_spec", "normalize", "FeaturePlan"]
@@ -68,7 +68,7 @@ def hint_loss(teacher_features, student_features):
     t = _f32(teacher_features)
     s = _f32(student_features)
     if (t.shape.rank is not None and s.shape.rank is not None
-            and not views.shapes_compatible([_static(t.shape)], [_static(s.shape)])):
+            and not shapes.shapes_compatible([_static(t.shape)], [_static(s.shape)])):
         raise ValueError(
             f"hint_loss needs features of one shape; got teacher {t.shape} and student {s.shape}. "
             "Fix: project the student's features first (the Distiller's Hint term does this).")
@@ -326,7 +326,7 @@ def _check_attention_shapes(t_shape, s_shape, pair):
             f"[batch, height, width, channels]; got teacher {('batch',) + t_shape} and student "
             f"{('batch',) + s_shape}. Fix: choose convolutional layers (before any pooling to a "
             "vector), or use a Hint for dense features.")
-    if not views.shapes_compatible([t_shape[:-1]], [s_shape[:-1]]):
+    if not shapes.shapes_compatible([t_shape[:-1]], [s_shape[:-1]]):
         raise ValueError(
             f"attention transfer ({_describe_pair(pair)}) needs the same spatial size in both "
             f"maps; got teacher {t_shape[:-1]} and student {s_shape[:-1]} (channels may differ). "
@@ -354,7 +354,7 @@ class _HintPair:
                              f"statically; got teacher {t_shape}, student {s_shape}.")
         if len(t_shape) == 3:
             self._pool(t_shape[:2], s_shape[:2], pair)
-        elif not views.shapes_compatible([t_shape[:-1]], [s_shape[:-1]]):
+        elif not shapes.shapes_compatible([t_shape[:-1]], [s_shape[:-1]]):
             raise ValueError(
                 f"hint ({_describe_pair(pair)}): the features differ in more than the last "
                 f"(channel) axis: teacher {t_shape}, student {s_shape}. Only the channel axis can "

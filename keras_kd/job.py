@@ -42,6 +42,7 @@ from keras_kd import (
     distribute,
     epochs,
     export,
+    modelfiles,
     models,
     preprocessing,
     report,
@@ -50,7 +51,7 @@ from keras_kd import (
 from keras_kd.config import TUNE_GRID, JobConfig, make_optimizer
 
 __all__ = ["JobConfig", "Run", "run", "start", "train_teachers", "check_teachers", "teacher_view",
-           "teacher_names", "tune", "train_baseline", "distil", "train_pair",
+           "tune", "train_baseline", "distil", "train_pair",
            "cached_logits", "load_data", "stream", "export_student", "write_report",
            "new_student", "teacher_augment"]
 
@@ -161,12 +162,6 @@ def check_features(run, teacher):
             teacher.trainable = trainable
 
 
-def teacher_names(config):
-    """The teachers' names (and files, phases): ``teacher``, or ``teacher_1``, ``teacher_2``, ..."""
-    n = config.num_teachers()
-    return ["teacher"] if n == 1 else [f"teacher_{i + 1}" for i in range(n)]
-
-
 def _train_teacher(run, arch, name, seed, train):
     config, info = run.config, run.info
     size = config.teacher_image_size
@@ -192,7 +187,7 @@ def train_teachers(run, train=None):
     """
     config, t0 = run.config, time.perf_counter()
     paths, archs, members = config.teacher_paths(), config.teacher_archs(), []
-    for i, name in enumerate(teacher_names(config)):
+    for i, name in enumerate(config.teacher_names()):
         path = paths[i] if paths else run.folder.finished(name)
         if path:
             member = teachers.load(path, run.info, "--teacher" if paths else run.folder.flag,
@@ -223,7 +218,7 @@ def check_teachers(run, members):
     """Phase 2b: each teacher (and the ensemble) diagnosed on the validation split before
     any student trains; one that cannot be right stops the run (:func:`diagnostics.check`)."""
     config, found = run.config, []
-    for name, member, spec in zip(teacher_names(config), members,
+    for name, member, spec in zip(config.teacher_names(), members,
                                   config.teacher_preprocessings()):
         view = teachers.logits_view(member, preprocessing=spec,
                                     input_shape=run.info.input_shape, role=name)[0]
@@ -305,7 +300,7 @@ def train_baseline(run, config=None, train=None, phase="baseline", validation_da
     initial = baseline.get_weights()
     path = run.folder.finished(phase)
     if path:
-        baseline = teachers.load_model(path, run.folder.flag)
+        baseline = modelfiles.load_model(path, run.folder.flag)
         run.log(f"baseline: loaded {path}")
         history = run.folder.history(phase)
     else:
@@ -356,7 +351,7 @@ def distil(run, members, train, config=None, phase="distill", initial_weights=No
     path = run.folder.finished(phase)
     if path:
         run.log(f"distill: loaded {path}")
-        return teachers.load_model(path, run.folder.flag), run.folder.history(phase)
+        return modelfiles.load_model(path, run.folder.flag), run.folder.history(phase)
     specs, single = config.teacher_preprocessings(), len(members) == 1
     kd = distiller.Distiller(
         members[0] if single else members, student, temperature=config.temperature,
@@ -474,7 +469,7 @@ def _phases(run):
                                         ("distilled", student, scores[0][1]))]
     repeats = (report.repeats(config.seed, scores, report.teacher_errors(rows))
                if len(pairs) > 1 else None)
-    paths = {n: p for n in teacher_names(config)
+    paths = {n: p for n in config.teacher_names()
              if os.path.exists(p := os.path.join(run.folder.out, f"{n}.keras"))}
     for name, model in (("baseline", baseline), ("student", student)):
         paths[name] = run.folder.save_output(model, name)

@@ -35,6 +35,8 @@ import numbers
 import keras
 import tensorflow as tf
 
+from keras_kd import checks
+
 __all__ = [
     "soft_targets",
     "kl_divergence",
@@ -44,11 +46,9 @@ __all__ = [
     "dkd",
     "dist",
     "cross_entropy",
-    "label_checks",
     "per_example",
     "MIN_TEMPERATURE",
     "MAX_TEMPERATURE",
-    "LABEL_SUM_TOLERANCE",
     "check_temperature",
     "check_alpha",
     "get",
@@ -347,79 +347,6 @@ def dist(teacher_logits, student_logits, temperature, beta=1.0, gamma=1.0):
     return temperature * temperature * (beta * inter + gamma * intra)
 
 
-def _labels_kind(labels, num_classes):
-    """'sparse' or 'dense' from the static shape of the labels."""
-    rank = labels.shape.rank
-    if rank == 1 or (rank == 2 and labels.shape[-1] == 1):
-        return "sparse"
-    if rank == 2 and labels.shape[-1] == num_classes:
-        return "dense"
-    raise ValueError(f"labels of shape {labels.shape} do not fit {num_classes} classes: pass "
-                     "integer class ids of shape [batch] or one-hot / soft label vectors of "
-                     f"shape [batch, {num_classes}].")
-
-
-#: How far from 1 a row of one-hot / soft labels may sum (:func:`label_checks`);
-#: 16-bit labels get their own rounding (bfloat16: 2^-7) when it is larger.
-LABEL_SUM_TOLERANCE = 1e-3
-_ROUNDING = {tf.bfloat16: 2.0 ** -7, tf.float16: 2.0 ** -10}
-
-
-def label_checks(labels, num_classes):
-    """The checks of a batch's labels, a list of ``(ok, message)``: ``ok`` a scalar
-    bool tensor (True when they pass), ``message`` the error naming the fix.
-
-    - sparse class ids (``[B]`` or ``[B, 1]``): whole numbers (float labels),
-      in ``[0, num_classes)``;
-    - one-hot / soft labels ``[B, N]``: each row a probability distribution,
-      entries ``>= 0`` summing to 1 within :data:`LABEL_SUM_TOLERANCE`.
-
-    Each check is one reduction over the batch. :func:`cross_entropy` asserts
-    them; the Distiller records them under XLA, which drops assertions. The
-    messages start with ``"keras_kd: "``, end with the first ``"."`` that
-    precedes a quote, bracket or line end, and are ASCII (so the Distiller can
-    read them back out of TensorFlow's error). ValueError for labels of another
-    static shape.
-    """
-    labels = tf.convert_to_tensor(labels)
-    if _labels_kind(labels, num_classes) == "dense":
-        rows = tf.cast(labels, tf.float32)
-        tolerance = max(LABEL_SUM_TOLERANCE, _ROUNDING.get(labels.dtype, 0.0))
-        sums_ok = tf.reduce_all(tf.abs(tf.reduce_sum(rows, axis=-1) - 1.0) <= tolerance)
-        fix = ("Fix: one-hot encode class ids (tf.one_hot), normalise soft labels (each row "
-               "divided by its sum), or pass integer class ids of shape (batch,).")
-        return [
-            (tf.reduce_all(rows >= 0.0), "keras_kd: one-hot / soft labels must be probability "
-             "distributions, but a row of this batch has a negative or NaN entry. " + fix),
-            (sums_ok, "keras_kd: one-hot / soft labels must be probability distributions whose "
-             f"rows sum to 1 (within {tolerance:g}), but a row of this batch sums to another "
-             "value. " + fix),
-        ]
-    labels = tf.reshape(labels, [-1])
-    checks = []
-    if labels.dtype.is_floating:
-        checks.append((tf.reduce_all(tf.equal(labels, tf.round(labels))), (
-            "keras_kd: sparse labels must be whole numbers (class ids); got a fractional value. "
-            f"Fix: pass integer ids, or soft labels of shape (batch, {num_classes}).")))
-        labels = tf.where(tf.math.is_finite(labels), labels, -1.0)  # (NaN: out of range too)
-    ids = tf.cast(labels, tf.int64)
-    checks.append((tf.reduce_all((ids >= 0) & (ids < num_classes)), (
-        f"keras_kd: labels must be integer class ids in [0, {num_classes}) (the models output "
-        f"{num_classes} logits). Fix: check the dataset's labels, or build the models with the "
-        "right number of classes.")))
-    return checks
-
-
-def _asserted(value, checks):
-    """``value`` once every ``(ok, message)`` of ``checks`` holds (an
-    InvalidArgumentError carrying the message otherwise; XLA drops the check)."""
-    asserts = [tf.debugging.Assert(ok, [message]) for ok, message in checks]
-    if tf.executing_eagerly():
-        return value  # (Assert raised already)
-    with tf.control_dependencies(asserts):
-        return tf.identity(value)
-
-
 def cross_entropy(labels, logits):
     """Per-example softmax cross-entropy of ``logits`` on the true labels.
 
@@ -431,7 +358,7 @@ def cross_entropy(labels, logits):
     - dense one-hot / soft label vectors ``[B, N]`` (e.g. MixUp/CutMix), each
       row a probability distribution.
 
-    Labels that fail :func:`label_checks` (ids outside ``[0, N)`` or
+    Labels that fail :func:`keras_kd.checks.label_checks` (ids outside ``[0, N)`` or
     fractional, rows with a negative entry or not summing to 1) fail the graph
     with an InvalidArgumentError carrying its message (XLA compiles these
     checks away; the Distiller records them there). Labels of any other static
@@ -440,8 +367,8 @@ def cross_entropy(labels, logits):
     labels = tf.convert_to_tensor(labels)  # NumPy labels under run_eagerly=True
     num_classes = logits.shape[-1]
     logits = tf.cast(logits, tf.float32)
-    labels = _asserted(labels, label_checks(labels, num_classes))
-    if _labels_kind(labels, num_classes) == "sparse":
+    labels = checks.asserted(labels, checks.label_checks(labels, num_classes))
+    if checks.labels_kind(labels, num_classes) == "sparse":
         return tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels=tf.cast(tf.reshape(labels, [-1]), tf.int64), logits=logits)
     return tf.nn.softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.float32),

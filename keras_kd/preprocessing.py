@@ -14,7 +14,7 @@ import math
 import keras
 import tensorflow as tf
 
-from keras_kd.views import static_io
+from keras_kd.shapes import static_io
 
 __all__ = ["PREPROCESSING", "parse_preprocessing", "preprocess", "Preprocessing",
            "preprocessing_layer", "input_shape", "image_size", "sizes_differ", "resize_images",

@@ -46,7 +46,18 @@ import warnings
 import keras
 import tensorflow as tf
 
-from keras_kd import _io, cache, checkpoint, diagnostics, distribute, errors, job, models, report
+from keras_kd import (
+    _io,
+    archs,
+    cache,
+    checkpoint,
+    diagnostics,
+    distribute,
+    errors,
+    job,
+    models,
+    report,
+)
 from keras_kd import config as config_lib
 
 __all__ = ["run", "parse_list", "check_grid", "GRID_FLAGS", "best_flags", "train_trial",
@@ -125,8 +136,8 @@ def check_grid(config, grid):
             "alpha": lambda v: _as_number("alpha", v),
             "distillation_loss": lambda v: str(v).strip().lower(),
             "student_arch": lambda v: str(v).strip()}
-    key = {"student_arch": lambda s: (models.parse_spec(s)[0],
-                                      tuple(sorted(models.parse_spec(s)[1].items())))}
+    key = {"student_arch": lambda s: (archs.parse_spec(s)[0],
+                                      tuple(sorted(archs.parse_spec(s)[1].items())))}
     out = {}
     for flag in GRID_FLAGS:
         values = [norm[flag](v) for v in grid.get(flag, [getattr(config, flag)])]
@@ -249,7 +260,7 @@ def _sweep(state, grid, baseline, use_cache):
         "teacher": {"arch": None if config.teacher else config.teacher_arch,
                     "source": "loaded" if config.teacher else "trained",
                     "file": ",".join(os.path.abspath(p) for p in config.teacher_paths() or [
-                        os.path.join(out, f"{n}.keras") for n in job.teacher_names(config)]),
+                        os.path.join(out, f"{n}.keras") for n in config.teacher_names()]),
                     "params": models.count_params(teacher), **teacher_scores},
         "baselines": baselines,
         "teacher_cache": cache_report,

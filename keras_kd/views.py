@@ -1,13 +1,11 @@
-"""Views of a model: its logits, a compute-dtype copy, its own input size, its layers.
+"""Views of a model: its logits, a compute-dtype copy, its layers.
 
 A *view* runs the layers and weights of the model it views (a dtype copy: the
 same weight values), so keras_kd reads what it needs without changing the
 user's model: :func:`logits_model` (the logits of a softmax-ending model),
 :func:`with_compute_dtype` (a bfloat16 / float16 copy for a frozen teacher's
 inference, or a float32 copy of a mixed-precision model for TFLite export),
-:func:`at_own_size` (an image model reading batches of any height and width,
-each resized to its own: :func:`resize_images`, bilinear, antialiased when
-shrinking), :func:`feature_tensor` (a named layer's output, for feature
+:func:`feature_tensor` (a named layer's output, for feature
 distillation).
 
 This is the **only** module of keras_kd that uses private Keras / TensorFlow
@@ -28,10 +26,6 @@ __all__ = [
     "model_inputs",
     "logits_model",
     "single_output",
-    "static_io",
-    "shapes_compatible",
-    "resizable",
-    "check_same_io",
     "COMPUTE_DTYPES",
     "check_compute_dtype",
     "with_compute_dtype",
@@ -80,81 +74,6 @@ def single_output(view):
     return outputs[0]
 
 
-def static_io(model):
-    """``(input shapes without batch, number of classes)``; either is None
-    when the model does not know it statically (e.g. a subclassed model)."""
-    try:
-        inputs = [tuple(t.shape[1:]) for t in model.inputs]
-    except (AttributeError, TypeError, ValueError):
-        inputs = None
-    try:
-        out = model.outputs
-        classes = out[0].shape[-1] if out and len(out) == 1 else None
-    except (AttributeError, TypeError, ValueError):
-        classes = None
-    return inputs, classes
-
-
-def shapes_compatible(a, b):
-    """True when two lists of shapes agree wherever both dimensions are known."""
-    return len(a) == len(b) and all(
-        len(sa) == len(sb) and all(x is None or y is None or x == y for x, y in zip(sa, sb))
-        for sa, sb in zip(a, b)
-    )
-
-
-def resizable(a, b):
-    """The rule "image models may differ in height and width, never in channels", in
-    one place: True when two input shapes without the batch axis are both images
-    ``(H, W, C)`` with the same channels (where known), so resizing the batch to each
-    model's own size (:func:`at_own_size`) serves both. Used for a teacher against a
-    student (:func:`check_same_io`) and for a model against the data
-    (:func:`keras_kd.teachers.check_fits`)."""
-    return len(a) == len(b) == 3 and shapes_compatible([a[2:]], [b[2:]])
-
-
-def _show(shapes):
-    return shapes if len(shapes) > 1 else shapes[0]
-
-
-def check_same_io(teacher, student, roles=("teacher", "student")):
-    """The number of classes (None if unknown) of two models that must read the
-    same batch and output as many logits (at least 2); else a ValueError.
-
-    Image models (one input ``[B, H, W, C]``) may differ in height and width:
-    each gets the batch at its own size (:func:`at_own_size`,
-    :func:`resize_images`). Channels, ranks and other inputs must agree.
-    ``roles`` name the two models in the errors.
-    """
-    a, b = roles
-    t_in, t_classes = static_io(teacher)
-    s_in, s_classes = static_io(student)
-    if (t_in is not None and s_in is not None and not shapes_compatible(t_in, s_in)
-            and not (len(t_in) == len(s_in) == 1 and resizable(t_in[0], s_in[0]))):
-        if len(t_in) == len(s_in) == 1 and len(t_in[0]) == len(s_in[0]) == 3:
-            raise ValueError(
-                f"{a} and {b} take images with different channels: {a} {t_in[0]}, {b} "
-                f"{s_in[0]}. Height and width may differ (each model gets the batch resized "
-                "to its own size), the channels cannot. Fix: build the models for the same "
-                "number of channels (e.g. grayscale vs RGB), or convert the images.")
-        raise ValueError(
-            f"{a} and {b} take different inputs: {a} {_show(t_in)}, {b} {_show(s_in)}. Both "
-            "must read the same batch (images may differ in height and width only). Fix: "
-            f"build the {b} with the {a}'s input shape.")
-    if t_classes is not None and s_classes is not None and t_classes != s_classes:
-        raise ValueError(
-            f"{a} and {b} disagree on the number of classes: the {a} outputs "
-            f"{t_classes} logits, the {b} {s_classes}. Fix: give the {b} a final "
-            f"Dense(num_classes) matching the {a}'s.")
-    classes = t_classes if t_classes is not None else s_classes
-    if classes is not None and classes < 2:
-        raise ValueError(
-            f"the models output {classes} logit(s); distillation needs a softmax over at least "
-            "2 classes. For a binary task, output 2 logits.")
-    return classes
-
-
-# ---------------------------------------------------------------------------
 # ---------------------------------------------------------------------------
 # The logits of a model that ends in a softmax.
 

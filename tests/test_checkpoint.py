@@ -278,13 +278,13 @@ def test_run_folder_phases_results_and_history(tmp_path, rng):
 def test_run_folder_fit_names_the_phase_whose_data_is_empty(tmp_path):
     import tensorflow as tf
 
-    from keras_kd import distribute
+    from keras_kd import checks
     from keras_kd.checkpoint import RunFolder
 
     folder = RunFolder(tf.distribute.get_strategy(), tmp_path / "out")
     empty = tf.data.Dataset.from_tensor_slices(
         (np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))).batch(8)
-    with pytest.raises(distribute.EmptyDataError, match=r"^the baseline phase's training data "
+    with pytest.raises(checks.EmptyDataError, match=r"^the baseline phase's training data "
                                                         r"is empty"):
         folder.fit(_model(), empty, "baseline", epochs=1, verbose=0)
 

@@ -252,8 +252,8 @@ if mode == "multi":
         "cluster": {"worker": [f"localhost:{p}" for p in ports]},
         "task": {"type": "worker", "index": index}})
 import numpy as np, tensorflow as tf, keras, keras_kd
-from keras_kd import distribute
-distribute.LOG_EVERY = 2  # epochs of 3 steps per worker: mid-epoch reads happen too
+from keras_kd import distribute, fitting
+fitting.LOG_EVERY = 2  # epochs of 3 steps per worker: mid-epoch reads happen too
 strategy = distribute.get_strategy("multi_worker" if mode == "multi" else "auto")
 keras.utils.set_random_seed(7)
 def mlp(h):

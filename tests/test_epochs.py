@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_kd import augment, config, data, distribute, embedded, epochs, job
+from keras_kd import augment, config, data, embedded, epochs, fitting, job
 
 
 def _examples(n=200, seed=0):
@@ -90,7 +90,7 @@ def _digests(dataset):
 
 def test_baseline_and_distilled_student_see_the_same_batches(tmp_path, monkeypatch):
     """The issue's fair comparison: the teacher is the only difference between the rows."""
-    seen, real_fit = [], distribute.fit
+    seen, real_fit = [], fitting.fit
 
     def recording_fit(model, dataset, **kwargs):
         first = next(iter(dataset))
@@ -98,7 +98,7 @@ def test_baseline_and_distilled_student_see_the_same_batches(tmp_path, monkeypat
                      tuple(first[1].shape)))
         return real_fit(model, dataset, **kwargs)
 
-    monkeypatch.setattr(distribute, "fit", recording_fit)
+    monkeypatch.setattr(fitting, "fit", recording_fit)
     job.run(job.JobConfig(teacher_arch="mlp:hidden=16", student_arch="mlp:hidden=8",
                           epochs=2, teacher_epochs=2, batch_size=500, augment="jitter+mixup",
                           export=False, verbose=0, output_dir=str(tmp_path / "out")),

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_kd import augment, checks, data, distribute, teachers
+from keras_kd import augment, checks, data, modelfiles, teachers
 
 # -- 1. NaN / Inf reaching the augmentation ------------------------------------------------
 
@@ -180,12 +180,11 @@ def test_empty_arrays_are_refused_by_finish():
                        r"of element spec .*\): there is nothing to train on or to score\. Fix: "
                        "check where the data comes from"):
         data.finish(empty, full, batch_size=2)
-    with pytest.raises(distribute.EmptyDataError, match="^val_ds is empty"):
+    with pytest.raises(checks.EmptyDataError, match="^val_ds is empty"):
         data.finish(full, empty, batch_size=2)
     info = types.SimpleNamespace(name="tiny", num_train=0, input_shape=(4, 4, 1))
     with pytest.raises(ValueError, match="^train_ds of 'tiny' is empty"):
         data.finish(empty, full, info, batch_size=2)
-    assert distribute.EmptyDataError is checks.EmptyDataError
     assert issubclass(checks.EmptyDataError, ValueError)
     train, val = data.finish(full, full, batch_size=2)
     assert sum(int(x.shape[0]) for x, _ in train) == 3 == sum(int(x.shape[0]) for x, _ in val)
@@ -239,7 +238,7 @@ def test_a_damaged_model_file_says_what_is_wrong(tmp_path):
                 "crc.keras": "a damaged zip archive (Bad CRC-32"}
     for name, reason in expected.items():
         with pytest.raises(ValueError) as err:
-            teachers.load_model(str(tmp_path / name), "--teacher")
+            modelfiles.load_model(str(tmp_path / name), "--teacher")
         text = str(err.value)
         assert text.startswith(f"--teacher={str(tmp_path / name)!r} is not a Keras model "
                                f"file ({reason}"), text
@@ -251,7 +250,7 @@ def test_a_broken_stored_file_blames_the_file_not_a_flag(tmp_path):
     ckpt.mkdir()
     (ckpt / "teacher.keras").write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(ValueError) as err:
-        teachers.load_model(str(ckpt / "teacher.keras"), "--checkpoint_dir")
+        modelfiles.load_model(str(ckpt / "teacher.keras"), "--checkpoint_dir")
     text = str(err.value)
     assert text.startswith(f"the file {str(ckpt / 'teacher.keras')!r} (stored by an earlier "
                            "run in --checkpoint_dir) is not a readable Keras model file")
@@ -260,7 +259,7 @@ def test_a_broken_stored_file_blames_the_file_not_a_flag(tmp_path):
     assert "--checkpoint_dir=" not in text and "--teacher" not in text
     with pytest.raises(ValueError, match=r"^the file .*sweep.* \(stored by an earlier run in "
                        r"--output_dir\) .*Fix: delete that file"):
-        teachers.load_model(str(_stored_copy(tmp_path)), "--output_dir")
+        modelfiles.load_model(str(_stored_copy(tmp_path)), "--output_dir")
 
 
 def _stored_copy(tmp_path):
@@ -279,19 +278,19 @@ def test_the_lambda_fix_fits_the_command_and_works(tmp_path):
     model.save(tmp_path / "lam.keras")
     path = str(tmp_path / "lam.keras")
     with pytest.raises(ValueError) as err:
-        teachers.load_model(path, "--model")  # keras-kd export
+        modelfiles.load_model(path, "--model")  # keras-kd export
     text = str(err.value)
     assert "keras_kd.export.export_verified(model, 'model.tflite', val_ds)" in text
     assert "Distiller" not in text and "--model=folder" not in text
     with pytest.raises(ValueError) as err:
-        teachers.load_model(path, "--teacher")
+        modelfiles.load_model(path, "--teacher")
     text = str(err.value)
     assert "keras.saving.load_model(path, safe_mode=False)" in text
     assert "model.export(folder), of a model ending in logits), and pass --teacher=folder" in text
     # ... and the fix it names works: loaded unsafely, exported, the folder loads in safe mode
     trusted = keras.saving.load_model(path, safe_mode=False)
     trusted.export(str(tmp_path / "folder"), verbose=False)
-    again = teachers.load_model(str(tmp_path / "folder"), "--teacher")
+    again = modelfiles.load_model(str(tmp_path / "folder"), "--teacher")
     x = np.random.default_rng(0).uniform(0, 255, (3, 6, 6, 1)).astype(np.float32)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(again(x)),
                                keras.ops.convert_to_numpy(model(x)), rtol=1e-5, atol=1e-5)

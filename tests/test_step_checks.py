@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import keras_kd
-from keras_kd import distribute, job, losses
+from keras_kd import checks, distribute, fitting, job, losses
 from keras_kd.distiller import DataError
 
 CLASSES, FEATURES = 3, 4
@@ -167,21 +167,21 @@ def test_the_job_fit_of_a_distiller_under_multi_worker_has_its_checks(data, monk
     monkeypatch.setattr(distribute, "is_multi_worker", lambda strategy: True)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
     d = distiller()
-    logs = distribute.fit(d, ds, epochs=1, verbose=0).history
+    logs = fitting.fit(d, ds, epochs=1, verbose=0).history
     assert np.isfinite(logs["loss"]).all()
     bad = x.copy()
     bad[13, 2] = np.nan
     before = weights(d.student)
     with pytest.raises(DataError, match=r"^the inputs x .images. of this batch contain NaN or "
                        r"Inf.*Fix: clean the data"):
-        distribute.fit(d, tf.data.Dataset.from_tensor_slices((bad, y)).batch(16), verbose=0)
+        fitting.fit(d, tf.data.Dataset.from_tensor_slices((bad, y)).batch(16), verbose=0)
     assert_unchanged(before, d.student)
     # the teacher copy follows the teacher's weights (the Distiller's checked run)
     teacher = dense("teacher", 1, hidden=8)
     half = keras_kd.Distiller(teacher, dense("student", 2), teacher_dtype="float16")
     half.compile(optimizer=keras.optimizers.SGD(0.0))
     teacher.set_weights(dense("other", 5, hidden=8).get_weights())
-    distribute.fit(half, ds, verbose=0)
+    fitting.fit(half, ds, verbose=0)
     np.testing.assert_allclose(half._plan.teacher_outputs(x)[0].numpy(),
                                np_forward(teacher.get_weights(), x), atol=2e-2)
 
@@ -225,6 +225,23 @@ def test_soft_labels_must_be_distributions(data, rng):
         d.fit(x, labels, batch_size=8, verbose=0)
 
 
+def test_asserted_passes_the_value_or_stops_the_graph_with_the_message():
+    """The one assertion block (the label cross-entropy's and BatchChecks' without XLA)."""
+    ok, bad = (tf.constant(True), "keras_kd: fine."), (tf.constant(False), "keras_kd: broken.")
+
+    @tf.function
+    def run(x, failing):
+        found = [ok, (tf.logical_not(failing), "keras_kd: broken.")]
+        return checks.asserted({"a": x, "b": x + 1.0}, found)
+
+    got = run(tf.constant(2.0), tf.constant(False))
+    assert float(got["a"]) == 2.0 and float(got["b"]) == 3.0
+    with pytest.raises(tf.errors.InvalidArgumentError, match="keras_kd: broken"):
+        run(tf.constant(2.0), tf.constant(True))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="keras_kd: broken"):
+        checks.asserted(tf.constant(1.0), [ok, bad])  # eagerly: at once
+
+
 def test_label_checks_directly():
     logits = np.zeros((3, 4), np.float32)
     rows = np.array([[0.5, 0.5, 0, 0], [1, 0, 0, 0], [0.2, 0.2, 0.2, 0.3]], np.float32)
@@ -237,9 +254,9 @@ def test_label_checks_directly():
     third = tf.cast(tf.fill((2, 3), 1 / 3), tf.bfloat16)
     assert abs(float(tf.reduce_sum(tf.cast(third[0], tf.float32))) - 1) > 1e-3
     losses.cross_entropy(third, np.zeros((2, 3), np.float32))
-    checks = losses.label_checks(np.array([0, 5]), 4)
-    assert [bool(ok) for ok, _ in checks] == [False]
-    assert all(m.startswith("keras_kd: ") and m.isascii() for _, m in checks)
+    found = checks.label_checks(np.array([0, 5]), 4)
+    assert [bool(ok) for ok, _ in found] == [False]
+    assert all(m.startswith("keras_kd: ") and m.isascii() for _, m in found)
 
 
 # -- 4. half-clear errors made clear -----------------------------------------------------------
@@ -310,7 +327,7 @@ def _empty_sets(x, y):
 def test_empty_data_is_an_error_in_fit_and_in_the_job_path(data, kind):
     x, y = data
     d = distiller()
-    with pytest.raises(distribute.EmptyDataError) as err:
+    with pytest.raises(fitting.EmptyDataError) as err:
         if kind == "arrays":
             d.fit(x[:0], y[:0], verbose=0)
         else:
@@ -322,10 +339,10 @@ def test_empty_data_is_an_error_in_fit_and_in_the_job_path(data, kind):
         assert "tf.data.Dataset" in text
         plain = dense("baseline", 3)  # the job's path: distribute.fit of any model
         plain.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(True))
-        with pytest.raises(distribute.EmptyDataError, match="^the training data"):
-            distribute.fit(plain, _empty_sets(x, y)[kind], epochs=2, verbose=0)
-        with pytest.raises(distribute.EmptyDataError, match="^the baseline's data .--dataset"):
-            distribute.fit(plain, _empty_sets(x, y)[kind], role="the baseline's data (--dataset)",
+        with pytest.raises(fitting.EmptyDataError, match="^the training data"):
+            fitting.fit(plain, _empty_sets(x, y)[kind], epochs=2, verbose=0)
+        with pytest.raises(fitting.EmptyDataError, match="^the baseline's data .--dataset"):
+            fitting.fit(plain, _empty_sets(x, y)[kind], role="the baseline's data (--dataset)",
                            verbose=0)
     # a run resumed past its last epoch begins none: no error
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)

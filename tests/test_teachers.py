@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from keras.applications import imagenet_utils
 
-from keras_kd import checks, data, diagnostics, preprocessing, teachers, views
+from keras_kd import checks, data, diagnostics, modelfiles, preprocessing, shapes, teachers, views
 
 VALID = "valid: none (raw 0-255), unit (x/255), tf (x/127.5 - 1)"
 
@@ -150,7 +150,7 @@ def test_a_lambda_layer_gets_the_safe_mode_message(tmp_path):
     for name in ["lam.keras", "lam.h5"]:
         model.save(tmp_path / name)
         with pytest.raises(ValueError) as err:
-            teachers.load_model(str(tmp_path / name), "--teacher")
+            modelfiles.load_model(str(tmp_path / name), "--teacher")
         text = str(err.value)
         assert text.startswith(f"--teacher={str(tmp_path / name)!r} has a Lambda layer")
         for part in ["whose Python code keras does not run when it loads a file (safe_mode",
@@ -169,7 +169,7 @@ def test_a_custom_layer_keras_cannot_find(tmp_path):
     inputs = keras.Input((4,))
     keras.Model(inputs, keras.layers.Dense(3)(Doubler()(inputs))).save(tmp_path / "c.keras")
     with pytest.raises(ValueError, match="uses the custom class 'Doubler', which keras cannot"):
-        teachers.load_model(str(tmp_path / "c.keras"), "--teacher")
+        modelfiles.load_model(str(tmp_path / "c.keras"), "--teacher")
 
 
 def test_files_that_are_not_models(elsewhere, tmp_path):
@@ -183,26 +183,26 @@ def test_files_that_are_not_models(elsewhere, tmp_path):
                            r"model file \(.*\)\. Fix: pass a file written by model\.save"):
             teachers.load(str(tmp_path / name), elsewhere.info)
     with pytest.raises(ValueError, match="not a zip archive"):
-        teachers.load_model(str(tmp_path / "cut.keras"))
+        modelfiles.load_model(str(tmp_path / "cut.keras"))
     with pytest.raises(ValueError, match="does not exist"):
-        teachers.load_model(str(tmp_path / "nope.keras"), "--teacher")
+        modelfiles.load_model(str(tmp_path / "nope.keras"), "--teacher")
 
 
 def test_saved_model_pb_and_folders(elsewhere, tmp_path):
     (tmp_path / "plain").mkdir()
-    for call in (teachers.check_path, teachers.load_model):
+    for call in (modelfiles.check_path, modelfiles.load_model):
         with pytest.raises(ValueError, match=r"--teacher='.*plain' is a folder without "
                            r"saved_model\.pb"):
             call(str(tmp_path / "plain"), "--teacher")
-    teachers.check_path(str(elsewhere.folder / "t_savedmodel"), "--teacher")  # fine
+    modelfiles.check_path(str(elsewhere.folder / "t_savedmodel"), "--teacher")  # fine
     with pytest.raises(ValueError, match="the file of a SavedModel: pass its folder"):
-        teachers.load_model(str(elsewhere.folder / "t_savedmodel" / "saved_model.pb"))
+        modelfiles.load_model(str(elsewhere.folder / "t_savedmodel" / "saved_model.pb"))
     inputs = keras.Input((28, 28, 1))
     flat = keras.layers.Flatten()(inputs)
     keras.Model(inputs, [keras.layers.Dense(10)(flat), keras.layers.Dense(2)(flat)]).export(
         str(tmp_path / "two"), verbose=False)
     with pytest.raises(ValueError, match="returns 2 outputs .*a teacher has one"):
-        teachers.load_model(str(tmp_path / "two"), "--teacher")
+        modelfiles.load_model(str(tmp_path / "two"), "--teacher")
 
 
 def _model(shape, classes):
@@ -241,7 +241,6 @@ def test_one_rule_for_model_against_data_and_teacher_against_student(shape, fits
     28x28x1 data with resizing exactly when it may teach a 28x28x1 student."""
     import dataclasses
 
-    from keras_kd import views
 
     @dataclasses.dataclass
     class Info:
@@ -258,14 +257,14 @@ def test_one_rule_for_model_against_data_and_teacher_against_student(shape, fits
     student = _model((28, 28, 1), 10)
     outcomes = []
     for check in (lambda: teachers.check_fits(model, Info(), "teacher", resize_ok=True),
-                  lambda: views.check_same_io(model, student)):
+                  lambda: shapes.check_same_io(model, student)):
         try:
             check()
             outcomes.append(True)
         except ValueError:
             outcomes.append(False)
     assert outcomes == [fits, fits]
-    assert views.resizable(shape, (28, 28, 1)) == (len(shape) == 3 and fits)
+    assert shapes.resizable(shape, (28, 28, 1)) == (len(shape) == 3 and fits)
 
 
 # -- diagnosis -----------------------------------------------------------------------------
@@ -340,7 +339,7 @@ def test_diagnose_errors():
 
 
 def test_diagnose_a_real_teacher_and_the_wrong_scale(elsewhere):
-    model = teachers.load_model(str(elsewhere.folder / "t.keras"))
+    model = modelfiles.load_model(str(elsewhere.folder / "t.keras"))
     logits_model, recovered = views.logits_model(model)
     assert recovered
     z = np.concatenate([logits_model(x / np.float32(255), training=False).numpy()
@@ -418,7 +417,7 @@ def test_one_probability_rule_for_the_probe_and_the_diagnosis(dtype, scale, rng)
 
 
 def test_check_stops_a_near_chance_teacher_and_warns_on_one_hot_targets(elsewhere):
-    model = teachers.load_model(str(elsewhere.folder / "t.keras"))
+    model = modelfiles.load_model(str(elsewhere.folder / "t.keras"))
     unit = diagnostics.diagnose(model, val_batches(elsewhere), 4.0, preprocessing="unit")
     raw = diagnostics.diagnose(model, val_batches(elsewhere), 4.0, preprocessing="none")
     assert diagnostics.check(unit) == []  # fed right: no warning
@@ -435,7 +434,7 @@ def test_check_stops_a_near_chance_teacher_and_warns_on_one_hot_targets(elsewher
     flat = {**unit, "logit_std": 0.25}  # nearly uniform soft targets
     assert any("nearly flat" in n for n in diagnostics.check(flat))
     # A softmax that could not be cut (inside the SavedModel): refused, with the fix.
-    saved = teachers.load_model(str(elsewhere.folder / "t_savedmodel"))
+    saved = modelfiles.load_model(str(elsewhere.folder / "t_savedmodel"))
     probs = diagnostics.diagnose(saved, val_batches(elsewhere), 4.0, preprocessing="unit")
     assert probs["outputs_probabilities"] and not unit["outputs_probabilities"]
     with pytest.raises(diagnostics.TeacherError, match="outputs probabilities, not logits.*"

@@ -7,7 +7,7 @@ import tensorflow as tf
 from test_losses import np_softmax
 
 import keras_kd
-from keras_kd import distribute, teachers, views
+from keras_kd import distribute, shapes, teachers, views
 
 NUM_CLASSES = 3
 FEATURES = 6
@@ -198,14 +198,14 @@ def test_feature_tensor_and_tapped_view(data):
 
 def test_static_io_and_check_same_io():
     a = mlp(4, "a", 1)
-    assert views.static_io(a) == ([(FEATURES,)], NUM_CLASSES)
-    assert views.shapes_compatible([(None, 3)], [(5, 3)])
-    assert not views.shapes_compatible([(4, 3)], [(5, 3)])
-    assert not views.shapes_compatible([(3,)], [(3,), (3,)])
-    assert views.check_same_io(a, mlp(2, "b", 2)) == NUM_CLASSES
+    assert shapes.static_io(a) == ([(FEATURES,)], NUM_CLASSES)
+    assert shapes.shapes_compatible([(None, 3)], [(5, 3)])
+    assert not shapes.shapes_compatible([(4, 3)], [(5, 3)])
+    assert not shapes.shapes_compatible([(3,)], [(3,), (3,)])
+    assert shapes.check_same_io(a, mlp(2, "b", 2)) == NUM_CLASSES
     other = keras.Model(inp := keras.Input((FEATURES + 1,)), keras.layers.Dense(NUM_CLASSES)(inp))
     with pytest.raises(ValueError, match="different inputs"):
-        views.check_same_io(a, other)
+        shapes.check_same_io(a, other)
 
 
 # -- wrappers of private Keras / TensorFlow APIs -----------------------------------------
