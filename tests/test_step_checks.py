@@ -159,7 +159,7 @@ def test_under_xla_the_bad_epoch_is_never_backed_up(data, tmp_path):
 
 
 def test_the_job_fit_of_a_distiller_under_multi_worker_has_its_checks(data, monkeypatch):
-    """distribute.fit (the job's path) under multi-worker runs the Distiller's own fit,
+    """fitting.fit (the job's path) under multi-worker runs the Distiller's own fit,
     so a bad batch is a DataError naming the fix (not TensorFlow's long error), and a
     reduced-precision teacher copy is refreshed first. (Multi-worker faked on the
     default strategy, where fit_loop runs too.)"""
@@ -337,7 +337,7 @@ def test_empty_data_is_an_error_in_fit_and_in_the_job_path(data, kind):
     assert isinstance(err.value, ValueError)
     if kind != "arrays":
         assert "tf.data.Dataset" in text
-        plain = dense("baseline", 3)  # the job's path: distribute.fit of any model
+        plain = dense("baseline", 3)  # the job's path: fitting.fit of any model
         plain.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(True))
         with pytest.raises(fitting.EmptyDataError, match="^the training data"):
             fitting.fit(plain, _empty_sets(x, y)[kind], epochs=2, verbose=0)
