@@ -92,7 +92,7 @@ _OPTIONS: dict = {
     "mobilenet_v3_small": _ALPHA,
 }
 
-#: The architecture names :func:`build` accepts.
+#: The architecture names :func:`keras_kd.models.build` accepts.
 ARCHITECTURES = tuple(_OPTIONS)
 
 

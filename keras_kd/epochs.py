@@ -103,10 +103,14 @@ class Epochs:
             raise ValueError(f"need 0 <= start < stop, got start={start}, stop={stop}.")
         epochs = (self.epoch(e) for e in range(start, stop))
         stream = functools.reduce(lambda a, b: a.concatenate(b), epochs)
-        # tf.data's default static optimizations rewrite the pipeline through a serialized
-        # graph in which every epoch's branch holds its own copy of in-memory examples: the
-        # training split once per epoch (animals10k, 160 epochs: 5.3 GB resident instead
-        # of 1.2 GB; benchmarks/stream_memory.py). Off; the batches are the same.
+        # tf.data's default static optimizations, and the auto-shard rewrite that a
+        # tf.distribute strategy's experimental_distribute_dataset applies even to one
+        # worker, rebuild the pipeline from a serialized graph in which every epoch's
+        # branch holds its own copy of in-memory examples: the training split once per
+        # epoch (animals10k, 160 epochs: 5.3 GB resident instead of 1.2 GB;
+        # benchmarks/stream_memory.py). Both off; the batches are the same. (Multi-worker
+        # training shards by DATA: fit_loop's own options override this one there.)
         options = tf.data.Options()
         options.experimental_optimization.apply_default_optimizations = False
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return stream.prefetch(tf.data.AUTOTUNE).with_options(options)

@@ -13,9 +13,8 @@ strategy is :mod:`keras_kd.distribute`'s.
 import keras
 import tensorflow as tf
 
-from keras_kd import checks, views
+from keras_kd import checks, distribute, views
 from keras_kd.checks import EmptyDataError, check_not_empty
-from keras_kd.distribute import is_multi_worker
 
 __all__ = ["fit_checked", "fit", "fit_loop", "LOG_EVERY"]
 
@@ -67,7 +66,7 @@ def fit(model, dataset, role="the training data", **kwargs):
     its own ``fit`` under multi-worker too: that ``fit`` calls :func:`fit_loop`
     itself, inside what it adds around every run (its batch checks' errors, its
     teacher refresh), which calling :func:`fit_loop` from here would skip."""
-    if is_multi_worker(model.distribute_strategy) and not getattr(
+    if distribute.is_multi_worker(model.distribute_strategy) and not getattr(
             model, "fits_multi_worker", False):
         return fit_checked(lambda **kw: fit_loop(model, dataset, **kw), dataset, kwargs, role)
     return fit_checked(lambda **kw: model.fit(dataset, **kw), dataset, kwargs, role)

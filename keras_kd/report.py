@@ -91,7 +91,7 @@ def _tflite_section(tfl, ds):
 _TRY = ("try `--patient` (a longer schedule of pure function matching on mixed views), "
         "`--tune=temperature,alpha`, `keras-kd sweep` (temperature, alpha, loss), the DIST loss "
         "for a teacher far larger than the student (`--distillation_loss=dist --temperature=4 "
-        "--alpha=0.67`) or a larger student")
+        "--alpha=0.6667`) or a larger student")
 
 
 def teacher_errors(rows):

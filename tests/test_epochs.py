@@ -163,3 +163,24 @@ def test_embedded_pickles_rebuild_arrays_and_nothing_else(tmp_path):
         pickle.dump(np.arange(6, dtype=np.uint8).reshape(2, 3), f)
     with gzip.open(path, "rb") as f:
         np.testing.assert_array_equal(embedded.ArraysOnly(f).load(), [[0, 1, 2], [3, 4, 5]])
+
+
+def test_the_stream_is_never_rewritten_through_a_serialized_graph():
+    """tf.data's static optimizations and a strategy's auto-shard rewrite copied the
+    in-memory examples once per epoch (5.3 GB for 160 epochs of animals10k:
+    benchmarks/stream_memory.py); the stream turns both off, and a later setting
+    (fit_loop's DATA sharding under multi-worker) still wins."""
+    examples = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((10, 4, 4, 1), np.float32), np.arange(10) % 2))
+    stream = epochs.Epochs(examples, batch_size=4, seed=0, augment="none",
+                           input_shape=(4, 4, 1), num_classes=2).batches(0, 3)
+    options = stream.options()
+    assert options.experimental_optimization.apply_default_optimizations is False
+    off = tf.data.experimental.AutoShardPolicy.OFF
+    assert options.experimental_distribute.auto_shard_policy == off
+    data_policy = tf.data.Options()
+    data_policy.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    later = stream.with_options(data_policy).options()
+    assert later.experimental_distribute.auto_shard_policy == (
+        tf.data.experimental.AutoShardPolicy.DATA)

@@ -236,6 +236,10 @@ def test_asserted_passes_the_value_or_stops_the_graph_with_the_message():
 
     got = run(tf.constant(2.0), tf.constant(False))
     assert float(got["a"]) == 2.0 and float(got["b"]) == 3.0
+    graph = run.get_concrete_function(tf.constant(2.0), tf.constant(False)).graph
+    waits = [op for op in graph.get_operations() if op.type == "Identity"
+             and any(dep.type == "Assert" for dep in op.control_inputs)]
+    assert len(waits) == 2  # each value of the structure waits for the assertions
     with pytest.raises(tf.errors.InvalidArgumentError, match="keras_kd: broken"):
         run(tf.constant(2.0), tf.constant(True))
     with pytest.raises(tf.errors.InvalidArgumentError, match="keras_kd: broken"):
