@@ -83,7 +83,7 @@ def atomic_path(path):
     base = os.path.basename(path)
     suffix = "".join(os.path.splitext(base)[1:]) or ".tmp"
     sweep_stale(folder, base)
-    fd, tmp = tempfile.mkstemp(prefix=_sibling_prefix(base), suffix=suffix, dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=_own_prefix(f".{base}."), suffix=suffix, dir=folder)
     os.close(fd)
     try:
         yield tmp
@@ -112,7 +112,7 @@ def atomic_dir(path):
     folder = _check_dir(path)
     base = os.path.basename(path)
     sweep_stale(folder, base)
-    tmp = tempfile.mkdtemp(prefix=_sibling_prefix(base), suffix=".tmp", dir=folder)
+    tmp = tempfile.mkdtemp(prefix=_own_prefix(f".{base}."), suffix=".tmp", dir=folder)
     try:
         yield tmp
         for name in os.listdir(tmp):
@@ -230,9 +230,11 @@ def _alive(pid):
     return True
 
 
-def _sibling_prefix(base):
-    """The start of the hidden temporary sibling of ``base`` that this process writes."""
-    return f".{base}.{host_name()}-{os.getpid()}-"
+def _own_prefix(start):
+    """``<start><host>-<pid>-``: how every temporary this process writes begins (a hidden
+    sibling ``.<name>.``, or an export's :data:`TEMP_PREFIX` folder), read back by
+    :func:`sweep_stale`."""
+    return f"{start}{host_name()}-{os.getpid()}-"
 
 
 def sweep_stale(folder, base=None):
@@ -273,7 +275,7 @@ def temp_folder(folder):
     """A new hidden temporary folder in ``folder``, named for this host and process
     (after removing those of killed exports); the caller removes it."""
     sweep_stale(folder)
-    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{host_name()}-{os.getpid()}-", dir=folder)
+    return tempfile.mkdtemp(prefix=_own_prefix(TEMP_PREFIX), dir=folder)
 
 
 @contextlib.contextmanager
